@@ -1,0 +1,140 @@
+"""Typed, frozen configuration per stage, loaded from TOML and ``--set key=value`` overrides.
+
+Errors name the field and the bad value, e.g.
+``ConfigError: train.epochs: expected an integer, got 'ten'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from medlens.errors import ConfigError
+
+C = TypeVar("C")
+
+IMBALANCE_OPTIONS = ("none", "weighted-loss", "balanced-sampler")
+DEVICE_OPTIONS = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train a classifier. Every field can be set in a TOML file or with ``--set``.
+
+    ``dataset`` is a MedMNIST catalog name (``pneumoniamnist``) or the path of
+    a label CSV for a folder of images. Model selection and early stopping use
+    the validation split only.
+    """
+
+    dataset: str = "pneumoniamnist"
+    size: int = 28  # MedMNIST image size (28, 64, 128, 224)
+    image_dir: str | None = None  # folder datasets: where the CSV's file paths start (default: the CSV's folder)
+    image_size: tuple[int, ...] | None = None  # folder datasets: resize every image to this (part of the bundle)
+    multilabel: bool = False
+    model: str = "resnet18"
+    width: float = 1.0
+    dropout: float = 0.0
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    imbalance: str = "none"
+    augment: str = "auto"
+    patience: int = 6
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    max_train_samples: int | None = None  # subsample train (stratified) for quick runs and tests
+
+    def __post_init__(self) -> None:
+        _check_choice("train.imbalance", self.imbalance, IMBALANCE_OPTIONS)
+        _check_choice("train.device", self.device, DEVICE_OPTIONS)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"train.lr: expected a learning rate in (0, 1), got {self.lr}")
+        if self.width <= 0:
+            raise ConfigError(f"train.width: must be positive, got {self.width}")
+
+
+def _check_choice(field: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{field}: expected one of {', '.join(options)}, got {value!r}")
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None, section: str = "") -> C:
+    """Build a config dataclass from a TOML file (optionally one ``[section]``) plus ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_toml(Path(path), section))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set epochs=5")
+        values[key.strip()] = raw.strip()
+    return build_config(cls, values, prefix=section or cls.__name__.removesuffix("Config").lower())
+
+
+def build_config(cls: type[C], values: dict[str, Any], prefix: str) -> C:
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            import difflib
+
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(fields)}"
+            raise ConfigError(f"{prefix}.{key}: unknown setting{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}")
+    return cls(**kwargs)
+
+
+def _read_toml(path: Path, section: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    if section:
+        data = data.get(section, {})
+    return data
+
+
+def _coerce(value: Any, hint: Any, field: str) -> Any:
+    """Convert a TOML value or a ``--set`` string to the field's declared type."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], field)
+    if typing.get_origin(hint) is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(_coerce(v, args[0], field) for v in items)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        return str(value)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(hint, str(hint))
+        raise ConfigError(f"{field}: expected {kind}, got {value!r}") from None

@@ -1,0 +1,148 @@
+"""A user's own data: a folder of images (PNG/JPEG/DICOM/NIfTI) plus a CSV of labels.
+
+CSV columns: ``file`` (path relative to the CSV's folder, or to ``image_dir``),
+``label`` (a class name; several separated by ``|`` for multi-label), and
+optionally ``split`` (train/val/test). Other columns are kept as metadata.
+Without a split column the rows are split 70/15/15, stratified by label,
+with the given seed.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from medlens.datasets.base import ClassificationData, Split
+from medlens.datasets.catalog import file_sha256
+from medlens.errors import DataError, MedlensError
+from medlens.io import read_image
+from medlens.preprocess import resize_image
+
+FILE_COLUMNS = ("file", "image", "path", "filename")
+SPLITS = ("train", "val", "test")
+
+
+def load_folder_dataset(
+    csv_path: str | Path,
+    image_dir: str | Path | None = None,
+    image_size: tuple[int, ...] | None = None,
+    multilabel: bool = False,
+    seed: int = 0,
+) -> ClassificationData:
+    """Load images listed in a CSV; all must share a shape unless ``image_size`` resizes them."""
+    csv_path = Path(csv_path)
+    rows, file_col = _read_rows(csv_path)
+    root = Path(image_dir) if image_dir is not None else csv_path.parent
+    label_names = _label_names(rows, multilabel)
+    splits = _assign_splits(rows, csv_path, seed)
+    images, failures = [], []
+    for line, row in enumerate(rows, start=2):
+        path = root / row[file_col]
+        if not path.is_file():
+            failures.append(f"line {line}: {row[file_col]!r} not found in {root}")
+            continue
+        try:
+            image = read_image(path)
+            images.append(resize_image(image, image_size) if image_size else image)
+        except MedlensError as exc:
+            failures.append(f"line {line}: {exc}")
+    if failures:
+        shown = "; ".join(failures[:5]) + (f"; and {len(failures) - 5} more" if len(failures) > 5 else "")
+        raise DataError(f"{csv_path}: {len(failures)} of {len(rows)} images could not be loaded: {shown}")
+    _check_same_shape(images, rows, file_col, csv_path)
+    data = ClassificationData(
+        name=csv_path.stem,
+        task="multilabel" if multilabel else ("binary" if len(label_names) == 2 else "multiclass"),
+        label_names=tuple(label_names),
+        splits=_build_splits(np.stack(images), rows, file_col, label_names, splits, multilabel),
+        intensity_range=(float(min(i.min() for i in images)), float(max(i.max() for i in images))),
+        source={"file": csv_path.name, "sha256": file_sha256(csv_path), "license": "user data"},
+    )
+    data.validate()
+    return data
+
+
+def _read_rows(csv_path: Path) -> tuple[list[dict[str, str]], str]:
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: label CSV not found")
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    columns = list(rows[0]) if rows else []
+    file_col = next((c for c in FILE_COLUMNS if c in columns), None)
+    if file_col is None or "label" not in columns:
+        raise DataError(
+            f"{csv_path}: needs a 'file' column (or one of {', '.join(FILE_COLUMNS[1:])}) and a 'label' column; "
+            f"found columns: {', '.join(columns) or 'none (empty file)'}"
+        )
+    for line, row in enumerate(rows, start=2):
+        if not (row[file_col] or "").strip() or not (row["label"] or "").strip():
+            raise DataError(f"{csv_path}: line {line} has an empty file or label")
+    return rows, file_col
+
+
+def _label_names(rows: list[dict[str, str]], multilabel: bool) -> list[str]:
+    values = {v.strip() for row in rows for v in (row["label"].split("|") if multilabel else [row["label"]])}
+    return sorted(values, key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
+
+
+def _assign_splits(rows: list[dict[str, str]], csv_path: Path, seed: int) -> list[str]:
+    if "split" in rows[0]:
+        splits = [row["split"].strip().lower() for row in rows]
+        bad = sorted({s for s in splits if s not in SPLITS})
+        if bad:
+            raise DataError(f"{csv_path}: column 'split' has value(s) {bad}; allowed: train, val, test")
+        return splits
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(rows))
+    labels = [row["label"] for row in rows]
+    try:
+        train, rest = train_test_split(index, test_size=0.3, stratify=labels, random_state=seed)
+        val, test = train_test_split(rest, test_size=0.5, stratify=[labels[i] for i in rest], random_state=seed)
+    except ValueError as exc:
+        raise DataError(f"{csv_path}: cannot split stratified by label ({exc}); add a 'split' column") from exc
+    splits = [""] * len(rows)
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        for i in part:
+            splits[i] = name
+    return splits
+
+
+def _check_same_shape(images: list[np.ndarray], rows: list[dict[str, str]], file_col: str, csv_path: Path) -> None:
+    first = images[0].shape
+    for image, row in zip(images, rows):
+        if image.shape != first:
+            raise DataError(
+                f"{csv_path}: {row[file_col]!r} has shape {image.shape}, {rows[0][file_col]!r} has {first}; "
+                "images of one dataset must share a shape: set image_size (--set image_size=H,W) to resize them all"
+            )
+
+
+def _build_splits(
+    images: np.ndarray,
+    rows: list[dict[str, str]],
+    file_col: str,
+    label_names: list[str],
+    splits: list[str],
+    multilabel: bool,
+) -> dict[str, Split]:
+    index = {name: i for i, name in enumerate(label_names)}
+    if multilabel:
+        labels = np.zeros((len(rows), len(label_names)), dtype=np.int64)
+        for r, row in enumerate(rows):
+            for v in row["label"].split("|"):
+                labels[r, index[v.strip()]] = 1
+    else:
+        labels = np.array([index[row["label"].strip()] for row in rows], dtype=np.int64)
+    result = {}
+    for name in SPLITS:
+        mask = np.array([s == name for s in splits])
+        if mask.any():
+            ids = [rows[i][file_col] for i in np.where(mask)[0]]
+            result[name] = Split(images=images[mask], labels=labels[mask], ids=ids)
+    missing = [s for s in ("train", "val") if s not in result]
+    if missing:
+        raise DataError(f"no rows in split(s) {', '.join(missing)}; train and val are required")
+    return result

@@ -1,0 +1,57 @@
+"""One entry point, :func:`read_image`, that picks the reader by file type.
+
+Every reader returns ``float32`` channel-first arrays, ``(C, H, W)`` or
+``(C, D, H, W)``, and refuses NaN/inf so a corrupt file never becomes a
+silently wrong prediction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medlens.errors import ImageReadError
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one image file as float32 ``(C, *spatial)``.
+
+    Grey images get one channel; an RGB raster whose three channels are equal
+    (grey stored as colour, common for X-ray JPEGs) is reduced to one channel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file; check the path (relative paths are from the current folder)")
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        from medlens.io.nifti import read_nifti
+
+        array = read_nifti(path)
+    elif name.endswith(RASTER_SUFFIXES):
+        from medlens.io.raster import read_raster
+
+        array = read_raster(path)
+    elif name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
+        from medlens.io.dicom import read_dicom
+
+        array = read_dicom(path)
+    else:
+        raise ImageReadError(
+            f"{path}: unknown image type {path.suffix!r}; medlens reads {', '.join(IMAGE_SUFFIXES)} "
+            "and DICOM files without a suffix"
+        )
+    if not np.isfinite(array).all():
+        raise ImageReadError(f"{path}: contains NaN or inf pixel values; the file is corrupt or not an image")
+    return array
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"

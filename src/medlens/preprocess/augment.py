@@ -1,0 +1,80 @@
+"""Augmentation presets by registered name, chosen to suit the images.
+
+Chest X-rays are not flipped left-right by default (the heart is on the
+left; a flipped film is a different, rarer anatomy). Volumes and
+microscopy/dermoscopy-like photos have no preferred orientation.
+Transforms are MONAI's, applied per sample on raw intensities before
+normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from medlens.registry import Registry
+
+Transform = Callable[[np.ndarray], np.ndarray]
+AUGMENTATIONS: Registry[Callable[[int], Transform | None]] = Registry("augmentation")
+
+# Which preset "auto" picks, by the dataset's modality.
+AUTO_BY_MODALITY = {"CR": "xray", "DX": "xray", "CT": "volume", "MR": "volume", "US": "xray"}
+
+
+def resolve_augmentation(name: str, modality: str, spatial_dims: int) -> str:
+    if name != "auto":
+        AUGMENTATIONS.get(name)  # unknown names raise with "did you mean"
+        return name
+    preset = AUTO_BY_MODALITY.get(modality, "photo")
+    return "volume" if spatial_dims == 3 else ("photo" if preset == "volume" else preset)
+
+
+def build_augmentation(name: str, spatial_dims: int, seed: int) -> Transform | None:
+    transform = AUGMENTATIONS.get(name)(spatial_dims)
+    if transform is not None:
+        transform.set_random_state(seed=seed)  # type: ignore[attr-defined]
+    return transform
+
+
+@AUGMENTATIONS.register("none")
+def make_none(spatial_dims: int) -> Transform | None:
+    return None
+
+
+@AUGMENTATIONS.register("xray")
+def make_xray(spatial_dims: int) -> Transform:
+    """Small rotations, zoom and shifts, gamma; no flips."""
+    from monai.transforms import Compose, RandAdjustContrast, RandAffine
+
+    return Compose(
+        [
+            RandAffine(
+                prob=0.8,
+                rotate_range=math.radians(10),
+                scale_range=0.1,
+                translate_range=(2.0,) * spatial_dims,
+                padding_mode="border",
+            ),
+            RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
+        ]
+    )
+
+
+@AUGMENTATIONS.register("photo")
+def make_photo(spatial_dims: int) -> Transform:
+    """Flips on every axis plus small rotations/zoom: for images with no canonical orientation."""
+    from monai.transforms import Compose, RandAffine, RandFlip
+
+    flips = [RandFlip(prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    return Compose([*flips, RandAffine(prob=0.5, rotate_range=math.radians(15), scale_range=0.1, padding_mode="border")])
+
+
+@AUGMENTATIONS.register("volume")
+def make_volume(spatial_dims: int) -> Transform:
+    """Flips on every axis and small shifts: cheap enough for 64^3 volumes on a CPU."""
+    from monai.transforms import Compose, RandAffine, RandFlip
+
+    flips = [RandFlip(prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    return Compose([*flips, RandAffine(prob=0.3, translate_range=(2.0,) * spatial_dims, padding_mode="zeros")])

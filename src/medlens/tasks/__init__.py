@@ -1,0 +1,1 @@
+"""Tasks: what to compute for each kind of problem (classification first)."""

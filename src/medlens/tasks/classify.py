@@ -1,0 +1,181 @@
+"""Classification: build the network and loss for a dataset, train, choose the threshold, save the bundle."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medlens import __version__
+from medlens.config import TrainConfig
+from medlens.datasets import ClassificationData
+from medlens.evaluate.metrics import choose_thresholds, classification_metrics
+from medlens.models.bundle import predict_proba, save_bundle
+from medlens.models.networks import NetworkSpec, build_network
+from medlens.preprocess import Preprocessing
+from medlens.preprocess.augment import build_augmentation, resolve_augmentation
+from medlens.tasks.data import ArrayDataset, load_training_data, make_loader, normalized_inputs
+from medlens.train import LoopOptions, fit
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from medlens.errors import ConfigError
+
+        raise ConfigError("train.device: 'cuda' asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def train_classifier(
+    cfg: TrainConfig, out_dir: Path, data_dir: str | Path | None = None, show_progress: bool = True
+) -> Path:
+    """Train on the train split, select on validation, and write a bundle to ``out_dir``.
+
+    Returns the bundle folder. Test data is not loaded into training at all;
+    ``medlens evaluate`` scores the bundle on it afterwards.
+    """
+    seed_everything(cfg.seed)
+    data = load_training_data(cfg, data_dir)
+    prep = make_preprocessing(cfg, data)
+    spec = NetworkSpec(
+        name=cfg.model,
+        spatial_dims=data.spatial_dims,
+        in_channels=data.n_channels,
+        num_classes=len(data.label_names),
+        image_shape=data.image_shape,
+        width=cfg.width,
+        dropout=cfg.dropout,
+    )
+    model = build_network(spec)
+    augmentation = resolve_augmentation(cfg.augment, data.modality, data.spatial_dims)
+    train_set = ArrayDataset(
+        data.splits["train"], prep, build_augmentation(augmentation, data.spatial_dims, cfg.seed)
+    )
+    batches = make_loader(train_set, cfg.batch_size, cfg.seed, cfg.imbalance == "balanced-sampler", data.task)
+    val = data.splits["val"]
+    val_inputs = normalized_inputs(val, prep)
+    loss_fn = make_loss(data, cfg.imbalance == "weighted-loss")
+    device = resolve_device(cfg.device)
+
+    def score_val(net: nn.Module) -> dict[str, float]:
+        probs = predict_proba(net, val_inputs, data.task)
+        metrics = classification_metrics(data.task, val.labels, probs, list(data.label_names), [])
+        return {"score": metrics["auc"], "auc": metrics["auc"], "accuracy": metrics.get("accuracy", float("nan"))}
+
+    options = LoopOptions(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_epochs=cfg.warmup_epochs,
+        patience=cfg.patience,
+        steps_per_epoch=batches.steps,  # type: ignore[attr-defined]
+        device=device,
+        memory_format=torch.channels_last if cfg.channels_last and data.spatial_dims == 2 else torch.contiguous_format,
+        show_progress=show_progress,
+    )
+    started = time.perf_counter()
+    result = fit(model, loss_fn, batches, score_val, options, out_dir / "checkpoints")
+    model.load_state_dict(result.best_state)
+    model.to(device, memory_format=torch.contiguous_format)
+    val_probs = predict_proba(model, val_inputs, data.task)
+    thresholds = choose_thresholds(data.task, val.labels, val_probs)
+    val_metrics = classification_metrics(data.task, val.labels, val_probs, list(data.label_names), thresholds)
+    manifest = _manifest(cfg, data, spec, prep, augmentation, thresholds, val_metrics, result, time.perf_counter() - started)
+    return save_bundle(out_dir / "model", model.cpu(), manifest)
+
+
+def make_preprocessing(cfg: TrainConfig, data: ClassificationData) -> Preprocessing:
+    return Preprocessing(
+        spatial_shape=data.image_shape,
+        channels=data.n_channels,
+        input_range=data.intensity_range,
+        resize=cfg.image_size is not None,
+        modality=data.modality,
+    )
+
+
+def make_loss(data: ClassificationData, weighted: bool) -> nn.Module:
+    """Cross-entropy (BCE for multi-label); ``weighted`` weighs classes by inverse train frequency."""
+    labels = data.splits["train"].labels
+    if data.task == "multilabel":
+        positives = labels.sum(axis=0).clip(min=1)
+        pos_weight = torch.as_tensor((len(labels) - positives) / positives, dtype=torch.float32) if weighted else None
+        bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        return _FloatTargets(bce)
+    if not weighted:
+        return nn.CrossEntropyLoss()
+    counts = np.bincount(labels, minlength=len(data.label_names)).clip(min=1)
+    weights = len(labels) / (len(counts) * counts)
+    return nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32))
+
+
+class _FloatTargets(nn.Module):
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, targets.float())
+
+
+def _manifest(
+    cfg: TrainConfig,
+    data: ClassificationData,
+    spec: NetworkSpec,
+    prep: Preprocessing,
+    augmentation: str,
+    thresholds: list[float],
+    val_metrics: dict[str, float],
+    result: Any,
+    seconds: float,
+) -> dict[str, Any]:
+    return {
+        "medlens_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": data.task,
+        "label_names": list(data.label_names),
+        "thresholds": thresholds,
+        "threshold_method": "Youden's J on the validation split" if thresholds else "arg-max",
+        "network": asdict(spec),
+        "preprocessing": prep.to_dict(),
+        "expected_input": {
+            "modality": data.modality,
+            "channels": data.n_channels,
+            "spatial_shape": list(data.image_shape),
+            "intensity_range": list(data.intensity_range),
+            "resized_by_pipeline": prep.resize,
+        },
+        "config": {**asdict(cfg), "augment_resolved": augmentation},
+        "data": {
+            "dataset": data.name,
+            **data.source,
+            "n_train": len(data.splits["train"]),
+            "n_val": len(data.splits["val"]),
+        },
+        "training": {
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "seconds": round(seconds, 1),
+            "history": result.history,
+        },
+        "metrics": {"validation": val_metrics},
+    }

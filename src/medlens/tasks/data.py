@@ -1,0 +1,90 @@
+"""Turn a config's dataset reference into data, and data into batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from medlens.config import TrainConfig
+from medlens.datasets import ClassificationData, Split, load_folder_dataset, load_medmnist
+from medlens.preprocess import Preprocessing, normalize_intensity
+
+
+def load_dataset(
+    dataset: str,
+    size: int = 28,
+    data_dir: str | Path | None = None,
+    image_dir: str | None = None,
+    image_size: tuple[int, ...] | None = None,
+    multilabel: bool = False,
+    seed: int = 0,
+) -> ClassificationData:
+    """A MedMNIST catalog name, or the path of a label CSV (a user's folder dataset)."""
+    if dataset.lower().endswith(".csv"):
+        return load_folder_dataset(dataset, image_dir=image_dir, image_size=image_size, multilabel=multilabel, seed=seed)
+    return load_medmnist(dataset, size=size, data_dir=data_dir)
+
+
+def load_training_data(cfg: TrainConfig, data_dir: str | Path | None) -> ClassificationData:
+    data = load_dataset(cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, cfg.multilabel, cfg.seed)
+    if cfg.max_train_samples and cfg.max_train_samples < len(data.splits["train"]):
+        data.splits["train"] = subsample(data.splits["train"], cfg.max_train_samples, cfg.seed)
+    return data
+
+
+def subsample(split: Split, n: int, seed: int) -> Split:
+    """A stratified subset (by label; multi-label rows by their first positive label)."""
+    from sklearn.model_selection import train_test_split
+
+    strata = split.labels if split.labels.ndim == 1 else split.labels.argmax(axis=1)
+    index, _ = train_test_split(np.arange(len(split)), train_size=n, stratify=strata, random_state=seed)
+    index = np.sort(index)
+    return Split(split.images[index], split.labels[index], [split.ids[i] for i in index])
+
+
+class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Raw images -> (augmented) -> normalised float tensors; the normalisation is the bundle's."""
+
+    def __init__(self, split: Split, prep: Preprocessing, augment: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        self.split, self.prep, self.augment = split, prep, augment
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.split.images[index].astype(np.float32)
+        if self.augment is not None:
+            image = np.asarray(self.augment(image), dtype=np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(normalize_intensity(image, self.prep)))
+        return x, torch.as_tensor(self.split.labels[index])
+
+
+def make_loader(
+    dataset: ArrayDataset, batch_size: int, seed: int, balanced: bool, task: str
+) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """A per-epoch batch iterator; a balanced sampler draws classes equally (binary/multi-class)."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if balanced and task != "multilabel":
+        counts = np.bincount(dataset.split.labels, minlength=int(dataset.split.labels.max()) + 1)
+        weights = 1.0 / counts[dataset.split.labels]
+        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(dataset), generator=generator)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
+        drop_last=len(dataset) > batch_size,  # BatchNorm cannot take a last batch of one
+    )
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(loader)
+
+    batches.steps = len(loader)  # type: ignore[attr-defined]
+    return batches
+
+
+def normalized_inputs(split: Split, prep: Preprocessing) -> np.ndarray:
+    """A whole split as model input (no augmentation): for validation and evaluation."""
+    return normalize_intensity(split.images.astype(np.float32), prep)

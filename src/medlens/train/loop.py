@@ -1,0 +1,170 @@
+"""A small, resumable training loop: AdamW, warmup + cosine schedule, early stopping.
+
+The task decides *what* (loss, validation score); this loop decides *how*.
+After every epoch it writes ``last.pt`` (model, optimiser, scheduler, epoch,
+history, RNG state) so an interrupted run resumes where it stopped, and keeps
+the weights of the best validation epoch. Test data never reaches this loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    epochs: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    patience: int
+    steps_per_epoch: int
+    device: torch.device
+    memory_format: torch.memory_format = torch.contiguous_format  # channels_last: 1.2-1.4x faster 2D on CPU
+    show_progress: bool = True
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_batches: Callable[[int], Iterable[Batch]],
+    score_val: Callable[[nn.Module], dict[str, float]],
+    options: LoopOptions,
+    checkpoint_dir: Path,
+) -> FitResult:
+    """Train ``model`` and return the best validation epoch's weights.
+
+    ``train_batches(epoch)`` yields (inputs, targets) for one epoch;
+    ``score_val(model)`` returns a dict whose ``"score"`` is maximised
+    (e.g. validation AUC).
+    """
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    model.to(options.device, memory_format=options.memory_format)
+    steps_per_epoch = max(1, options.steps_per_epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(options.warmup_epochs * steps_per_epoch, options.epochs * steps_per_epoch)
+    )
+    state = _resume(checkpoint_dir / "last.pt", model, optimizer, scheduler)
+    result = FitResult(state["best_epoch"], state["best_score"], state["best_state"], state["history"])
+    started = time.perf_counter() - state["seconds"]
+    for epoch in range(state["epoch"] + 1, options.epochs):
+        train_loss = _train_one_epoch(model, loss_fn, train_batches(epoch), optimizer, scheduler, options, epoch)
+        model.eval()
+        scores = score_val(model)
+        result.history.append({"epoch": epoch, "train_loss": train_loss, **scores})
+        if scores["score"] > result.best_score:
+            result.best_epoch, result.best_score = epoch, scores["score"]
+            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        log.info("epoch %d: train loss %.4f, val %s", epoch, train_loss, _fmt(scores))
+        result.seconds = time.perf_counter() - started
+        _save(checkpoint_dir, epoch, model, optimizer, scheduler, result)
+        if epoch - result.best_epoch >= options.patience:
+            result.stopped_early = True
+            log.info("early stop: no validation gain for %d epochs", options.patience)
+            break
+    return result
+
+
+def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _train_one_epoch(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    options: LoopOptions,
+    epoch: int,
+) -> float:
+    from rich.progress import Progress
+
+    model.train()
+    total, count = 0.0, 0
+    with Progress(transient=True, disable=not options.show_progress) as progress:
+        task = progress.add_task(f"epoch {epoch + 1}/{options.epochs}", total=None)
+        for inputs, targets in batches:
+            inputs = inputs.to(options.device, memory_format=options.memory_format)
+            targets = targets.to(options.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(targets)
+            count += len(targets)
+            progress.advance(task)
+    return total / max(count, 1)
+
+
+def _save(checkpoint_dir: Path, epoch: int, model: nn.Module, optimizer: Any, scheduler: Any, result: FitResult) -> None:
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "best_state": result.best_state,
+        "history": result.history,
+        "seconds": result.seconds,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+    tmp = checkpoint_dir / "last.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(checkpoint_dir / "last.pt")  # atomic: a crash mid-write keeps the previous checkpoint
+    (checkpoint_dir / "history.json").write_text(json.dumps(result.history, indent=1))
+
+
+def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    fresh = {"epoch": -1, "best_epoch": -1, "best_score": -math.inf, "best_state": {}, "history": [], "seconds": 0.0}
+    if not path.is_file():
+        return fresh
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    log.info("resuming from %s after epoch %d", path, state["epoch"])
+    return state
+
+
+def _fmt(scores: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
