@@ -115,6 +115,6 @@ def expected_calibration_error(probs: np.ndarray, onehot: np.ndarray, include_ba
     from monai.metrics import CalibrationErrorMetric
 
     metric = CalibrationErrorMetric(num_bins=ECE_BINS, include_background=include_background)
-    y_pred = torch.as_tensor(probs.T[None], dtype=torch.float32)  # (B=1, C, N)
-    metric(y_pred, torch.as_tensor(onehot.T[None], dtype=torch.float32))
+    y_pred = torch.as_tensor(np.ascontiguousarray(probs.T[None]), dtype=torch.float32)  # (B=1, C, N)
+    metric(y_pred, torch.as_tensor(np.ascontiguousarray(onehot.T[None]), dtype=torch.float32))
     return float(metric.aggregate())

@@ -45,15 +45,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train_classifier(
-    cfg: TrainConfig, out_dir: Path, data_dir: str | Path | None = None, show_progress: bool = True
+    cfg: TrainConfig,
+    out_dir: Path,
+    data_dir: str | Path | None = None,
+    show_progress: bool = True,
+    data: ClassificationData | None = None,
 ) -> Path:
     """Train on the train split, select on validation, and write a bundle to ``out_dir``.
 
-    Returns the bundle folder. Test data is not loaded into training at all;
-    ``medlens evaluate`` scores the bundle on it afterwards.
+    Returns the bundle folder. The test split is never used here; ``medlens
+    evaluate`` scores the bundle on it afterwards. ``data`` overrides the
+    config's dataset (e.g. a derived 28^3 version of a 64^3 set).
     """
     seed_everything(cfg.seed)
-    data = load_training_data(cfg, data_dir)
+    data = data if data is not None else load_training_data(cfg, data_dir)
     prep = make_preprocessing(cfg, data)
     spec = NetworkSpec(
         name=cfg.model,

@@ -1,0 +1,88 @@
+"""Predict on image files with a bundle: one row per file, bad files reported, never skipped silently."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medlens.errors import MedlensError
+from medlens.io import IMAGE_SUFFIXES, read_image
+from medlens.models.bundle import Bundle
+from medlens.preprocess import prepare_image
+
+
+@dataclass
+class FilePrediction:
+    file: str
+    probabilities: dict[str, float] = field(default_factory=dict)
+    label: str = ""
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files as given; a folder becomes its image files (sorted, recursively)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        else:
+            files.append(item)
+    return files
+
+
+def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_size: int = 64) -> list[FilePrediction]:
+    """Read, check and predict each file; a file that fails gets a row with its error and the batch goes on."""
+    rows = [FilePrediction(file=str(f)) for f in files]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        ready, arrays = [], []
+        for row in chunk:
+            try:
+                array, row.notes = prepare_image(read_image(row.file), bundle.preprocessing, adapt=adapt)
+            except MedlensError as exc:
+                row.error = str(exc)
+                continue
+            ready.append(row)
+            arrays.append(array)
+        if arrays:
+            for row, probs in zip(ready, bundle.predict_proba(np.stack(arrays))):
+                row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
+                row.label = decide_label(bundle, probs)
+    return rows
+
+
+def decide_label(bundle: Bundle, probs: np.ndarray) -> str:
+    """The bundle's decision rule: validation-chosen threshold (binary, multi-label) or arg-max."""
+    names = bundle.label_names
+    if bundle.task == "binary":
+        threshold = bundle.thresholds[0] if bundle.thresholds else 0.5
+        return names[1] if probs[1] >= threshold else names[0]
+    if bundle.task == "multilabel":
+        thresholds = bundle.thresholds or [0.5] * len(names)
+        return "|".join(n for n, p, t in zip(names, probs, thresholds) if p >= t)
+    return names[int(np.argmax(probs))]
+
+
+def write_predictions(rows: list[FilePrediction], label_names: list[str], path: Path) -> None:
+    """CSV (``file``, one probability column per label, ``label``, ``notes``, ``error``) or JSON/JSONL by suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [
+        {"file": r.file, **{n: r.probabilities.get(n, "") for n in label_names}, "label": r.label,
+         "notes": "; ".join(r.notes), "error": r.error}
+        for r in rows
+    ]
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        path.write_text(json.dumps(records, indent=1))
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["file", *label_names, "label", "notes", "error"])
+            writer.writeheader()
+            writer.writerows(records)
