@@ -48,8 +48,8 @@ PUBLISHED = {
 
 EXPERIMENTS = {
     "pneumoniamnist-28": TrainConfig(dataset="pneumoniamnist", size=28, model="resnet18", width=0.5, epochs=8, patience=4),
-    "adrenalmnist3d-64": TrainConfig(dataset="adrenalmnist3d", size=64, model="cnn", width=0.5, epochs=12, batch_size=32, lr=1e-3, patience=6),
-    "adrenalmnist3d-28": TrainConfig(dataset="adrenalmnist3d", size=64, model="cnn", width=1.0, epochs=30, batch_size=32, lr=1e-3, patience=10),
+    "adrenalmnist3d-64": TrainConfig(dataset="adrenalmnist3d", size=64, model="cnn", width=0.25, epochs=12, batch_size=32, lr=1e-3, patience=6),
+    "adrenalmnist3d-28": TrainConfig(dataset="adrenalmnist3d", size=64, model="cnn", width=1.0, epochs=20, batch_size=32, lr=1e-3, patience=8),
 }
 SHIP_AS = {"pneumoniamnist-28": "pneumonia", "adrenalmnist3d-64": "adrenal"}
 

@@ -89,6 +89,7 @@ def evaluate(
     data: Annotated[str, typer.Option("--data", help="MedMNIST name or label CSV.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, report.md and plots.")],
     split: Annotated[str, typer.Option("--split")] = "test",
+    size: Annotated[int | None, typer.Option("--size", help="MedMNIST image size (default: the bundle's training size).")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95% CIs.")] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     data_dir: DataDir = None,
@@ -100,8 +101,7 @@ def evaluate(
 
     loaded = load_bundle(bundle)
     cfg = loaded.manifest.get("config", {})
-    size = int(loaded.preprocessing.spatial_shape[0]) if not data.lower().endswith(".csv") else 28
-    dataset = load_dataset(data, size, data_dir, cfg.get("image_dir"), _tuple(cfg.get("image_size")), loaded.task == "multilabel", cfg.get("seed", 0))
+    dataset = load_dataset(data, size or cfg.get("size", 28), data_dir, cfg.get("image_dir"), _tuple(cfg.get("image_size")), loaded.task == "multilabel", cfg.get("seed", 0))
     result = evaluate_bundle(loaded, dataset, out, split=split, n_bootstrap=bootstrap, seed=seed)
     _print_metrics(f"{split} (n={result['n']})", result["metrics"], result["confidence_intervals"])
     typer.echo(f"report: {result['report']}")

@@ -1,0 +1,131 @@
+"""The CLI through Typer's runner: shipped models, predict, evaluate, demo and user errors."""
+
+import csv
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from medlens.cli import app
+
+runner = CliRunner(env={"COLUMNS": "250"})
+
+
+@pytest.fixture()
+def test_pngs(tmp_path, pneumonia):
+    """Real PneumoniaMNIST test images written as PNG files, as a user would bring them."""
+    split = pneumonia.splits["test"]
+    files = []
+    for i in [0, 1, 2, 3, 300, 301]:
+        path = tmp_path / f"case_{i}.png"
+        Image.fromarray(split.images[i, 0]).save(path)
+        files.append((path, pneumonia.label_names[split.labels[i]]))
+    return files
+
+
+def test_models_lists_shipped_bundles():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "pneumonia" in result.output
+
+
+def test_predict_by_name_writes_one_row_per_file(test_pngs, tmp_path):
+    out = tmp_path / "results.csv"
+    result = runner.invoke(app, ["predict", "pneumonia", *[str(p) for p, _ in test_pngs], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:4] == ["file", "normal", "pneumonia", "label"]
+    assert len(rows) == len(test_pngs)
+    for row in rows:
+        assert abs(float(row["normal"]) + float(row["pneumonia"]) - 1) < 1e-5 and row["error"] == ""
+    correct = sum(row["label"] == truth for row, (_, truth) in zip(rows, test_pngs))
+    assert correct >= 5  # the shipped model on real test images
+
+
+def test_predict_refuses_mismatched_input_but_goes_on(test_pngs, kermany_files, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    big = kermany_files[0][0]
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["predict", "pneumonia", str(test_pngs[0][0]), str(big), str(broken), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "2 of 3 files could not be predicted" in result.output
+    rows = json.loads(out.read_text())
+    assert rows[0]["error"] == "" and rows[0]["label"] in ("normal", "pneumonia")
+    assert "expects images of 28x28 pixels, got 224x224" in rows[1]["error"]
+    assert "cannot decode image" in rows[2]["error"]
+    fitted = runner.invoke(app, ["predict", "pneumonia", str(big), "--fit-input", "--out", str(tmp_path / "f.csv")])
+    assert fitted.exit_code == 0, fitted.output
+    with (tmp_path / "f.csv").open() as f:
+        assert "resized 224x224->28x28" in next(csv.DictReader(f))["notes"]
+
+
+def test_unknown_model_is_one_clear_line():
+    result = runner.invoke(app, ["predict", "pneumonai", "x.png"])
+    assert result.exit_code == 1
+    assert "did you mean 'pneumonia'" in result.output and "Traceback" not in result.output
+
+
+def test_train_bad_setting_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["train", "pneumoniamnist", "--out", str(tmp_path), "--set", "model=resnet-18"])
+    assert result.exit_code == 1
+    assert "did you mean 'resnet18'" in result.output
+    result = runner.invoke(app, ["train", "pneumonia-mnist", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "did you mean 'pneumoniamnist'" in result.output
+
+
+def test_evaluate_shipped_model(tmp_path, data_dir):
+    result = runner.invoke(app, ["evaluate", "pneumonia", "--data", "pneumoniamnist", "--out", str(tmp_path), "--bootstrap", "100", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n"] == 624 and metrics["metrics"]["auc"] > 0.944  # beats MedMNIST's ResNet-18 (28)
+    assert metrics["confidence_intervals"]["auc"]["n"] == 100
+    assert (tmp_path / "report.md").read_text().count("![") == 4
+
+
+def test_evaluate_refuses_other_data(tmp_path, data_dir):
+    result = runner.invoke(app, ["evaluate", "pneumonia", "--data", "adrenalmnist3d", "--size", "64", "--out", str(tmp_path), "--data-dir", str(data_dir)])
+    assert result.exit_code == 1 and "expects 1-channel images of 28x28" in result.output
+
+
+def test_demo_runs_the_main_job(tmp_path, data_dir):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "evaluation" / "report.md").is_file() and (tmp_path / "predictions.csv").is_file()
+    assert "report:" in result.output
+
+
+def test_demo_offline_without_data_explains(tmp_path, monkeypatch):
+    from medlens.datasets import catalog
+
+    monkeypatch.setattr(catalog, "DEFAULT_CACHE", tmp_path / "cache")
+    monkeypatch.delenv("MEDLENS_DATA_DIR", raising=False)
+    monkeypatch.setattr(catalog.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--data-dir", str(tmp_path / "empty")])
+    assert result.exit_code == 0, result.output
+    assert "pneumoniamnist.npz not found" in result.output and "zenodo.org" in result.output
+    assert "stored in the bundle" in result.output
+
+
+def test_datasets_lists_catalog():
+    result = runner.invoke(app, ["datasets"])
+    assert result.exit_code == 0 and "adrenalmnist3d" in result.output
+
+
+def test_bundle_errors(tmp_path):
+    from medlens.errors import ModelError
+    from medlens.models.bundle import load_bundle
+
+    (tmp_path / "bundle.json").write_text("{not json")
+    (tmp_path / "weights.pt").write_bytes(b"")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_bundle(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="is not a medlens bundle"):
+        load_bundle(empty)
+    assert np.isfinite(1.0)
