@@ -5,6 +5,7 @@ import json
 import pytest
 
 from medlens.config import TrainConfig
+from medlens.errors import ConfigError
 from medlens.evaluate.stage import evaluate_bundle
 from medlens.models.bundle import load_bundle
 from medlens.tasks.classify import train_classifier
@@ -48,6 +49,9 @@ def test_resume_continues_from_last_checkpoint(tmp_path, data_dir):
     train_classifier(more, tmp_path, data_dir=data_dir, show_progress=False)
     history = json.loads((tmp_path / "checkpoints" / "history.json").read_text())
     assert len(first) == 1 and len(history) == 2 and history[0] == first[0]
+    other = TrainConfig(**{**SMALL, "epochs": 2, "max_train_samples": 300, "lr": 0.01})
+    with pytest.raises(ConfigError, match="written by a run with other settings"):
+        train_classifier(other, tmp_path, data_dir=data_dir, show_progress=False)
 
 
 def test_train_on_folder_dataset_and_predict(folder_dataset, tmp_path):

@@ -60,8 +60,9 @@ class ClassificationData:
         """Refuse data that would train a silently wrong model: a split missing a class, NaN/inf pixels."""
         n_classes = len(self.label_names)
         for split_name, split in self.splits.items():
-            if not np.isfinite(split.images).all() if split.images.dtype.kind == "f" else False:
-                bad = np.where(~np.isfinite(split.images.reshape(len(split), -1)).all(axis=1))[0]
+            finite = np.isfinite(split.images.reshape(len(split), -1)).all(axis=1) if split.images.dtype.kind == "f" else None
+            if finite is not None and not finite.all():
+                bad = np.where(~finite)[0]
                 raise DataError(
                     f"{self.name}: {split_name} image {split.ids[bad[0]]!r} contains NaN or inf values "
                     f"({len(bad)} such images); fix or remove them"

@@ -21,7 +21,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from medlens.errors import ChecksumError, ConfigError, DatasetNotFoundError, UnknownNameError
+from medlens.errors import ChecksumError, ConfigError, DatasetNotFoundError
 from medlens.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,3 @@ def _download(entry: DatasetFile, target: Path) -> None:
             "the download was corrupted or the file changed upstream: try again"
         )
     partial.replace(target)
-
-
-__all__ = ["DatasetInfo", "UnknownNameError", "dataset_names", "get_dataset_info", "resolve_dataset_file"]

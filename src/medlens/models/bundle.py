@@ -10,7 +10,7 @@ in ``medlens/pretrained/<name>/`` and are addressed by name.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,3 @@ def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") ->
         raise ModelError(f"{path / WEIGHTS} does not fit the network in {MANIFEST} ({exc})") from exc
     model.to(device).eval()
     return Bundle(path, manifest, model, Preprocessing.from_dict(manifest["preprocessing"]))
-
-
-def network_spec_dict(spec: NetworkSpec) -> dict[str, Any]:
-    return asdict(spec)

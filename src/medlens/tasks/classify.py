@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -91,13 +92,13 @@ def train_classifier(
         weight_decay=cfg.weight_decay,
         warmup_epochs=cfg.warmup_epochs,
         patience=cfg.patience,
-        steps_per_epoch=batches.steps,  # type: ignore[attr-defined]
         device=device,
         memory_format=torch.channels_last if cfg.channels_last and data.spatial_dims == 2 else torch.contiguous_format,
         show_progress=show_progress,
     )
     started = time.perf_counter()
-    result = fit(model, loss_fn, batches, score_val, options, out_dir / "checkpoints")
+    run_key = json.dumps({**asdict(cfg), "epochs": None}, sort_keys=True)  # more epochs may resume a run
+    result = fit(model, loss_fn, batches, score_val, options, out_dir / "checkpoints", run_key)
     model.load_state_dict(result.best_state)
     model.to(device, memory_format=torch.contiguous_format)
     val_probs = predict_proba(model, val_inputs, data.task)

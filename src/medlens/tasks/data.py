@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,26 +63,18 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return x, torch.as_tensor(self.split.labels[index])
 
 
-def make_loader(
-    dataset: ArrayDataset, batch_size: int, seed: int, balanced: bool, task: str
-) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-    """A per-epoch batch iterator; a balanced sampler draws classes equally (binary/multi-class)."""
+def make_loader(dataset: ArrayDataset, batch_size: int, seed: int, balanced: bool, task: str) -> DataLoader:
+    """Shuffled, seeded batches; a balanced sampler draws classes equally (binary/multi-class)."""
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if balanced and task != "multilabel":
         counts = np.bincount(dataset.split.labels, minlength=int(dataset.split.labels.max()) + 1)
         weights = 1.0 / counts[dataset.split.labels]
         sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(dataset), generator=generator)
-    loader = DataLoader(
+    return DataLoader(
         dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
         drop_last=len(dataset) > batch_size,  # BatchNorm cannot take a last batch of one
     )
-
-    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(loader)
-
-    batches.steps = len(loader)  # type: ignore[attr-defined]
-    return batches
 
 
 def normalized_inputs(split: Split, prep: Preprocessing) -> np.ndarray:

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from medlens.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,6 @@ class LoopOptions:
     weight_decay: float
     warmup_epochs: int
     patience: int
-    steps_per_epoch: int
     device: torch.device
     memory_format: torch.memory_format = torch.contiguous_format  # channels_last: 1.2-1.4x faster 2D on CPU
     show_progress: bool = True
@@ -54,29 +55,31 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 def fit(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    train_batches: Callable[[int], Iterable[Batch]],
+    train_batches: Collection[Batch],
     score_val: Callable[[nn.Module], dict[str, float]],
     options: LoopOptions,
     checkpoint_dir: Path,
+    run_key: str = "",
 ) -> FitResult:
     """Train ``model`` and return the best validation epoch's weights.
 
-    ``train_batches(epoch)`` yields (inputs, targets) for one epoch;
+    ``train_batches`` is iterated once per epoch (a DataLoader);
     ``score_val(model)`` returns a dict whose ``"score"`` is maximised
-    (e.g. validation AUC).
+    (e.g. validation AUC). ``run_key`` identifies the run's settings: a
+    checkpoint written under another key is refused rather than resumed.
     """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     model.to(options.device, memory_format=options.memory_format)
-    steps_per_epoch = max(1, options.steps_per_epoch)
+    steps_per_epoch = max(1, len(train_batches))
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(options.warmup_epochs * steps_per_epoch, options.epochs * steps_per_epoch)
     )
-    state = _resume(checkpoint_dir / "last.pt", model, optimizer, scheduler)
+    state = _resume(checkpoint_dir / "last.pt", model, optimizer, scheduler, run_key)
     result = FitResult(state["best_epoch"], state["best_score"], state["best_state"], state["history"])
     started = time.perf_counter() - state["seconds"]
     for epoch in range(state["epoch"] + 1, options.epochs):
-        train_loss = _train_one_epoch(model, loss_fn, train_batches(epoch), optimizer, scheduler, options, epoch)
+        train_loss = _train_one_epoch(model, loss_fn, train_batches, optimizer, scheduler, options, epoch)
         model.eval()
         scores = score_val(model)
         result.history.append({"epoch": epoch, "train_loss": train_loss, **scores})
@@ -85,7 +88,7 @@ def fit(
             result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         log.info("epoch %d: train loss %.4f, val %s", epoch, train_loss, _fmt(scores))
         result.seconds = time.perf_counter() - started
-        _save(checkpoint_dir, epoch, model, optimizer, scheduler, result)
+        _save(checkpoint_dir, epoch, model, optimizer, scheduler, result, run_key)
         if epoch - result.best_epoch >= options.patience:
             result.stopped_early = True
             log.info("early stop: no validation gain for %d epochs", options.patience)
@@ -132,8 +135,11 @@ def _train_one_epoch(
     return total / max(count, 1)
 
 
-def _save(checkpoint_dir: Path, epoch: int, model: nn.Module, optimizer: Any, scheduler: Any, result: FitResult) -> None:
+def _save(
+    checkpoint_dir: Path, epoch: int, model: nn.Module, optimizer: Any, scheduler: Any, result: FitResult, run_key: str
+) -> None:
     state = {
+        "run_key": run_key,
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -151,11 +157,16 @@ def _save(checkpoint_dir: Path, epoch: int, model: nn.Module, optimizer: Any, sc
     (checkpoint_dir / "history.json").write_text(json.dumps(result.history, indent=1))
 
 
-def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, run_key: str) -> dict[str, Any]:
     fresh = {"epoch": -1, "best_epoch": -1, "best_score": -math.inf, "best_state": {}, "history": [], "seconds": 0.0}
     if not path.is_file():
         return fresh
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("run_key") != run_key:
+        raise ConfigError(
+            f"{path} was written by a run with other settings; to resume, repeat that run's settings "
+            f"(only epochs may grow), or train into a new --out folder"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
