@@ -127,3 +127,18 @@ def test_bundle_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(ModelError, match="is not a medlens bundle"):
         load_bundle(empty)
+
+
+def test_pipeline_smoke_on_a_users_folder(folder_dataset, tmp_path):
+    """train -> evaluate -> predict through the CLI on a folder of real JPEGs plus a CSV."""
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", str(folder_dataset), "--out", str(run), "--set", "model=cnn", "--set", "epochs=2", "--set", "batch_size=8", "--set", "image_size=64,64", "--seed", "1"])
+    assert trained.exit_code == 0, trained.output
+    assert "bundle written to" in trained.output
+    evaluated = runner.invoke(app, ["evaluate", str(run / "model"), "--data", str(folder_dataset), "--out", str(tmp_path / "eval"), "--bootstrap", "50"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 6
+    images = folder_dataset.parent / "images"
+    predicted = runner.invoke(app, ["predict", str(run / "model"), str(images), "--out", str(tmp_path / "p.jsonl")])
+    assert predicted.exit_code == 0, predicted.output
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 32
