@@ -18,6 +18,7 @@ from torch import nn
 from medlens import __version__
 from medlens.config import TrainConfig
 from medlens.datasets import ClassificationData
+from medlens.errors import ConfigError
 from medlens.evaluate.metrics import choose_thresholds, classification_metrics
 from medlens.models.bundle import predict_proba, save_bundle
 from medlens.models.networks import NetworkSpec, build_network
@@ -39,8 +40,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from medlens.errors import ConfigError
-
         raise ConfigError("train.device: 'cuda' asked for but no CUDA GPU is visible; use --device cpu or auto")
     return torch.device(name)
 
@@ -84,7 +83,9 @@ def train_classifier(
     def score_val(net: nn.Module) -> dict[str, float]:
         probs = predict_proba(net, val_inputs, data.task)
         metrics = classification_metrics(data.task, val.labels, probs, list(data.label_names), [])
-        return {"score": metrics["auc"], "auc": metrics["auc"], "accuracy": metrics.get("accuracy", float("nan"))}
+        accuracy = metrics.get("accuracy", metrics.get("subset_accuracy", float("nan")))
+        score = metrics["auc"] if np.isfinite(metrics["auc"]) else accuracy  # AUC is undefined if val lacks a label
+        return {"score": score, "auc": metrics["auc"], "accuracy": accuracy}
 
     options = LoopOptions(
         epochs=cfg.epochs,

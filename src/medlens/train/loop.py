@@ -109,7 +109,7 @@ def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float
 def _train_one_epoch(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batches: Iterable[Batch],
+    batches: Collection[Batch],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     options: LoopOptions,
@@ -120,7 +120,7 @@ def _train_one_epoch(
     model.train()
     total, count = 0.0, 0
     with Progress(transient=True, disable=not options.show_progress) as progress:
-        task = progress.add_task(f"epoch {epoch + 1}/{options.epochs}", total=None)
+        task = progress.add_task(f"epoch {epoch + 1}/{options.epochs}", total=len(batches))
         for inputs, targets in batches:
             inputs = inputs.to(options.device, memory_format=options.memory_format)
             targets = targets.to(options.device)
