@@ -142,3 +142,13 @@ def test_pipeline_smoke_on_a_users_folder(folder_dataset, tmp_path):
     predicted = runner.invoke(app, ["predict", str(run / "model"), str(images), "--out", str(tmp_path / "p.jsonl")])
     assert predicted.exit_code == 0, predicted.output
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 32
+
+
+def test_predict_refuses_other_modality_even_when_fitting(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")
+    result = runner.invoke(app, ["predict", "pneumonia", ct, "--fit-input", "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 1
+    with (tmp_path / "r.csv").open() as f:
+        assert "DICOM Modality is CT, the model was trained on CR images" in next(csv.DictReader(f))["error"]

@@ -30,3 +30,12 @@ def read_dicom(path: Path) -> np.ndarray:
     if ds.get("SamplesPerPixel", 1) == 3:
         return np.ascontiguousarray(np.moveaxis(array, -1, 0))
     return array[None]
+
+
+def read_dicom_modality(path: Path) -> str | None:
+    """The Modality tag (CR, DX, CT, MR, ...) from the header alone, or None when absent/unreadable."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    except (InvalidDicomError, OSError, ValueError):
+        return None
+    return str(ds.get("Modality", "")) or None

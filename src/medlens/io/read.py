@@ -37,7 +37,7 @@ def read_image(path: str | Path) -> np.ndarray:
         from medlens.io.raster import read_raster
 
         array = read_raster(path)
-    elif name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
+    elif name.endswith(DICOM_SUFFIXES) or has_dicom_preamble(path):
         from medlens.io.dicom import read_dicom
 
         array = read_dicom(path)
@@ -51,7 +51,7 @@ def read_image(path: str | Path) -> np.ndarray:
     return array
 
 
-def _has_dicom_preamble(path: Path) -> bool:
+def has_dicom_preamble(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
