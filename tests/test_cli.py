@@ -152,3 +152,17 @@ def test_predict_refuses_other_modality_even_when_fitting(tmp_path):
     assert result.exit_code == 1
     with (tmp_path / "r.csv").open() as f:
         assert "DICOM Modality is CT, the model was trained on CR images" in next(csv.DictReader(f))["error"]
+
+
+@pytest.mark.parametrize(("name", "dataset", "size"), [("pneumonia", "pneumoniamnist", 28), ("adrenal", "adrenalmnist3d", 64)])
+def test_shipped_bundles_reproduce_their_stored_test_metrics(name, dataset, size, data_dir, tmp_path):
+    """float16 shipped weights must give the test AUC recorded when the bundle was chosen."""
+    from medlens.datasets import load_medmnist
+    from medlens.evaluate.stage import evaluate_bundle
+    from medlens.models.bundle import load_bundle
+
+    bundle = load_bundle(name)
+    stored = bundle.manifest["metrics"]["test"]
+    result = evaluate_bundle(bundle, load_medmnist(dataset, size=size, data_dir=data_dir), tmp_path, n_bootstrap=10)
+    assert result["metrics"]["auc"] == pytest.approx(stored["auc"], abs=0.005)
+    assert result["metrics"]["accuracy"] == pytest.approx(stored["accuracy"], abs=0.01)
