@@ -83,6 +83,7 @@ def test_folder_dataset(folder_dataset):
     assert data.label_names == ("normal", "pneumonia") and data.task == "binary"
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 20, "val": 6, "test": 6}
     assert data.image_shape == (64, 64) and data.n_channels == 1
+    assert data.splits["train"].metadata[0] == {"site": "A"}
 
 
 def test_folder_dataset_mixed_sizes_need_image_size(folder_dataset, tmp_path):

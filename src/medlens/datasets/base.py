@@ -16,12 +16,14 @@ class Split:
     """Images of one split, channel-first: ``(N, C, H, W)`` or ``(N, C, D, H, W)``.
 
     ``labels`` is ``(N,)`` int class indices, or ``(N, K)`` 0/1 for multi-label.
-    ``ids`` names each item (file name or ``split:index``) for error messages and outputs.
+    ``ids`` names each item (file name or ``split:index``) for error messages and outputs;
+    ``metadata`` holds a folder CSV's other columns per item (age, sex, site, ...), if any.
     """
 
     images: np.ndarray
     labels: np.ndarray
     ids: list[str]
+    metadata: list[dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -140,8 +140,10 @@ def _build_splits(
     for name in SPLITS:
         mask = np.array([s == name for s in splits])
         if mask.any():
-            ids = [rows[i][file_col] for i in np.where(mask)[0]]
-            result[name] = Split(images=images[mask], labels=labels[mask], ids=ids)
+            picked = np.where(mask)[0]
+            ids = [rows[i][file_col] for i in picked]
+            extra = [{k: v for k, v in rows[i].items() if k not in (file_col, "label", "split")} for i in picked]
+            result[name] = Split(images=images[mask], labels=labels[mask], ids=ids, metadata=extra)
     missing = [s for s in ("train", "val") if s not in result]
     if missing:
         raise DataError(f"no rows in split(s) {', '.join(missing)}; train and val are required")

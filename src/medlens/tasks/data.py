@@ -43,7 +43,8 @@ def subsample(split: Split, n: int, seed: int) -> Split:
     strata = split.labels if split.labels.ndim == 1 else split.labels.argmax(axis=1)
     index, _ = train_test_split(np.arange(len(split)), train_size=n, stratify=strata, random_state=seed)
     index = np.sort(index)
-    return Split(split.images[index], split.labels[index], [split.ids[i] for i in index])
+    metadata = [split.metadata[i] for i in index] if split.metadata else []
+    return Split(split.images[index], split.labels[index], [split.ids[i] for i in index], metadata)
 
 
 class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
