@@ -122,18 +122,22 @@ def _not_found(entry: DatasetFile, searched: list[Path], why: str) -> DatasetNot
 
 
 def file_md5(path: Path) -> str:
-    return _hash_file(path, hashlib.md5(usedforsecurity=False))
+    return _file_digests(path.resolve(), path.stat().st_size, path.stat().st_mtime_ns)[0]
 
 
 def file_sha256(path: Path) -> str:
-    return _hash_file(path, hashlib.sha256())
+    return _file_digests(path.resolve(), path.stat().st_size, path.stat().st_mtime_ns)[1]
 
 
-def _hash_file(path: Path, digest: "hashlib._Hash") -> str:
+@cache
+def _file_digests(path: Path, size: int, mtime_ns: int) -> tuple[str, str]:
+    """MD5 (the catalog's checksum) and SHA-256 (recorded in bundles) in one read, cached per file version."""
+    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            md5.update(block)
+            sha256.update(block)
+    return md5.hexdigest(), sha256.hexdigest()
 
 
 def _check_local(path: Path, entry: DatasetFile) -> None:
