@@ -141,11 +141,11 @@ def models() -> None:
     """List the shipped model bundles."""
     from rich.table import Table
 
-    from medlens.models.bundle import load_bundle, pretrained_names
+    from medlens.models.bundle import pretrained_names, read_manifest
 
     table = Table("name", "task", "labels", "input", "test AUC", "test accuracy", "data")
     for name in pretrained_names():
-        m = load_bundle(name).manifest
+        _, m = read_manifest(name)
         test = m.get("metrics", {}).get("test", {})
         shape = "x".join(map(str, m["expected_input"]["spatial_shape"]))
         table.add_row(name, m["task"], ", ".join(m["label_names"]), f"{m['expected_input']['modality']} {shape}",

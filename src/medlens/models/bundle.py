@@ -114,8 +114,8 @@ def resolve_bundle_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle by shipped name or path, rebuild its network and load the weights."""
+def read_manifest(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A bundle's folder and checked ``bundle.json``, without building the network (cheap: for listings)."""
     path = resolve_bundle_path(name_or_path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file() or not (path / WEIGHTS).is_file():
@@ -126,6 +126,12 @@ def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") ->
         raise ModelError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if manifest.get("format") != BUNDLE_FORMAT:
         raise ModelError(f"{manifest_path}: format {manifest.get('format')!r}, this medlens reads {BUNDLE_FORMAT!r}")
+    return path, manifest
+
+
+def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle by shipped name or path, rebuild its network and load the weights."""
+    path, manifest = read_manifest(name_or_path)
     raw_spec = dict(manifest["network"])
     raw_spec["image_shape"] = tuple(raw_spec["image_shape"])
     model = build_network(NetworkSpec(**raw_spec))
