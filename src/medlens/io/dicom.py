@@ -14,15 +14,26 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-from medlens.errors import ImageReadError
+from medlens.errors import ImageReadError, InputMismatchError
 
 
-def read_dicom(path: Path) -> np.ndarray:
-    """Read a DICOM image as float32 ``(C, H, W)`` or ``(1, frames, H, W)``, modality LUT applied."""
+RADIOGRAPHY = {"CR", "DX", "DR"}  # one kind of image under several Modality codes
+
+
+def read_dicom(path: Path, expected_modality: str | None = None) -> np.ndarray:
+    """Read a DICOM image as float32 ``(C, H, W)`` or ``(1, frames, H, W)``, modality LUT applied.
+
+    With ``expected_modality`` (a model's), a contradicting Modality tag (a CT
+    slice into a chest X-ray model) is refused before the pixels are decoded.
+    """
     try:
         ds = pydicom.dcmread(path)
+    except (InvalidDicomError, ValueError, OSError) as exc:
+        raise ImageReadError(f"{path}: cannot read DICOM ({exc})") from exc
+    _check_modality(path, str(ds.get("Modality", "")), expected_modality)
+    try:
         pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError) as exc:
+    except (AttributeError, ValueError, RuntimeError) as exc:
         raise ImageReadError(f"{path}: cannot read DICOM pixel data ({exc})") from exc
     array = apply_modality_lut(pixels, ds).astype(np.float32)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # high values are dark: invert to MONOCHROME2
@@ -32,10 +43,11 @@ def read_dicom(path: Path) -> np.ndarray:
     return array[None]
 
 
-def read_dicom_modality(path: Path) -> str | None:
-    """The Modality tag (CR, DX, CT, MR, ...) from the header alone, or None when absent/unreadable."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-    except (InvalidDicomError, OSError, ValueError):
-        return None
-    return str(ds.get("Modality", "")) or None
+
+def _check_modality(path: Path, found: str, expected: str | None) -> None:
+    if not found or expected in (None, "", "unknown") or found == expected or {found, expected} <= RADIOGRAPHY:
+        return
+    raise InputMismatchError(
+        f"{path.name}: DICOM Modality is {found}, the model was trained on {expected} images; "
+        "use a model trained for this modality"
+    )

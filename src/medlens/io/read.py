@@ -19,10 +19,11 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, expected_modality: str | None = None) -> np.ndarray:
     """Read one image file as float32 ``(C, *spatial)``.
 
-    Grey images get one channel; an RGB raster whose three channels are equal
+    ``expected_modality`` (a model's, e.g. ``CR``) refuses a DICOM whose
+    Modality tag contradicts it; other formats carry no modality. Grey images get one channel; an RGB raster whose three channels are equal
     (grey stored as colour, common for X-ray JPEGs) is reduced to one channel.
     """
     path = Path(path)
@@ -37,10 +38,10 @@ def read_image(path: str | Path) -> np.ndarray:
         from medlens.io.raster import read_raster
 
         array = read_raster(path)
-    elif name.endswith(DICOM_SUFFIXES) or has_dicom_preamble(path):
+    elif name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
         from medlens.io.dicom import read_dicom
 
-        array = read_dicom(path)
+        array = read_dicom(path, expected_modality)
     else:
         raise ImageReadError(
             f"{path}: unknown image type {path.suffix!r}; medlens reads {', '.join(IMAGE_SUFFIXES)} "
@@ -51,7 +52,7 @@ def read_image(path: str | Path) -> np.ndarray:
     return array
 
 
-def has_dicom_preamble(path: Path) -> bool:
+def _has_dicom_preamble(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"

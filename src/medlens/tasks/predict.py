@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.errors import InputMismatchError, MedlensError
+from medlens.errors import MedlensError
 from medlens.io import IMAGE_SUFFIXES, read_image
 from medlens.models.bundle import Bundle
 from medlens.preprocess import prepare_image
@@ -43,8 +43,8 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
         ready, arrays = [], []
         for row in chunk:
             try:
-                check_modality(Path(row.file), bundle.preprocessing.modality)
-                array, row.notes = prepare_image(read_image(row.file), bundle.preprocessing, adapt=adapt)
+                image = read_image(row.file, expected_modality=bundle.preprocessing.modality)
+                array, row.notes = prepare_image(image, bundle.preprocessing, adapt=adapt)
             except MedlensError as exc:
                 row.error = str(exc)
                 continue
@@ -55,28 +55,6 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
                 row.label = decide_label(bundle, probs)
     return rows
-
-
-RADIOGRAPHY = {"CR", "DX", "DR"}
-
-
-def check_modality(path: Path, expected: str) -> None:
-    """Refuse a DICOM whose Modality tag contradicts the bundle's (a CT slice into a chest X-ray model)."""
-    from medlens.io.read import DICOM_SUFFIXES, has_dicom_preamble
-
-    if expected in ("", "unknown") or not path.is_file():
-        return
-    if not (path.name.lower().endswith(DICOM_SUFFIXES) or has_dicom_preamble(path)):
-        return
-    from medlens.io.dicom import read_dicom_modality
-
-    found = read_dicom_modality(path)
-    if found is None or found == expected or {found, expected} <= RADIOGRAPHY:
-        return
-    raise InputMismatchError(
-        f"{path.name}: DICOM Modality is {found}, the model was trained on {expected} images; "
-        "use a model trained for this modality"
-    )
 
 
 def decide_label(bundle: Bundle, probs: np.ndarray) -> str:
