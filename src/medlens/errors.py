@@ -36,6 +36,22 @@ class ImageReadError(DataError):
     """An image file could not be decoded, or holds NaN/inf values."""
 
 
+class DicomError(ImageReadError):
+    """A DICOM file is not DICOM, is truncated, has no pixels or misses a tag the reader needs."""
+
+
+class UnsupportedTransferSyntaxError(DicomError):
+    """The pixel data is compressed in a transfer syntax no installed decoder handles."""
+
+
+class GeometryError(DataError):
+    """Slices do not form one volume: mixed sizes, conflicting duplicates, missing or broken geometry tags."""
+
+
+class DeidError(DataError):
+    """De-identification could not be applied, or verification found identifiers left."""
+
+
 class InputMismatchError(DataError):
     """An image does not match what a model bundle expects (size, channels, dimensions)."""
 

@@ -1,53 +1,156 @@
-"""Single DICOM files via pydicom: rescale to physical values and undo MONOCHROME1.
+"""DICOM files to physical pixel values, through pydicom and its decoder plugins.
 
-Series assembly, geometry and compressed syntaxes beyond what pydicom's
-installed plugins decode belong to the I/O issue; this reader covers the one
-image a classifier takes.
+Decoding is pydicom's job: GDCM (JPEG baseline/extended/lossless, JPEG-LS),
+pylibjpeg-openjpeg (JPEG 2000) and pylibjpeg-rle (RLE) are installed as plugins;
+pylibjpeg-libjpeg is left out on purpose because it is GPL-3.0 and medlens is
+Apache-2.0. pydicom already masks the unused high bits (BitsStored) and sign-extends
+signed data; this module adds the modality LUT (Hounsfield units for CT), per-frame
+rescale of enhanced objects, MONOCHROME1 inversion, and errors that name the file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-from medlens.errors import ImageReadError, InputMismatchError
-
+from medlens.errors import DicomError, InputMismatchError, UnsupportedTransferSyntaxError
 
 RADIOGRAPHY = {"CR", "DX", "DR"}  # one kind of image under several Modality codes
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def read_dataset(path: Path, pixels: bool = True) -> Dataset:
+    """Parse one file; ``pixels=False`` defers the pixel data (read on first access) for fast header scans."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DicomError(f"{path}: cannot open ({exc.strerror}); check the path and permissions") from exc
+    if size == 0:
+        raise DicomError(f"{path}: empty file (0 bytes); the copy or download was interrupted")
+    try:
+        return pydicom.dcmread(path, defer_size=None if pixels else 4096)
+    except InvalidDicomError as exc:
+        raise DicomError(f"{path}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from exc
+    except Exception as exc:  # pydicom raises many types on malformed input (struct, Unicode, Value, EOF...)
+        raise DicomError(f"{path}: unreadable DICOM header, the file is truncated or corrupt ({_short(exc)})") from exc
+
+
+def decode_frames(ds: Dataset, path: Path) -> np.ndarray:
+    """Decode the pixel data as float32 ``(frames, rows, cols)`` (``(..., 3)`` for colour) in physical units.
+
+    CT comes out in Hounsfield units; per-frame rescale of enhanced objects is honoured.
+    """
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        raise DicomError(
+            f"{path}: no pixel data (SOP class {_sop_name(ds)}); it is not an image, e.g. a report or "
+            "presentation state: leave it out"
+        )
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        stored = ds.pixel_array
+    except NotImplementedError as exc:
+        raise _no_decoder(path, syntax, exc) from exc
+    except RuntimeError as exc:
+        if "plugin" in str(exc) or "decoder" in str(exc).lower():
+            raise _no_decoder(path, syntax, exc) from exc
+        raise DicomError(f"{path}: cannot decode pixel data ({_short(exc)})") from exc
+    except Exception as exc:  # truncated pixel data, inconsistent Rows/Columns/BitsAllocated, bad fragments
+        raise DicomError(f"{path}: cannot decode pixel data, the file is truncated or corrupt ({_short(exc)})") from exc
+    frames = int(ds.get("NumberOfFrames") or 1)
+    colour = int(ds.get("SamplesPerPixel", 1)) > 1
+    stored = stored.reshape((frames,) + stored.shape[-3 if colour else -2 :])
+    values = _apply_rescale(stored, ds)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        low, high = stored_range(ds)
+        values = (low + high) - values if low is not None else values.max() + values.min() - values
+    if not np.isfinite(values).all():
+        raise DicomError(f"{path}: pixel data contains NaN or inf after rescale; the file is corrupt")
+    return values.astype(np.float32, copy=False)
+
+
+def stored_range(ds: Dataset) -> tuple[float | None, float | None]:
+    """The physical range that BitsStored allows after rescale: MONOCHROME1 is inverted within it, not within the data."""
+    if "ModalityLUTSequence" in ds or "BitsStored" not in ds:
+        return None, None
+    bits = int(ds.BitsStored)
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if ds.get("PixelRepresentation", 0) == 1 else (0, 2**bits - 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    return low * slope + intercept, high * slope + intercept
+
+
+def has_dicom_marker(path: Path) -> bool:
+    """The 'DICM' marker after the 128-byte preamble: how a suffix-less file is recognised as DICOM."""
+    try:
+        with path.open("rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def read_dicom(path: Path, expected_modality: str | None = None) -> np.ndarray:
-    """Read a DICOM image as float32 ``(C, H, W)`` or ``(1, frames, H, W)``, modality LUT applied.
+    """Read one DICOM image as float32 ``(C, H, W)`` or ``(1, frames, H, W)`` for a classifier.
 
     With ``expected_modality`` (a model's), a contradicting Modality tag (a CT
     slice into a chest X-ray model) is refused before the pixels are decoded.
     """
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, ValueError, OSError) as exc:
-        raise ImageReadError(f"{path}: cannot read DICOM ({exc})") from exc
-    _check_modality(path, str(ds.get("Modality", "")), expected_modality)
-    try:
-        pixels = ds.pixel_array
-    except (AttributeError, ValueError, RuntimeError) as exc:
-        raise ImageReadError(f"{path}: cannot read DICOM pixel data ({exc})") from exc
-    array = apply_modality_lut(pixels, ds).astype(np.float32)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # high values are dark: invert to MONOCHROME2
-        array = array.max() + array.min() - array
-    if ds.get("SamplesPerPixel", 1) == 3:
-        return np.ascontiguousarray(np.moveaxis(array, -1, 0))
-    return array[None]
+    ds = read_dataset(path)
+    check_modality(path, str(ds.get("Modality", "")), expected_modality)
+    frames = decode_frames(ds, path)
+    if frames.ndim == 4:  # colour: (frames, H, W, 3) -> (3, H, W) for the first frame
+        return np.ascontiguousarray(np.moveaxis(frames[0], -1, 0))
+    return frames[:1] if frames.shape[0] == 1 else frames[None]
 
 
-
-def _check_modality(path: Path, found: str, expected: str | None) -> None:
+def check_modality(path: Path, found: str, expected: str | None) -> None:
     if not found or expected in (None, "", "unknown") or found == expected or {found, expected} <= RADIOGRAPHY:
         return
     raise InputMismatchError(
         f"{path.name}: DICOM Modality is {found}, the model was trained on {expected} images; "
         "use a model trained for this modality"
     )
+
+
+def _apply_rescale(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Top-level modality LUT or rescale, or the per-frame Pixel Value Transformation of enhanced objects."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+        shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+        out = np.empty(stored.shape, dtype=np.float64)
+        for i, frame in enumerate(stored):
+            slope, intercept = _frame_rescale(per_frame[i] if i < len(per_frame) else None, shared)
+            out[i] = frame * slope + intercept
+        return out
+    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+
+
+def _frame_rescale(frame_group: Any, shared: Any) -> tuple[float, float]:
+    for group in (frame_group, shared):
+        item = group.get("PixelValueTransformationSequence") if group is not None else None
+        if item:
+            return float(item[0].get("RescaleSlope", 1) or 1), float(item[0].get("RescaleIntercept", 0) or 0)
+    return 1.0, 0.0
+
+
+def _no_decoder(path: Path, syntax: Any, exc: Exception) -> UnsupportedTransferSyntaxError:
+    name = getattr(syntax, "name", None) or str(syntax)
+    return UnsupportedTransferSyntaxError(
+        f"{path}: pixel data is compressed as {name} ({syntax}) and no installed decoder handles it; "
+        "medlens decodes uncompressed, RLE, JPEG, JPEG-LS and JPEG 2000: convert the file to one of these "
+        f"(e.g. `gdcmconv --raw`) ({_short(exc)})"
+    )
+
+
+def _sop_name(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    return getattr(uid, "name", None) or str(uid or "unknown")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

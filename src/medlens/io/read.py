@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens.errors import ImageReadError
+from medlens.io.dicom import has_dicom_marker, read_dicom
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -38,8 +39,7 @@ def read_image(path: str | Path, expected_modality: str | None = None) -> np.nda
         from medlens.io.raster import read_raster
 
         array = read_raster(path)
-    elif name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
-        from medlens.io.dicom import read_dicom
+    elif name.endswith(DICOM_SUFFIXES) or has_dicom_marker(path):
 
         array = read_dicom(path, expected_modality)
     else:
@@ -50,9 +50,3 @@ def read_image(path: str | Path, expected_modality: str | None = None) -> np.nda
     if not np.isfinite(array).all():
         raise ImageReadError(f"{path}: contains NaN or inf pixel values; the file is corrupt or not an image")
     return array
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM"
