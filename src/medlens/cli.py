@@ -137,6 +137,99 @@ def predict(
 
 
 @app.command()
+@user_errors
+def convert(
+    source: Annotated[Path, typer.Argument(help="DICOM file, series folder or study tree.")],
+    out: Annotated[Path, typer.Argument(help="Folder for one .nii.gz + .json sidecar per volume, and convert.json.")],
+    equalize: Annotated[bool, typer.Option("--equalize/--no-equalize", help="Resample unevenly spaced slices (as dcm2niix's _Eq) or list them as problems.")] = True,
+    workers: Annotated[int, typer.Option("--workers", help="Threads decoding pixel data.")] = 1,
+) -> None:
+    """DICOM to NIfTI: series grouped and split, slices sorted in space, sidecars without patient identifiers."""
+    from medlens.io.convert import convert_dicom
+
+    report = convert_dicom(source, out, equalize=equalize, workers=workers)
+    rows = [[v["file"], "x".join(map(str, v["shape"])), " x ".join(f"{s:.3g}" for s in v["spacing_mm"]), v["orientation"], "; ".join(v["warnings"])] for v in report["volumes"]]
+    _print_table(["file", "shape", "spacing (mm)", "axes", "warnings"], rows)
+    for note in report["notes"]:
+        typer.echo(f"note: {note}")
+    typer.echo(f"{len(report['volumes'])} volume(s) written to {out}; report: {out / 'convert.json'}")
+    _exit_on_problems(report["problems"], "file(s) could not be converted")
+
+
+@app.command()
+@user_errors
+def info(path: Annotated[Path, typer.Argument(help="DICOM file/folder, NIfTI, NRRD or MHA.")]) -> None:
+    """Summarise a study from its headers: series, modality, sizes, spacing, orientation, transfer syntax (no patient identifiers)."""
+    from medlens.io.info import summarize
+
+    summary = summarize(path)
+    columns = {"name": "series", "modality": "mod", "slices": "slices", "rows_cols": "matrix", "pixel_spacing_mm": "pixel mm",
+               "slice_step_mm": "step mm", "orientation": "plane", "duplicate_positions": "dups", "evenly_spaced": "even", "transfer_syntax": "syntax"}
+    rows = [[_cell(s.get(c, s.get("shape") if c == "rows_cols" else "")) for c in columns] for s in summary["series"]]
+    _print_table(list(columns.values()), rows)
+    if summary.get("skipped_not_dicom"):
+        typer.echo(f"{summary['skipped_not_dicom']} non-DICOM file(s) skipped")
+    _exit_on_problems(summary["problems"], "file(s) could not be read")
+
+
+@app.command()
+@user_errors
+def deid(
+    source: Annotated[Path, typer.Argument(help="DICOM file or folder to de-identify, or to check with --verify.")],
+    out: Annotated[Path | None, typer.Argument(help="Output folder (not with --verify).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Only check SOURCE for identifiers left; writes nothing.")] = False,
+    shift_dates: Annotated[int | None, typer.Option("--shift-dates", help="Shift every date by DAYS instead of removing dates.")] = None,
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="Secret key: the same key gives the same pseudonyms and UIDs in later runs.")] = None,
+) -> None:
+    """De-identify DICOM (PS3.15 Annex E basic profile), or --verify that no identifiers are left."""
+    from medlens.errors import ConfigError, DeidError
+    from medlens.io.deid import DeidOptions, deidentify_tree, verify_tree
+
+    if verify:
+        result = verify_tree(source)
+        if not result["clean"]:
+            _print_table(["file", "attribute", "problem"], [[f["file"], f["attribute"], f["problem"]] for f in result["findings"][:50]])
+            raise DeidError(f"{len(result['findings'])} identifier finding(s) in {result['files_checked']} file(s) under {source}; de-identify them with `medlens deid`")
+        typer.echo(f"clean: {result['files_checked']} file(s) checked, no identifiers of the basic profile found")
+        return
+    if out is None:
+        raise ConfigError("deid needs an output folder: medlens deid IN OUT (or --verify IN to check a folder)")
+    key = key_file.read_text().strip() if key_file else None
+    report = deidentify_tree(source, out, DeidOptions(key=key, shift_days=shift_dates))
+    _print_table(["attribute", "action", "files"], [[c["attribute"], c["action"], str(c["count"])] for c in report["changes"]])
+    for flagged in report["burned_in_check"]:
+        typer.echo(f"check pixels: {flagged['file']}: {flagged['reason']}")
+    typer.echo(f"{report['files_written']} file(s) written to {out}; report: {out / 'deid_report.json'}")
+    _exit_on_problems(report["problems"], "file(s) could not be de-identified")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " x ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _print_table(columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+
+
+def _exit_on_problems(problems: list[dict[str, str]], what: str) -> None:
+    """Batch commands finish the good files, then list the bad ones and exit 1."""
+    if not problems:
+        return
+    err = _console(stderr=True)
+    for p in problems:
+        err.print(f"[red]problem:[/red] {p['message']}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {len(problems)} {what}; the rest was written", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
 def models() -> None:
     """List the shipped model bundles."""
     from rich.table import Table

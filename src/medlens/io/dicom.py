@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from medlens.errors import DicomError, InputMismatchError, UnsupportedTransferSyntaxError
 
@@ -33,8 +33,17 @@ def read_dataset(path: Path, pixels: bool = True) -> Dataset:
         raise DicomError(f"{path}: cannot open ({exc.strerror}); check the path and permissions") from exc
     if size == 0:
         raise DicomError(f"{path}: empty file (0 bytes); the copy or download was interrupted")
+    defer = None if pixels else 4096
     try:
-        return pydicom.dcmread(path, defer_size=None if pixels else 4096)
+        try:
+            return pydicom.dcmread(path, defer_size=defer)
+        except InvalidDicomError:
+            if not _starts_like_raw_dataset(path):
+                raise
+            ds = pydicom.dcmread(path, defer_size=defer, force=True)  # legacy file without preamble and meta header
+            if "SOPClassUID" not in ds and "Rows" not in ds:
+                raise
+            return ds
     except InvalidDicomError as exc:
         raise DicomError(f"{path}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from exc
     except Exception as exc:  # pydicom raises many types on malformed input (struct, Unicode, Value, EOF...)
@@ -65,6 +74,8 @@ def decode_frames(ds: Dataset, path: Path) -> np.ndarray:
     frames = int(ds.get("NumberOfFrames") or 1)
     colour = int(ds.get("SamplesPerPixel", 1)) > 1
     stored = stored.reshape((frames,) + stored.shape[-3 if colour else -2 :])
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":  # indices into a colour table: show the colours
+        return np.asarray(apply_color_lut(stored, ds), dtype=np.float32)
     values = _apply_rescale(stored, ds)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         low, high = stored_range(ds)
@@ -82,6 +93,13 @@ def stored_range(ds: Dataset) -> tuple[float | None, float | None]:
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if ds.get("PixelRepresentation", 0) == 1 else (0, 2**bits - 1)
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
     return low * slope + intercept, high * slope + intercept
+
+
+def _starts_like_raw_dataset(path: Path) -> bool:
+    """A dataset written without preamble starts with a group 0002 or 0008 tag (either byte order)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head[:2] in (b"\x02\x00", b"\x00\x02", b"\x08\x00", b"\x00\x08")
 
 
 def has_dicom_marker(path: Path) -> bool:
@@ -126,7 +144,10 @@ def _apply_rescale(stored: np.ndarray, ds: Dataset) -> np.ndarray:
             slope, intercept = _frame_rescale(per_frame[i] if i < len(per_frame) else None, shared)
             out[i] = frame * slope + intercept
         return out
-    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    if ds.get("Modality") == "RTDOSE" and ds.get("DoseGridScaling"):
+        values = values * float(ds.DoseGridScaling)  # stored integers to dose in DoseUnits (Gy)
+    return values
 
 
 def _frame_rescale(frame_group: Any, shared: Any) -> tuple[float, float]:
@@ -139,10 +160,13 @@ def _frame_rescale(frame_group: Any, shared: Any) -> tuple[float, float]:
 
 def _no_decoder(path: Path, syntax: Any, exc: Exception) -> UnsupportedTransferSyntaxError:
     name = getattr(syntax, "name", None) or str(syntax)
+    detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4]) or _short(exc)
+    hint = ("12-bit JPEG Extended needs pylibjpeg-libjpeg, left out of medlens because it is GPL-3.0: install it "
+            "yourself if its licence suits you, or" if "12-bit" in str(exc) else "medlens decodes uncompressed, RLE, "
+            "JPEG baseline/lossless, JPEG-LS and JPEG 2000:")
     return UnsupportedTransferSyntaxError(
-        f"{path}: pixel data is compressed as {name} ({syntax}) and no installed decoder handles it; "
-        "medlens decodes uncompressed, RLE, JPEG, JPEG-LS and JPEG 2000: convert the file to one of these "
-        f"(e.g. `gdcmconv --raw`) ({_short(exc)})"
+        f"{path}: pixel data is compressed as {name} ({syntax}) and no installed decoder handles it; {hint} "
+        f"convert the file to an uncompressed syntax (e.g. `gdcmconv --raw IN OUT`) [{detail[:300]}]"
     )
 
 

@@ -12,7 +12,7 @@ file still converts, and the broken file is listed.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -53,6 +53,7 @@ class Slice:
     orientation: np.ndarray | None
     spacing_rc: tuple[float, float]
     instance: int
+    spacing_known: bool = True
 
     @property
     def normal(self) -> np.ndarray:
@@ -93,13 +94,20 @@ def read_dicom_volumes(path: str | Path, workers: int = 1) -> DicomScan:
     slices: list[Slice] = []
     for file in files:
         try:
-            slices.extend(_slices_of(file, read_dataset(file, pixels=False)))
+            slices.extend(slices_of(file, read_dataset(file, pixels=False)))
         except DicomError as exc:
             if file.suffix.lower() in NOT_DICOM_SUFFIXES and not has_dicom_marker(file):
                 scan.notes.append(f"skipped {file.name}: not DICOM")
                 continue
             scan.problems.append(FileProblem(str(file), type(exc).__name__, str(exc)))
-    for key, members in sorted(group_slices(slices).items(), key=lambda kv: _series_order(kv[1])):
+    groups = group_slices(slices)
+    per_series = Counter(key[0] for key in groups)
+    for uid, count in per_series.items():
+        if count > 1:
+            parts = [k for k in groups if k[0] == uid]
+            scan.notes.append(f"{_series_label(groups[parts[0]][0])} mixes acquisitions ({_split_reason(parts)}): "
+                              f"split into {count} volumes")
+    for key, members in sorted(groups.items(), key=lambda kv: _series_order(kv[1])):
         try:
             scan.volumes.extend(assemble_volumes(members, workers=workers, notes=scan.notes))
         except (GeometryError, DicomError) as exc:
@@ -116,9 +124,10 @@ def read_dicom_volume(path: str | Path) -> Volume:
     if scan.problems:
         raise scan_error(path, scan)
     if len(scan.volumes) != 1:
+        shapes = ", ".join(f"{v.meta['name']} {'x'.join(map(str, v.shape))}" for v in scan.volumes)
         raise GeometryError(
-            f"{path}: holds {len(scan.volumes)} volumes ({', '.join(v.meta['name'] for v in scan.volumes)}); "
-            "point to one series folder, or use read_dicom_volumes / `medlens convert` for all of them"
+            f"{path}: holds {len(scan.volumes)} volumes ({shapes}); {' '.join(scan.notes)} "
+            "Point to one series folder, or use read_dicom_volumes / `medlens convert` for all of them"
         )
     return scan.volumes[0]
 
@@ -178,7 +187,7 @@ def assemble_volumes(slices: list[Slice], workers: int = 1, notes: list[str] | N
     )
 
 
-def _slices_of(path: Path, ds: Dataset) -> list[Slice]:
+def slices_of(path: Path, ds: Dataset) -> list[Slice]:
     frames = int(ds.get("NumberOfFrames") or 1)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomError(f"{path}: no pixel data (SOP class {getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); "
@@ -194,10 +203,11 @@ def _slices_of(path: Path, ds: Dataset) -> list[Slice]:
         group = per_frame[f] if f < len(per_frame) else None
         position = _vector(_functional(group, shared, "PlanePositionSequence", "ImagePositionPatient") or ds.get("ImagePositionPatient"), 3, path)
         orientation = _vector(_functional(group, shared, "PlaneOrientationSequence", "ImageOrientationPatient") or ds.get("ImageOrientationPatient"), 6, path)
-        spacing = _functional(group, shared, "PixelMeasuresSequence", "PixelSpacing") or ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+        candidates = (_functional(group, shared, "PixelMeasuresSequence", "PixelSpacing"), ds.get("PixelSpacing"), ds.get("ImagerPixelSpacing"))
+        spacing = next((sp for sp in (_spacing(c, path) for c in candidates) if sp is not None), None)
         if frames > 1 and position is not None and group is None and orientation is not None:
             position = position + _frame_offset(ds, f) * np.cross(orientation[:3], orientation[3:])
-        out.append(Slice(path, f, ds, position, orientation, _spacing(spacing, path), instance))
+        out.append(Slice(path, f, ds, position, orientation, spacing or (1.0, 1.0), instance, spacing is not None))
     return out
 
 
@@ -232,15 +242,16 @@ def _vector(value: Any, n: int, path: Path) -> np.ndarray | None:
     return vector
 
 
-def _spacing(value: Any, path: Path) -> tuple[float, float]:
+def _spacing(value: Any, path: Path) -> tuple[float, float] | None:
+    """Two positive millimetre values, or None (missing, or zeros as some CR writers store) to try the next tag."""
     if value is None or value == "":
-        return (1.0, 1.0)
+        return None
     try:
         row, col = (float(v) for v in value)
     except (TypeError, ValueError) as exc:
         raise DicomError(f"{path}: PixelSpacing holds {value!r}, not two numbers; the header is corrupt") from exc
     if not (row > 0 and col > 0 and np.isfinite(row) and np.isfinite(col)):
-        raise DicomError(f"{path}: PixelSpacing {value!r} is not positive; the header is corrupt")
+        return None
     return (row, col)
 
 
@@ -297,7 +308,7 @@ def _build(slices: list[Slice], pixels: dict[Path, np.ndarray], notes: list[str]
     stack = np.stack([pixels[s.path][s.frame] for s in slices])  # (k, rows, cols[, 3])
     array = np.ascontiguousarray(np.swapaxes(stack, 0, 2) if stack.ndim == 3 else np.transpose(stack, (2, 1, 0, 3)))
     row_mm, col_mm = first.spacing_rc
-    warnings: list[str] = []
+    warnings: list[str] = [] if first.spacing_known else ["no valid PixelSpacing/ImagerPixelSpacing: 1 mm assumed"]
     if first.orientation is None:  # a projection radiograph or secondary capture: pixel spacing only
         affine_lps = np.diag([col_mm, row_mm, 1.0, 1.0])
         warnings.append("no ImagePositionPatient/ImageOrientationPatient: pixel grid only, not placed in the patient")
@@ -323,6 +334,13 @@ def _build(slices: list[Slice], pixels: dict[Path, np.ndarray], notes: list[str]
 
 def _single_slice_step(ds: Dataset) -> float:
     return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+
+
+def _split_reason(keys: list[tuple]) -> str:
+    fields = ("series", "echo numbers", "magnitude/phase", "orientation", "rows", "columns", "samples per pixel")
+    differing = [name for i, name in enumerate(fields) if len({k[i] for k in keys}) > 1]
+    sizes = sorted({f"{k[4]}x{k[5]}" for k in keys})
+    return ", ".join(differing) + (f": matrix sizes {' and '.join(sizes)}" if len(sizes) > 1 else "")
 
 
 def _series_label(s: Slice) -> str:
