@@ -22,6 +22,12 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from medlens.errors import DicomError, InputMismatchError, UnsupportedTransferSyntaxError
 
 RADIOGRAPHY = {"CR", "DX", "DR"}  # one kind of image under several Modality codes
+NUMERIC_TAGS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit",
+                "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "SpacingBetweenSlices", "SliceThickness",
+                "DoseGridScaling", "TriggerTime")
+JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+                 "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+INTEGER_TAGS = {"Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"}
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
@@ -36,14 +42,17 @@ def read_dataset(path: Path, pixels: bool = True) -> Dataset:
     defer = None if pixels else 4096
     try:
         try:
-            return pydicom.dcmread(path, defer_size=defer)
+            ds = pydicom.dcmread(path, defer_size=defer)
         except InvalidDicomError:
             if not _starts_like_raw_dataset(path):
                 raise
             ds = pydicom.dcmread(path, defer_size=defer, force=True)  # legacy file without preamble and meta header
             if "SOPClassUID" not in ds and "Rows" not in ds:
                 raise
-            return ds
+        for tag in list(ds.keys()):  # pydicom converts values lazily: make a corrupt value fail here, naming the file
+            if tag.group != 0x7FE0:
+                ds[tag]
+        return ds
     except InvalidDicomError as exc:
         raise DicomError(f"{path}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from exc
     except Exception as exc:  # pydicom raises many types on malformed input (struct, Unicode, Value, EOF...)
@@ -60,7 +69,10 @@ def decode_frames(ds: Dataset, path: Path) -> np.ndarray:
             f"{path}: no pixel data (SOP class {_sop_name(ds)}); it is not an image, e.g. a report or "
             "presentation state: leave it out"
         )
+    check_numeric_tags(ds, path)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if str(syntax) in JPEG_SYNTAXES:
+        _check_jpeg_frame_header(ds, path)
     try:
         stored = ds.pixel_array
     except NotImplementedError as exc:
@@ -69,7 +81,10 @@ def decode_frames(ds: Dataset, path: Path) -> np.ndarray:
         if "plugin" in str(exc) or "decoder" in str(exc).lower():
             raise _no_decoder(path, syntax, exc) from exc
         raise DicomError(f"{path}: cannot decode pixel data ({_short(exc)})") from exc
-    except Exception as exc:  # truncated pixel data, inconsistent Rows/Columns/BitsAllocated, bad fragments
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # truncated data, inconsistent Rows/Columns/Bits, bad fragments; Rust decoders
+        # (pylibjpeg-rle) signal corrupt input with a PanicException, which is not an Exception subclass
         raise DicomError(f"{path}: cannot decode pixel data, the file is truncated or corrupt ({_short(exc)})") from exc
     frames = int(ds.get("NumberOfFrames") or 1)
     colour = int(ds.get("SamplesPerPixel", 1)) > 1
@@ -83,6 +98,48 @@ def decode_frames(ds: Dataset, path: Path) -> np.ndarray:
     if not np.isfinite(values).all():
         raise DicomError(f"{path}: pixel data contains NaN or inf after rescale; the file is corrupt")
     return values.astype(np.float32, copy=False)
+
+
+def _check_jpeg_frame_header(ds: Dataset, path: Path) -> None:
+    """Compare the first JPEG frame's SOF header with Rows/Columns/SamplesPerPixel/BitsAllocated before decoding.
+
+    GDCM aborts the whole process (an uncaught C++ exception) when they disagree,
+    which a corrupt file must not be able to do to a batch job or a server.
+    """
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels.utils import _get_jpg_parameters
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
+        params = _get_jpg_parameters(frame)
+    except Exception as exc:  # broken encapsulation: fragment lengths, missing items
+        raise DicomError(f"{path}: compressed pixel data is damaged ({str(exc)[:120]}); the file is corrupt") from exc
+    found = (params.get("height"), params.get("width"), params.get("components"))
+    expected = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
+    if found != expected or int(params.get("precision", 0)) > int(ds.get("BitsAllocated", 0)) or not params.get("precision"):
+        raise DicomError(
+            f"{path}: the JPEG stream is {found[0]}x{found[1]}, {found[2]} component(s), {params.get('precision')} bits "
+            f"but the header says {expected[0]}x{expected[1]}, {expected[2]} sample(s), {ds.get('BitsAllocated')} bits "
+            "allocated; the file is corrupt"
+        )
+
+
+def check_numeric_tags(ds: Dataset, path: Path) -> None:
+    """pydicom keeps an invalid number as text: refuse it here, naming the tag, so later arithmetic can trust it."""
+    for keyword in NUMERIC_TAGS:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if keyword in INTEGER_TAGS and np.isfinite(number) and (not float(number).is_integer() or number < 0 or "." in str(value)):
+            number = float("nan")
+        if not np.isfinite(number):
+            raise DicomError(f"{path}: {keyword} holds {str(value)[:40]!r}, not a number; the header is corrupt")
+    if ds.get("Rows") in (None, "", 0) or ds.get("Columns") in (None, "", 0):
+        raise DicomError(f"{path}: Rows/Columns missing or zero; the header is corrupt")
 
 
 def stored_range(ds: Dataset) -> tuple[float | None, float | None]:

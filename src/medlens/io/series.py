@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from medlens import errors
 from medlens.errors import DataError, DicomError, GeometryError, ImageReadError
-from medlens.io.dicom import decode_frames, has_dicom_marker, read_dataset
+from medlens.io.dicom import check_numeric_tags, decode_frames, has_dicom_marker, read_dataset
 from medlens.io.dicom_meta import phi_free_meta
 from medlens.types import Volume, affine_lps_to_ras, slices_evenly_spaced
 
@@ -109,10 +110,15 @@ def read_dicom_volumes(path: str | Path, workers: int = 1) -> DicomScan:
                               f"split into {count} volumes")
     for key, members in sorted(groups.items(), key=lambda kv: _series_order(kv[1])):
         try:
-            scan.volumes.extend(assemble_volumes(members, workers=workers, notes=scan.notes))
+            scan.volumes.extend(assemble_volumes(members, workers=workers, notes=scan.notes, problems=scan.problems))
         except (GeometryError, DicomError) as exc:
-            scan.problems.append(FileProblem(", ".join(sorted({s.path.name for s in members})[:3]), type(exc).__name__, str(exc)))
+            scan.problems.append(FileProblem(_names(members), type(exc).__name__, str(exc)))
+        except Exception as exc:  # last resort, so one strange series cannot stop a batch: reported, never silent
+            scan.problems.append(FileProblem(_names(members), "DicomError", f"{_names(members)}: could not be assembled "
+                                             f"({type(exc).__name__}: {str(exc)[:200]}); please report this file"))
     if not scan.volumes:
+        if len(scan.problems) == 1:
+            raise getattr(errors, scan.problems[0].error, ImageReadError)(scan.problems[0].message)
         detail = "; ".join(p.message for p in scan.problems[:3])
         raise ImageReadError(f"{path}: no DICOM image could be read from {len(files)} file(s): {detail}")
     return scan
@@ -150,12 +156,19 @@ def group_slices(slices: Iterable[Slice]) -> dict[tuple, list[Slice]]:
     return groups
 
 
-def assemble_volumes(slices: list[Slice], workers: int = 1, notes: list[str] | None = None) -> list[Volume]:
-    """Sort one group along its normal, resolve duplicates, and stack it into volumes (several for repeated scans)."""
+def assemble_volumes(slices: list[Slice], workers: int = 1, notes: list[str] | None = None,
+                     problems: list[FileProblem] | None = None) -> list[Volume]:
+    """Sort one group along its normal, resolve duplicates, and stack it into volumes (several for repeated scans).
+
+    A file whose pixels cannot be decoded is left out and added to ``problems``
+    (the gap it leaves is then reported as uneven spacing); with ``problems=None`` it is an error.
+    """
     notes = [] if notes is None else notes
     no_geometry = any(s.position is None or s.orientation is None for s in slices)
     if no_geometry and len({s.path for s in slices}) == 1:  # cine / multi-frame without geometry: frames in file order
-        pixels = _decode_all(slices, workers)
+        pixels = _decode_all(slices, workers, problems)
+        if not pixels:
+            raise DicomError(f"{slices[0].path}: pixel data could not be decoded")
         return [_build([replace(s, position=None, orientation=None) for s in slices], pixels, notes)]
     if len(slices) > 1 and no_geometry:
         missing = next(s for s in slices if s.position is None or s.orientation is None)
@@ -163,7 +176,10 @@ def assemble_volumes(slices: list[Slice], workers: int = 1, notes: list[str] | N
             f"{missing.path}: ImagePositionPatient or ImageOrientationPatient missing, so the {len(slices)} slices "
             "of this series cannot be ordered in space; the files are not a volume (or were stripped by a bad export)"
         )
-    pixels = _decode_all(slices, workers)
+    pixels = _decode_all(slices, workers, problems)
+    slices = [s for s in slices if s.path in pixels]
+    if not slices:
+        return []  # every file failed to decode; each is already listed in problems
     if len(slices) == 1 or slices[0].position is None:
         return [_build(slices, pixels, notes)]
     normal = slices[0].normal
@@ -188,13 +204,21 @@ def assemble_volumes(slices: list[Slice], workers: int = 1, notes: list[str] | N
 
 
 def slices_of(path: Path, ds: Dataset) -> list[Slice]:
+    """The frames of one file with their geometry; a corrupt nested value becomes a DicomError naming the file."""
+    try:
+        return _frames_with_geometry(path, ds)
+    except DicomError:
+        raise
+    except Exception as exc:  # lazily parsed nested values (functional groups) fail on first access
+        raise DicomError(f"{path}: corrupt header value ({str(exc)[:200]}); the file is damaged") from exc
+
+
+def _frames_with_geometry(path: Path, ds: Dataset) -> list[Slice]:
     frames = int(ds.get("NumberOfFrames") or 1)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomError(f"{path}: no pixel data (SOP class {getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); "
                          "it is not an image, e.g. a report or presentation state: leave it out")
-    for tag in ("Rows", "Columns"):
-        if tag not in ds:
-            raise DicomError(f"{path}: the required tag {tag} is missing; the file is corrupt")
+    check_numeric_tags(ds, path)
     instance = _int(ds.get("InstanceNumber"), 0)
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
@@ -262,19 +286,30 @@ def _int(value: Any, default: int) -> int:
         return default
 
 
-def _decode_all(slices: list[Slice], workers: int) -> dict[Path, np.ndarray]:
+def _decode_all(slices: list[Slice], workers: int, problems: list[FileProblem] | None) -> dict[Path, np.ndarray]:
     paths = list(dict.fromkeys(s.path for s in slices))
     datasets = {s.path: s.dataset for s in slices}
 
-    def decode(path: Path) -> np.ndarray:
-        return decode_frames(datasets[path], path)
+    def decode(path: Path) -> np.ndarray | DicomError:
+        try:
+            return decode_frames(datasets[path], path)
+        except DicomError as exc:
+            if problems is None:
+                raise
+            return exc
 
     if workers > 1 and len(paths) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             arrays = list(pool.map(decode, paths))
     else:
         arrays = [decode(p) for p in paths]
-    return dict(zip(paths, arrays))
+    pixels = {}
+    for path, array in zip(paths, arrays):
+        if isinstance(array, DicomError):
+            problems.append(FileProblem(str(path), type(array).__name__, str(array)))  # type: ignore[union-attr]
+        else:
+            pixels[path] = array
+    return pixels
 
 
 def _runs_at_same_position(ordered: list[Slice], distance: dict[int, float]) -> list[list[Slice]]:
@@ -300,7 +335,7 @@ def _drop_identical(run: list[Slice], pixels: dict[Path, np.ndarray], notes: lis
 
 def _acquisition_order(s: Slice) -> tuple:
     ds = s.dataset
-    return (_int(ds.get("AcquisitionNumber"), 0), str(ds.get("AcquisitionTime", "")), float(ds.get("TriggerTime") or 0), s.instance, str(s.path))
+    return (_int(ds.get("AcquisitionNumber"), 0), str(ds.get("AcquisitionTime", "")), float(ds.get("TriggerTime") or 0.0), s.instance, str(s.path))
 
 
 def _build(slices: list[Slice], pixels: dict[Path, np.ndarray], notes: list[str], repeat: int = 0) -> Volume:
@@ -334,6 +369,10 @@ def _build(slices: list[Slice], pixels: dict[Path, np.ndarray], notes: list[str]
 
 def _single_slice_step(ds: Dataset) -> float:
     return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+
+
+def _names(slices: list[Slice]) -> str:
+    return ", ".join(sorted({str(s.path) for s in slices})[:3])
 
 
 def _split_reason(keys: list[tuple]) -> str:
