@@ -157,6 +157,21 @@ def test_cli_info_and_convert(data_dir: Path, tmp_path: Path) -> None:
     assert str(original.PatientID) not in text and str(original.StudyInstanceUID) not in text and "PatientName" not in text
 
 
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(("source", "patches", "message"), [
+    ("7.dcm", [(96, 214), (2655, 55)], "the JPEG stream is 384x384.*but the header says 14208x384"),  # GDCM aborted the process
+    ("4.dcm", [(764, 0), (1847, 160), (2010, 153), (2056, 234), (2662, 12)], "cannot decode pixel data"),  # Rust RLE panic
+])
+def test_fuzzing_regressions(data_dir: Path, tmp_path: Path, source: str, patches: list, message: str) -> None:
+    """Files that once crashed the process or escaped the error tree, found by longer fuzzing runs."""
+    data = bytearray((data_dir / "dicom" / "mr_transfer_syntaxes" / source).read_bytes())
+    for offset, value in patches:
+        data[offset] = value
+    (tmp_path / "case.dcm").write_bytes(bytes(data))
+    with pytest.raises(DicomError, match=message):
+        read_dicom_volumes(tmp_path / "case.dcm")
+
+
 FUZZ_SOURCES = ["mr_transfer_syntaxes/1.dcm", "mr_transfer_syntaxes/4.dcm", "mr_transfer_syntaxes/7.dcm", "mr_transfer_syntaxes/9.dcm"]
 
 

@@ -257,3 +257,21 @@ def test_volume_round_trips_and_resampling(dicom_dir: Path, tmp_path: Path) -> N
     assert np.allclose(iso.affine @ [69.75, 79.75, 11, 1], centre, atol=1.0)  # same physical extent
     with pytest.raises(GeometryError, match="not three axis codes"):
         reorient_volume(volume, "RAX")
+
+
+def test_window_as_model_input_preprocessing(dicom_dir: Path) -> None:
+    """A bundle trained with window=lung clips HU the same way in training and prediction, and accepts raw HU."""
+    import torch
+
+    from medlens.config import TrainConfig
+    from medlens.preprocess.pipeline import Preprocessing, normalize_intensity, prepare_image
+
+    path = dicom_dir / "ct_kits_slices" / "CT2.dcm"
+    hu = decode_frames(read_dataset(path), path)
+    prep = Preprocessing(spatial_shape=hu.shape[1:], window=window_preset("lung"))
+    ready, notes = prepare_image(hu, prep)
+    assert notes == [] and ready.min() == -1.0 and ready.max() == 1.0
+    assert np.allclose(normalize_intensity(torch.from_numpy(hu), prep).numpy(), ready)
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
+    with pytest.raises(Exception, match="train.window"):
+        TrainConfig(window="lungs")

@@ -51,10 +51,15 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = True
     max_train_samples: int | None = None  # subsample train (stratified) for quick runs and tests
+    window: str | None = None  # CT window preset for model input (lung, mediastinum, soft-tissue, bone, brain, liver)
 
     def __post_init__(self) -> None:
         _check_choice("train.imbalance", self.imbalance, IMBALANCE_OPTIONS)
         _check_choice("train.device", self.device, DEVICE_OPTIONS)
+        if self.window is not None:
+            from medlens.preprocess.window import WINDOWS
+
+            _check_choice("train.window", self.window, tuple(WINDOWS.names()))
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be at least 1, got {getattr(self, name)}")

@@ -39,6 +39,7 @@ class Preprocessing:
     std: float = 0.5
     resize: bool = False
     modality: str = "unknown"
+    window: tuple[float, float] | None = None  # (center, width): CT/HU input clipped to this window instead of input_range
     layout: str = field(default="channel-first (C, H, W) or (C, D, H, W)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,13 +50,25 @@ class Preprocessing:
         raw = dict(raw)
         raw["spatial_shape"] = tuple(raw["spatial_shape"])
         raw["input_range"] = tuple(raw["input_range"])
+        if raw.get("window") is not None:
+            raw["window"] = tuple(raw["window"])
         return cls(**raw)
 
 
 def normalize_intensity(x: ArrayT, prep: Preprocessing) -> ArrayT:
-    """Map raw intensities (numpy or torch, any shape) to standardised model input."""
-    low, high = prep.input_range
-    return ((x - low) / (high - low) - prep.mean) / prep.std  # type: ignore[operator]
+    """Map raw intensities (numpy or torch, any shape) to standardised model input.
+
+    With a ``window`` (CT in HU), values are windowed and clipped to [0, 1] the way
+    a radiologist views them (:func:`medlens.preprocess.window.apply_window`); otherwise
+    ``input_range`` is mapped linearly to [0, 1].
+    """
+    if prep.window is not None:
+        center, width = prep.window
+        scaled = ((x - (center - width / 2.0)) / width).clip(0.0, 1.0)  # type: ignore[operator, union-attr]
+    else:
+        low, high = prep.input_range
+        scaled = (x - low) / (high - low)  # type: ignore[operator]
+    return (scaled - prep.mean) / prep.std
 
 
 def resize_image(image: np.ndarray, spatial_shape: tuple[int, ...]) -> np.ndarray:
@@ -92,7 +105,8 @@ def prepare_image(image: np.ndarray, prep: Preprocessing, adapt: bool = False) -
         if not prep.resize:
             notes.append(f"resized {_fmt(image.shape[1:])}->{_fmt(prep.spatial_shape)}")
         image = resize_image(image, prep.spatial_shape)
-    image = _match_range(image, prep, adapt, notes)
+    if prep.window is None:  # a window clips by design: HU outside it are expected, not a mismatch
+        image = _match_range(image, prep, adapt, notes)
     return normalize_intensity(image, prep).astype(np.float32), notes
 
 

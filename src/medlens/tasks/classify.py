@@ -24,6 +24,7 @@ from medlens.models.bundle import predict_proba, save_bundle
 from medlens.models.networks import NetworkSpec, build_network
 from medlens.preprocess import Preprocessing
 from medlens.preprocess.augment import build_augmentation, resolve_augmentation
+from medlens.preprocess.window import window_preset
 from medlens.tasks.data import ArrayDataset, load_training_data, make_loader, normalized_inputs
 from medlens.train import LoopOptions, fit
 
@@ -116,6 +117,7 @@ def make_preprocessing(cfg: TrainConfig, data: ClassificationData) -> Preprocess
         input_range=data.intensity_range,
         resize=cfg.image_size is not None,
         modality=data.modality,
+        window=window_preset(cfg.window) if cfg.window else None,
     )
 
 
