@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "io.json"
-METHODS = ["medlens", "medlens-2-threads", "pydicom-loop", "simpleitk"]
+METHODS = ["medlens", "pydicom-loop", "simpleitk"]
 
 
 def load(method: str, folder: Path) -> tuple[int, tuple[int, ...]]:
@@ -36,7 +36,7 @@ def load(method: str, folder: Path) -> tuple[int, tuple[int, ...]]:
     if method.startswith("medlens"):
         from medlens.io.series import read_dicom_volumes
 
-        volumes = read_dicom_volumes(folder, workers=2 if "threads" in method else 1).volumes
+        volumes = read_dicom_volumes(folder).volumes
         return sum(v.shape[2] for v in volumes), volumes[0].shape
     if method == "pydicom-loop":  # what a script does: read, rescale, sort by position along z, stack
         import pydicom

@@ -142,12 +142,11 @@ def convert(
     source: Annotated[Path, typer.Argument(help="DICOM file, series folder or study tree.")],
     out: Annotated[Path, typer.Argument(help="Folder for one .nii.gz + .json sidecar per volume, and convert.json.")],
     equalize: Annotated[bool, typer.Option("--equalize/--no-equalize", help="Resample unevenly spaced slices (as dcm2niix's _Eq) or list them as problems.")] = True,
-    workers: Annotated[int, typer.Option("--workers", help="Threads decoding pixel data.")] = 1,
 ) -> None:
     """DICOM to NIfTI: series grouped and split, slices sorted in space, sidecars without patient identifiers."""
     from medlens.io.convert import convert_dicom
 
-    report = convert_dicom(source, out, equalize=equalize, workers=workers)
+    report = convert_dicom(source, out, equalize=equalize)
     rows = [[v["file"], "x".join(map(str, v["shape"])), " x ".join(f"{s:.3g}" for s in v["spacing_mm"]), v["orientation"], "; ".join(v["warnings"])] for v in report["volumes"]]
     _print_table(["file", "shape", "spacing (mm)", "axes", "warnings"], rows)
     for note in report["notes"]:

@@ -19,11 +19,11 @@ from medlens.io.volume import equalize_slices, save_nifti
 from medlens.types import Volume
 
 
-def convert_dicom(source: str | Path, out_dir: str | Path, equalize: bool = True, workers: int = 1) -> dict[str, Any]:
+def convert_dicom(source: str | Path, out_dir: str | Path, equalize: bool = True) -> dict[str, Any]:
     """Convert every series below ``source``; returns (and writes as ``convert.json``) what was written and what failed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scan = read_dicom_volumes(source, workers=workers)
+    scan = read_dicom_volumes(source)
     written: list[dict[str, Any]] = []
     for index, volume in enumerate(scan.volumes, start=1):
         stem = f"{index:02d}_{volume.meta['name']}"

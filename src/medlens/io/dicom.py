@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.tag import Tag
 
 from medlens.errors import DicomError, InputMismatchError, UnsupportedTransferSyntaxError
 
@@ -27,6 +28,12 @@ NUMERIC_TAGS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAll
                 "DoseGridScaling", "TriggerTime")
 JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
                  "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+USED_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SeriesInstanceUID", "EchoNumbers",
+             "ImageType", "InstanceNumber", "PhotometricInterpretation", "SharedFunctionalGroupsSequence",
+             "PerFrameFunctionalGroupsSequence")  # read for every slice; the rest only for a series' first
+_USED_TAG_NUMBERS = tuple(Tag(k) for k in USED_TAGS)
+_NUMERIC_TAG_NUMBERS = tuple((k, Tag(k)) for k in NUMERIC_TAGS)
+_ROWS, _COLUMNS = Tag("Rows"), Tag("Columns")
 INTEGER_TAGS = {"Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"}
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -49,8 +56,9 @@ def read_dataset(path: Path, pixels: bool = True) -> Dataset:
             ds = pydicom.dcmread(path, defer_size=defer, force=True)  # legacy file without preamble and meta header
             if "SOPClassUID" not in ds and "Rows" not in ds:
                 raise
-        for tag in list(ds.keys()):  # pydicom converts values lazily: make a corrupt value fail here, naming the file
-            if tag.group != 0x7FE0:
+        present = ds._dict  # pydicom converts values lazily: make a corrupt one we use fail here, naming the file
+        for tag in _USED_TAG_NUMBERS:
+            if tag in present:
                 ds[tag]
         return ds
     except InvalidDicomError as exc:
@@ -59,7 +67,7 @@ def read_dataset(path: Path, pixels: bool = True) -> Dataset:
         raise DicomError(f"{path}: unreadable DICOM header, the file is truncated or corrupt ({_short(exc)})") from exc
 
 
-def decode_frames(ds: Dataset, path: Path) -> np.ndarray:
+def decode_frames(ds: Dataset, path: Path, header_checked: bool = False) -> np.ndarray:
     """Decode the pixel data as float32 ``(frames, rows, cols)`` (``(..., 3)`` for colour) in physical units.
 
     CT comes out in Hounsfield units; per-frame rescale of enhanced objects is honoured.
@@ -69,7 +77,8 @@ def decode_frames(ds: Dataset, path: Path) -> np.ndarray:
             f"{path}: no pixel data (SOP class {_sop_name(ds)}); it is not an image, e.g. a report or "
             "presentation state: leave it out"
         )
-    check_numeric_tags(ds, path)
+    if not header_checked:  # the series reader checked it while scanning headers
+        check_numeric_tags(ds, path)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if str(syntax) in JPEG_SYNTAXES:
         _check_jpeg_frame_header(ds, path)
@@ -95,7 +104,9 @@ def decode_frames(ds: Dataset, path: Path) -> np.ndarray:
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         low, high = stored_range(ds)
         values = (low + high) - values if low is not None else values.max() + values.min() - values
-    if not np.isfinite(values).all():
+    # integers times a finite slope stay finite unless the slope is absurd; float pixel data is checked always
+    if (stored.dtype.kind == "f" or abs(float(ds.get("RescaleSlope", 1) or 1)) > 1e20 or "PerFrameFunctionalGroupsSequence" in ds) \
+            and not np.isfinite(values).all():
         raise DicomError(f"{path}: pixel data contains NaN or inf after rescale; the file is corrupt")
     return values.astype(np.float32, copy=False)
 
@@ -126,8 +137,9 @@ def _check_jpeg_frame_header(ds: Dataset, path: Path) -> None:
 
 def check_numeric_tags(ds: Dataset, path: Path) -> None:
     """pydicom keeps an invalid number as text: refuse it here, naming the tag, so later arithmetic can trust it."""
-    for keyword in NUMERIC_TAGS:
-        value = ds.get(keyword)
+    for keyword, tag in _NUMERIC_TAG_NUMBERS:
+        element = ds.get(tag)
+        value = None if element is None else element.value
         if value is None or value == "":
             continue
         try:
@@ -138,7 +150,7 @@ def check_numeric_tags(ds: Dataset, path: Path) -> None:
             number = float("nan")
         if not np.isfinite(number):
             raise DicomError(f"{path}: {keyword} holds {str(value)[:40]!r}, not a number; the header is corrupt")
-    if ds.get("Rows") in (None, "", 0) or ds.get("Columns") in (None, "", 0):
+    if ds.get(_ROWS) is None or ds.get(_COLUMNS) is None or not ds[_ROWS].value or not ds[_COLUMNS].value:
         raise DicomError(f"{path}: Rows/Columns missing or zero; the header is corrupt")
 
 
@@ -192,19 +204,33 @@ def check_modality(path: Path, found: str, expected: str | None) -> None:
 
 
 def _apply_rescale(stored: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Top-level modality LUT or rescale, or the per-frame Pixel Value Transformation of enhanced objects."""
+    """Top-level modality LUT or rescale, or the per-frame Pixel Value Transformation of enhanced objects.
+
+    Arithmetic is float32 (exact for integers up to 2^24, which covers 16-bit
+    data and Hounsfield units), so no float64 copy of a large series is made.
+    """
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+    if "ModalityLUTSequence" in ds:
+        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    elif per_frame and "RescaleSlope" not in ds:
         shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
-        out = np.empty(stored.shape, dtype=np.float64)
-        for i, frame in enumerate(stored):
+        values = stored.astype(np.float32)
+        for i in range(values.shape[0]):
             slope, intercept = _frame_rescale(per_frame[i] if i < len(per_frame) else None, shared)
-            out[i] = frame * slope + intercept
-        return out
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+            _rescale_inplace(values[i], slope, intercept)
+    else:
+        values = stored.astype(np.float32)
+        _rescale_inplace(values, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
     if ds.get("Modality") == "RTDOSE" and ds.get("DoseGridScaling"):
         values = values * float(ds.DoseGridScaling)  # stored integers to dose in DoseUnits (Gy)
     return values
+
+
+def _rescale_inplace(values: np.ndarray, slope: float, intercept: float) -> None:
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept != 0.0:
+        values += np.float32(intercept)
 
 
 def _frame_rescale(frame_group: Any, shared: Any) -> tuple[float, float]:

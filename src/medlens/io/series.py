@@ -11,11 +11,9 @@ file still converts, and the broken file is listed.
 
 from __future__ import annotations
 
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,42 +22,13 @@ from pydicom.dataset import Dataset
 
 from medlens import errors
 from medlens.errors import DataError, DicomError, GeometryError, ImageReadError
-from medlens.io.dicom import check_numeric_tags, decode_frames, has_dicom_marker, read_dataset
-from medlens.io.dicom_meta import phi_free_meta
-from medlens.types import Volume, affine_lps_to_ras, slices_evenly_spaced
+from medlens.io.dicom import check_numeric_tags, has_dicom_marker, read_dataset
+from medlens.io.assemble import FileProblem, Slice, assemble_volumes, int_or, series_label
+from medlens.types import Volume
 
-POSITION_TOLERANCE_MM = 0.01
 SKIP_NAMES = {"DICOMDIR"}
 NOT_DICOM_SUFFIXES = {".txt", ".md", ".json", ".csv", ".xml", ".pdf", ".html", ".nii", ".gz", ".png", ".jpg",
                       ".jpeg", ".bmp", ".tif", ".tiff", ".zip", ".py", ".log", ".bval", ".bvec"}
-
-
-@dataclass
-class FileProblem:
-    """A file that could not be used, and why (the message names the file)."""
-
-    path: str
-    error: str
-    message: str
-
-
-@dataclass
-class Slice:
-    """One 2D frame with its geometry in LPS millimetres."""
-
-    path: Path
-    frame: int
-    dataset: Dataset
-    position: np.ndarray | None
-    orientation: np.ndarray | None
-    spacing_rc: tuple[float, float]
-    instance: int
-    spacing_known: bool = True
-
-    @property
-    def normal(self) -> np.ndarray:
-        assert self.orientation is not None
-        return np.cross(self.orientation[:3], self.orientation[3:])
 
 
 @dataclass
@@ -84,10 +53,9 @@ def find_dicom_files(path: str | Path) -> list[Path]:
     return files
 
 
-def read_dicom_volumes(path: str | Path, workers: int = 1) -> DicomScan:
+def read_dicom_volumes(path: str | Path) -> DicomScan:
     """Read every series below ``path``; files that fail are listed in ``problems`` with the reason.
 
-    ``workers`` > 1 decodes files on threads (the compressed-pixel decoders release the GIL).
     Raises :class:`ImageReadError` only when nothing at all could be read.
     """
     files = find_dicom_files(path)
@@ -99,18 +67,18 @@ def read_dicom_volumes(path: str | Path, workers: int = 1) -> DicomScan:
         except DicomError as exc:
             if file.suffix.lower() in NOT_DICOM_SUFFIXES and not has_dicom_marker(file):
                 scan.notes.append(f"skipped {file.name}: not DICOM")
-                continue
-            scan.problems.append(FileProblem(str(file), type(exc).__name__, str(exc)))
+            else:
+                scan.problems.append(FileProblem(str(file), type(exc).__name__, str(exc)))
     groups = group_slices(slices)
     per_series = Counter(key[0] for key in groups)
     for uid, count in per_series.items():
         if count > 1:
             parts = [k for k in groups if k[0] == uid]
-            scan.notes.append(f"{_series_label(groups[parts[0]][0])} mixes acquisitions ({_split_reason(parts)}): "
+            scan.notes.append(f"{series_label(groups[parts[0]][0])} mixes acquisitions ({_split_reason(parts)}): "
                               f"split into {count} volumes")
     for key, members in sorted(groups.items(), key=lambda kv: _series_order(kv[1])):
         try:
-            scan.volumes.extend(assemble_volumes(members, workers=workers, notes=scan.notes, problems=scan.problems))
+            scan.volumes.extend(assemble_volumes(members, notes=scan.notes, problems=scan.problems))
         except (GeometryError, DicomError) as exc:
             scan.problems.append(FileProblem(_names(members), type(exc).__name__, str(exc)))
         except Exception as exc:  # last resort, so one strange series cannot stop a batch: reported, never silent
@@ -156,53 +124,6 @@ def group_slices(slices: Iterable[Slice]) -> dict[tuple, list[Slice]]:
     return groups
 
 
-def assemble_volumes(slices: list[Slice], workers: int = 1, notes: list[str] | None = None,
-                     problems: list[FileProblem] | None = None) -> list[Volume]:
-    """Sort one group along its normal, resolve duplicates, and stack it into volumes (several for repeated scans).
-
-    A file whose pixels cannot be decoded is left out and added to ``problems``
-    (the gap it leaves is then reported as uneven spacing); with ``problems=None`` it is an error.
-    """
-    notes = [] if notes is None else notes
-    no_geometry = any(s.position is None or s.orientation is None for s in slices)
-    if no_geometry and len({s.path for s in slices}) == 1:  # cine / multi-frame without geometry: frames in file order
-        pixels = _decode_all(slices, workers, problems)
-        if not pixels:
-            raise DicomError(f"{slices[0].path}: pixel data could not be decoded")
-        return [_build([replace(s, position=None, orientation=None) for s in slices], pixels, notes)]
-    if len(slices) > 1 and no_geometry:
-        missing = next(s for s in slices if s.position is None or s.orientation is None)
-        raise GeometryError(
-            f"{missing.path}: ImagePositionPatient or ImageOrientationPatient missing, so the {len(slices)} slices "
-            "of this series cannot be ordered in space; the files are not a volume (or were stripped by a bad export)"
-        )
-    pixels = _decode_all(slices, workers, problems)
-    slices = [s for s in slices if s.path in pixels]
-    if not slices:
-        return []  # every file failed to decode; each is already listed in problems
-    if len(slices) == 1 or slices[0].position is None:
-        return [_build(slices, pixels, notes)]
-    normal = slices[0].normal
-    distance = {id(s): float(np.dot(s.position, normal)) for s in slices}
-    ordered = sorted(slices, key=lambda s: (round(distance[id(s)], 2), s.instance, str(s.path), s.frame))
-    runs = _runs_at_same_position(ordered, distance)
-    unique = [_drop_identical(run, pixels, notes) for run in runs]
-    repeats = {len(run) for run in unique}
-    if repeats == {1}:
-        return [_build([run[0] for run in unique], pixels, notes)]
-    if len(repeats) == 1:  # the same positions acquired k times (dynamic, repeated): k volumes
-        k = repeats.pop()
-        notes.append(f"{_series_label(slices[0])}: every position acquired {k} times; split into {k} volumes")
-        by_time = [sorted(run, key=_acquisition_order) for run in unique]
-        return [_build([run[i] for run in by_time], pixels, notes, repeat=i + 1) for i in range(k)]
-    worst = max(unique, key=len)
-    raise GeometryError(
-        f"{worst[0].path.name} and {worst[1].path.name}: {len(worst)} different slices at the same position "
-        f"({distance[id(worst[0])]:.2f} mm along the normal) while other positions have one; the series mixes "
-        "acquisitions medlens cannot tell apart: export each acquisition as its own series"
-    )
-
-
 def slices_of(path: Path, ds: Dataset) -> list[Slice]:
     """The frames of one file with their geometry; a corrupt nested value becomes a DicomError naming the file."""
     try:
@@ -219,7 +140,7 @@ def _frames_with_geometry(path: Path, ds: Dataset) -> list[Slice]:
         raise DicomError(f"{path}: no pixel data (SOP class {getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); "
                          "it is not an image, e.g. a report or presentation state: leave it out")
     check_numeric_tags(ds, path)
-    instance = _int(ds.get("InstanceNumber"), 0)
+    instance = int_or(ds.get("InstanceNumber"), 0)
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     out = []
@@ -279,98 +200,6 @@ def _spacing(value: Any, path: Path) -> tuple[float, float] | None:
     return (row, col)
 
 
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _decode_all(slices: list[Slice], workers: int, problems: list[FileProblem] | None) -> dict[Path, np.ndarray]:
-    paths = list(dict.fromkeys(s.path for s in slices))
-    datasets = {s.path: s.dataset for s in slices}
-
-    def decode(path: Path) -> np.ndarray | DicomError:
-        try:
-            return decode_frames(datasets[path], path)
-        except DicomError as exc:
-            if problems is None:
-                raise
-            return exc
-
-    if workers > 1 and len(paths) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            arrays = list(pool.map(decode, paths))
-    else:
-        arrays = [decode(p) for p in paths]
-    pixels = {}
-    for path, array in zip(paths, arrays):
-        if isinstance(array, DicomError):
-            problems.append(FileProblem(str(path), type(array).__name__, str(array)))  # type: ignore[union-attr]
-        else:
-            pixels[path] = array
-    return pixels
-
-
-def _runs_at_same_position(ordered: list[Slice], distance: dict[int, float]) -> list[list[Slice]]:
-    runs: list[list[Slice]] = [[ordered[0]]]
-    for s in ordered[1:]:
-        if abs(distance[id(s)] - distance[id(runs[-1][0])]) <= POSITION_TOLERANCE_MM:
-            runs[-1].append(s)
-        else:
-            runs.append([s])
-    return runs
-
-
-def _drop_identical(run: list[Slice], pixels: dict[Path, np.ndarray], notes: list[str]) -> list[Slice]:
-    kept: list[Slice] = []
-    for s in run:
-        twin = next((k for k in kept if np.array_equal(pixels[k.path][k.frame], pixels[s.path][s.frame])), None)
-        if twin is None:
-            kept.append(s)
-        else:
-            notes.append(f"{_series_label(s)}: {s.path.name} duplicates {twin.path.name} (same position, identical pixels); kept one")
-    return kept
-
-
-def _acquisition_order(s: Slice) -> tuple:
-    ds = s.dataset
-    return (_int(ds.get("AcquisitionNumber"), 0), str(ds.get("AcquisitionTime", "")), float(ds.get("TriggerTime") or 0.0), s.instance, str(s.path))
-
-
-def _build(slices: list[Slice], pixels: dict[Path, np.ndarray], notes: list[str], repeat: int = 0) -> Volume:
-    first = slices[0]
-    stack = np.stack([pixels[s.path][s.frame] for s in slices])  # (k, rows, cols[, 3])
-    array = np.ascontiguousarray(np.swapaxes(stack, 0, 2) if stack.ndim == 3 else np.transpose(stack, (2, 1, 0, 3)))
-    row_mm, col_mm = first.spacing_rc
-    warnings: list[str] = [] if first.spacing_known else ["no valid PixelSpacing/ImagerPixelSpacing: 1 mm assumed"]
-    if first.orientation is None:  # a projection radiograph or secondary capture: pixel spacing only
-        affine_lps = np.diag([col_mm, row_mm, 1.0, 1.0])
-        warnings.append("no ImagePositionPatient/ImageOrientationPatient: pixel grid only, not placed in the patient")
-        positions = None
-    else:
-        normal = first.normal
-        positions = tuple(float(np.dot(s.position, normal)) for s in slices)
-        step = float(np.median(np.diff(positions))) if len(slices) > 1 else _single_slice_step(first.dataset)
-        affine_lps = np.eye(4)
-        affine_lps[:3, 0] = first.orientation[:3] * col_mm
-        affine_lps[:3, 1] = first.orientation[3:] * row_mm
-        affine_lps[:3, 2] = normal * step
-        affine_lps[:3, 3] = first.position
-        if not slices_evenly_spaced(positions):
-            steps = np.diff(positions)
-            warnings.append(f"slices are not evenly spaced (steps {steps.min():.2f} to {steps.max():.2f} mm): "
-                            "gaps or missing slices; equalize before treating it as a regular grid")
-    meta = phi_free_meta(first.dataset, n_slices=len(slices), repeat=repeat)
-    notes.extend(f"{meta['name']}: {w}" for w in warnings)
-    return Volume(array=array, affine=affine_lps_to_ras(affine_lps), meta=meta, slice_positions_mm=positions,
-                  warnings=tuple(warnings))
-
-
-def _single_slice_step(ds: Dataset) -> float:
-    return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
-
-
 def _names(slices: list[Slice]) -> str:
     return ", ".join(sorted({str(s.path) for s in slices})[:3])
 
@@ -382,14 +211,6 @@ def _split_reason(keys: list[tuple]) -> str:
     return ", ".join(differing) + (f": matrix sizes {' and '.join(sizes)}" if len(sizes) > 1 else "")
 
 
-def _series_label(s: Slice) -> str:
-    return f"series {s.dataset.get('SeriesNumber', '?')}"
-
-
 def _series_order(slices: list[Slice]) -> tuple:
     ds = slices[0].dataset
-    return (_int(ds.get("SeriesNumber"), 0), str(ds.get("SeriesInstanceUID", "")), str(ds.get("EchoNumbers", "")), str(slices[0].path))
-
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
+    return (int_or(ds.get("SeriesNumber"), 0), str(ds.get("SeriesInstanceUID", "")), str(ds.get("EchoNumbers", "")), str(slices[0].path))
