@@ -71,12 +71,23 @@ class _Decoder:
 
     def _decode(self, path: Path, ds: Dataset) -> np.ndarray | DicomError:
         try:
-            return decode_frames(ds, path, header_checked=True)
+            frames = decode_frames(ds, path, header_checked=True)
+            _release_pixels(ds)
+            return frames
         except DicomError as exc:
             if self.problems is None:
                 raise
             self.problems.append(FileProblem(str(path), type(exc).__name__, str(exc)))
             return exc
+
+
+def _release_pixels(ds: Dataset) -> None:
+    """Drop the raw bytes and pydicom's cached array once the frames are in the volume (the header stays)."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            del ds[keyword]
+    ds._pixel_array = None  # pydicom caches the decoded array on the dataset
+    ds._pixel_id = {}
 
 
 def assemble_volumes(slices: list[Slice], notes: list[str] | None = None, problems: list[FileProblem] | None = None) -> list[Volume]:
