@@ -67,9 +67,19 @@ def train(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
     data_dir: DataDir = None,
+    task: Annotated[str, typer.Option("--task", help="classify, or segment (DATASET is then an MSD folder or image,label CSV).")] = "classify",
+    plan: Annotated[Path | None, typer.Option("--plan", help="Segmentation: plan.json from `medlens plan` (default: plan now).")] = None,
 ) -> None:
-    """Train a classifier; select on validation; write a self-describing bundle."""
+    """Train a classifier or a segmentation model; select on validation; write a self-describing bundle."""
     from medlens.config import TrainConfig, load_config
+
+    if task == "segment":
+        _train_segment(dataset, out, config, set_, seed, device, plan)
+        return
+    if task != "classify":
+        from medlens.errors import ConfigError
+
+        raise ConfigError(f"--task {task!r}: choose classify or segment")
     from medlens.tasks.classify import train_classifier
 
     overrides = [f"dataset={dataset}", *(set_ or [])]
@@ -80,6 +90,59 @@ def train(
     manifest = json.loads((bundle / "bundle.json").read_text())
     _print_metrics("validation", manifest["metrics"]["validation"])
     typer.echo(f"bundle written to {bundle}")
+
+
+def _train_segment(data: str, out: Path, config: Path | None, set_: list[str] | None, seed: int | None, device: str | None, plan: Path | None) -> None:
+    from medlens.config import load_config
+    from medlens.segment.stage import train_stage
+    from medlens.segment.train import SegTrainConfig
+
+    overrides = [*(set_ or [])] + ([f"seed={seed}"] if seed is not None else []) + ([f"device={device}"] if device else [])
+    cfg = load_config(SegTrainConfig, config, overrides, section="segment" if config else "")
+    bundle = train_stage(data, out, cfg, plan)
+    validation = json.loads((bundle / "bundle.json").read_text())["metrics"]["validation"]
+    _print_metrics(f"validation (n={validation.pop('n')})", validation)
+    typer.echo(f"bundle written to {bundle}")
+
+
+@app.command()
+@user_errors
+def plan(
+    data: Annotated[Path, typer.Argument(help="MSD folder (imagesTr/, labelsTr/) or a CSV of image,label paths.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for fingerprint.json and plan.json.")],
+    dims: Annotated[int, typer.Option("--dims", help="3 (volumes) or 2 (slice by slice).")] = 3,
+    memory_mb: Annotated[int, typer.Option("--memory-mb", help="Training memory budget for patch and batch size.")] = 2000,
+    width: Annotated[int, typer.Option("--width", help="Filters at full resolution (8 suits a 2-core CPU; nnU-Net uses 32).")] = 8,
+) -> None:
+    """Check a segmentation dataset and write its fingerprint and an editable training plan."""
+    from medlens.segment.stage import plan_stage
+
+    made, fp = plan_stage(data, out, dims=dims, memory_mb=memory_mb, width=width)
+    typer.echo(f"{fp['usable']}/{fp['cases']} cases usable; labels {fp['label_names']}; median shape {fp['median_shape']} "
+               f"at {fp['median_spacing_mm']} mm")
+    typer.echo(f"plan: {made.dims}D, patch {made.patch_size}, batch {made.batch_size}, {len(made.strides) - 1} downsamplings, "
+               f"filters {made.filters}, normalisation {made.normalization}; written to {out / 'plan.json'}")
+    _exit_on_problems([{"message": p} for p in fp["problems"]], "problem(s) in the dataset; fix them before training")
+
+
+@app.command()
+@user_errors
+def segment(
+    bundle: Annotated[str, typer.Argument(help="Segmentation bundle folder or shipped name (hippocampus).")],
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI/NRRD files or DICOM series folders.")],
+    out: Annotated[Path, typer.Option("--out", help="Label maps (same names), DICOM SEG for DICOM inputs, volumes.json.")],
+    tta: Annotated[bool, typer.Option("--tta", help="Mirror test-time augmentation (4x slower).")] = False,
+) -> None:
+    """Segment images: one label map per input on its own grid, volumes in mL; DICOM in gives DICOM SEG too."""
+    from medlens.segment.evaluate import load_seg_bundle
+    from medlens.segment.stage import segment_files
+
+    loaded = load_seg_bundle(bundle)
+    report = segment_files(loaded, list(inputs), out, tta=tta)
+    names = [n for v, n in sorted(loaded.plan.label_names.items()) if v]
+    _print_table(["input", "label map", *[f"{n} mL" for n in names], "DICOM SEG"],
+                 [[Path(r["input"]).name, r["labels"], *[f"{r['volumes_ml'][n]:.3f}" for n in names], r.get("dicom_seg", "")] for r in report["results"]])
+    _exit_on_problems([{"message": p["message"]} for p in report["problems"]], "input(s) could not be segmented")
 
 
 @app.command()
@@ -94,10 +157,14 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     data_dir: DataDir = None,
 ) -> None:
-    """Score a bundle on a split: metrics with bootstrap CIs, ROC/PR/confusion/calibration plots."""
+    """Score a bundle on a split: metrics with bootstrap CIs (classification: ROC/PR/calibration plots)."""
     from medlens.evaluate.stage import evaluate_bundle
-    from medlens.models.bundle import load_bundle
+    from medlens.models.bundle import load_bundle, read_manifest
     from medlens.tasks.data import load_dataset
+
+    if read_manifest(bundle)[1].get("task") == "segmentation":
+        _evaluate_segment(bundle, data, out, split, bootstrap, seed)
+        return
 
     loaded = load_bundle(bundle)
     cfg = loaded.manifest.get("config", {})
@@ -105,6 +172,14 @@ def evaluate(
     result = evaluate_bundle(loaded, dataset, out, split=split, n_bootstrap=bootstrap, seed=seed)
     _print_metrics(f"{split} (n={result['n']})", result["metrics"], result["confidence_intervals"])
     typer.echo(f"report: {result['report']}")
+
+
+def _evaluate_segment(bundle: str, data: str, out: Path, split: str, bootstrap: int, seed: int) -> None:
+    from medlens.segment.evaluate import evaluate_segmentation, load_seg_bundle
+
+    result = evaluate_segmentation(load_seg_bundle(bundle), data, out, split=split, n_bootstrap=bootstrap, seed=seed)
+    _print_metrics(f"{split} (n={result['n']}, {result['seconds_per_case']:.2f} s/case)", result["metrics"], result["confidence_intervals"])
+    typer.echo(f"per-case results: {out / 'per_case.csv'}; summary: {out / 'metrics.json'}")
 
 
 def _tuple(value: Any) -> tuple[int, ...] | None:
@@ -235,10 +310,15 @@ def models() -> None:
 
     from medlens.models.bundle import pretrained_names, read_manifest
 
-    table = Table("name", "task", "labels", "input", "test AUC", "test accuracy", "data")
+    table = Table("name", "task", "labels", "input", "test AUC / Dice", "test accuracy", "data")
     for name in pretrained_names():
         _, m = read_manifest(name)
         test = m.get("metrics", {}).get("test", {})
+        if m["task"] == "segmentation":
+            labels = [v for k, v in m["label_names"].items() if k != "0"]
+            table.add_row(name, "segmentation", ", ".join(labels), f"{m['plan']['modality']} {m['plan']['dims']}D",
+                          f"Dice {test.get('mean_dice', float('nan')):.3f}", "", f"{m['data']['dataset']} ({m['data']['licence']})")
+            continue
         shape = "x".join(map(str, m["expected_input"]["spatial_shape"]))
         table.add_row(name, m["task"], ", ".join(m["label_names"]), f"{m['expected_input']['modality']} {shape}",
                       f"{test.get('auc', float('nan')):.3f}", f"{test.get('accuracy', float('nan')):.3f}",

@@ -99,6 +99,15 @@ def resample_volume(volume: Volume, spacing_mm: tuple[float, float, float], inte
     return from_sitk(out, volume.meta)
 
 
+def resample_to_reference(volume: Volume, reference: Volume, interpolation: str = "nearest") -> Volume:
+    """Resample onto another volume's grid (e.g. a label map back onto the input image), SimpleITK."""
+    import SimpleITK as sitk
+
+    kind = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}[interpolation]
+    out = sitk.Resample(to_sitk(volume), to_sitk(reference), sitk.Transform(), kind, 0.0, sitk.sitkFloat32)
+    return from_sitk(out, volume.meta)
+
+
 def reorient_volume(volume: Volume, axcodes: str = "RAS") -> Volume:
     """Permute and flip axes (no interpolation) so the voxel axes point along ``axcodes``, e.g. ``RAS`` or ``LPS``."""
     codes = tuple(axcodes.upper())

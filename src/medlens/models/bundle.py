@@ -132,6 +132,8 @@ def read_manifest(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
 def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle by shipped name or path, rebuild its network and load the weights."""
     path, manifest = read_manifest(name_or_path)
+    if manifest.get("task") == "segmentation":
+        raise ModelError(f"{path} is a segmentation bundle: use `medlens segment {name_or_path} IMAGES --out DIR`")
     raw_spec = dict(manifest["network"])
     raw_spec["image_shape"] = tuple(raw_spec["image_shape"])
     model = build_network(NetworkSpec(**raw_spec))

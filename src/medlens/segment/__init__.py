@@ -1,0 +1,1 @@
+"""Segmentation: dataset check, fingerprint and plan, training, inference, metrics."""

@@ -1,0 +1,143 @@
+"""Segmentation on real MSD hippocampus cases: integrity checks, plan, a tiny end-to-end run, DICOM SEG."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medlens.cli import app
+from medlens.errors import DataError
+from medlens.segment.data import check_dataset, load_seg_dataset, read_pair
+from medlens.segment.metrics import case_metrics
+from medlens.segment.plan import fingerprint, make_plan
+
+runner = CliRunner(env={"COLUMNS": "250"})
+
+
+@pytest.fixture(scope="module")
+def hippo(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve real cases in the Decathlon layout (a copy, so tests can break some)."""
+    root = tmp_path_factory.mktemp("data") / "msd_hippocampus"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+        for f in sorted((data_dir / "msd_hippocampus" / sub).glob("*.nii.gz"))[:12]:
+            shutil.copy(f, root / sub / f.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(hippo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert runner.invoke(app, ["plan", str(hippo), "--out", str(out / "plan")]).exit_code == 0
+    result = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(out), "--plan", str(out / "plan" / "plan.json"),
+                                 "--set", "epochs=2", "--set", "samples_per_epoch=16", "--set", "test_fraction=0.25"])
+    assert result.exit_code == 0, result.output
+    return out / "model"
+
+
+def test_dataset_check_passes_on_real_cases(hippo: Path) -> None:
+    report = check_dataset(load_seg_dataset(hippo))
+    assert report["usable"] == 12 and report["problems"] == [] and report["label_values"] == [0, 1, 2]
+
+
+def test_plan_from_fingerprint(hippo: Path) -> None:
+    fp = fingerprint(load_seg_dataset(hippo))
+    assert fp["label_names"] == {"0": "background", "1": "anterior", "2": "posterior"} and fp["licence"] == "CC BY-SA 4.0"
+    plan = make_plan(fp)
+    assert plan.dims == 3 and plan.target_spacing_mm == (1.0, 1.0, 1.0) and plan.normalization == "zscore"
+    assert all(p % 8 == 0 and p >= s for p, s in zip(plan.patch_size, fp["median_shape"]))  # covers a median case
+    small = make_plan(fp, memory_budget_mb=20)
+    assert np.prod(small.patch_size) < np.prod(plan.patch_size) and small.notes  # shrunk to the budget, and says so
+    assert make_plan(fp, dims=2).patch_size == plan.patch_size[:2]
+
+
+def test_image_label_mismatch_and_bad_labels(hippo: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bad"
+    shutil.copytree(hippo, root)
+    cases = sorted((root / "labelsTr").glob("*.nii.gz"))
+    first = nib.load(cases[0])
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), first.affine), cases[0])  # wrong shape
+    second = nib.load(cases[1])
+    nib.save(nib.Nifti1Image(np.zeros(second.shape, np.uint8), second.affine), cases[1])  # empty
+    third = nib.load(cases[2])
+    nib.save(nib.Nifti1Image(np.asarray(third.dataobj).astype(np.uint8) * 3, third.affine), cases[2])  # label 3, 6
+    shifted = nib.load(cases[3])
+    moved = shifted.affine.copy()
+    moved[0, 3] += 4.0
+    nib.save(nib.Nifti1Image(np.asarray(shifted.dataobj), moved), cases[3])  # label placed 4 mm off the image
+    dataset = load_seg_dataset(root)
+    dataset.label_names = {0: "background", 1: "anterior", 2: "posterior"}
+    problems = check_dataset(dataset)["problems"]
+    text = "\n".join(problems)
+    assert "label shape (5, 5, 5) differs from image shape" in text
+    assert "label map is empty (background only)" in text
+    assert "label values [3, 6] are not declared" in text
+    assert "geometry (affine) differ by up to 4 mm" in text
+    result = runner.invoke(app, ["train", str(root), "--task", "segment", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "problem(s), fix or leave out these cases first" in result.output
+    with pytest.raises(DataError, match="label shape"):
+        read_pair(next(c for c in dataset.cases if c.label == cases[0]))
+
+
+def test_metrics_on_a_real_label_map(hippo: Path) -> None:
+    case = load_seg_dataset(hippo).cases[0]
+    _, label = read_pair(case)
+    names = {0: "background", 1: "anterior", 2: "posterior"}
+    perfect = case_metrics(label, label, names, (1.0, 1.0, 1.0))
+    assert perfect["dice_anterior"] == 1.0 and perfect["hd95_posterior"] == 0.0 and perfect["nsd_anterior"] == 1.0
+    eroded = label.copy()
+    eroded[eroded == 2] = 0
+    worse = case_metrics(eroded, label, names, (1.0, 1.0, 1.0))
+    assert worse["dice_posterior"] == 0.0 and np.isnan(worse["hd95_posterior"]) and worse["dice_anterior"] == 1.0
+
+
+def test_plan_train_segment_evaluate_end_to_end(tiny_bundle: Path, hippo: Path, tmp_path: Path) -> None:
+    manifest = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert manifest["task"] == "segmentation" and len(manifest["split"]["test"]) == 3 and manifest["plan"]["dims"] == 3
+    test_case = manifest["split"]["test"][0]
+    source = hippo / "imagesTr" / f"{test_case}.nii.gz"
+    result = runner.invoke(app, ["segment", str(tiny_bundle), str(source), "--out", str(tmp_path / "seg")])
+    assert result.exit_code == 0, result.output
+    out = nib.load(tmp_path / "seg" / source.name)
+    image = nib.load(source)
+    assert out.shape == image.shape and np.allclose(out.affine, image.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2}
+    volumes = json.loads((tmp_path / "seg" / "volumes.json").read_text())["results"][0]["volumes_ml"]
+    assert set(volumes) == {"anterior", "posterior"}
+    result = runner.invoke(app, ["evaluate", str(tiny_bundle), "--data", str(hippo), "--out", str(tmp_path / "eval"), "--bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert summary["n"] == 3 and 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
+    assert (tmp_path / "eval" / "per_case.csv").read_text().count("\n") == 4
+
+
+def test_dicom_input_gives_a_dicom_seg_referencing_the_series(tiny_bundle: Path, data_dir: Path, tmp_path: Path) -> None:
+    import highdicom as hd
+    import pydicom
+
+    series = data_dir / "dicom" / "mr_pgbm003" / "11_HCropVolume"
+    result = runner.invoke(app, ["segment", str(tiny_bundle), str(series), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    seg = hd.seg.segread(tmp_path / "11_HCropVolume_seg.dcm")
+    source = pydicom.dcmread(next(series.glob("*.dcm")), stop_before_pixels=True)
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == source.SeriesInstanceUID
+    assert len(referenced.ReferencedInstanceSequence) == 40
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["anterior", "posterior"]
+    labels = nib.load(tmp_path / "11_HCropVolume.nii.gz")
+    assert labels.shape == (34, 50, 40)
+
+
+def test_segment_refuses_classification_bundle_and_bad_inputs(tiny_bundle: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["segment", "pneumonia", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "segmentation bundle" in result.output
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    result = runner.invoke(app, ["segment", str(tiny_bundle), str(broken), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "broken.nii.gz" in result.output and "1 input(s) could not be segmented" in result.output
