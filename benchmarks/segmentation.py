@@ -35,7 +35,8 @@ PUBLISHED = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--samples", type=int, default=250, help="patches per epoch")
+    parser.add_argument("--samples", type=int, default=250, help="3D patches per epoch")
+    parser.add_argument("--samples-2d", type=int, default=2000, help="2D patches per epoch (a slice is ~1/40 of a volume)")
     parser.add_argument("--width", type=int, default=8, help="filters at full resolution")
     parser.add_argument("--dims", type=int, nargs="+", default=[3, 2])
     parser.add_argument("--seed", type=int, default=0)
@@ -50,7 +51,8 @@ def main() -> None:
         plan = make_plan(fp, dims=dims, width=args.width)
         run = args.out / f"{dims}d"
         save_plan(plan, fp, run)
-        cfg = SegTrainConfig(epochs=args.epochs, samples_per_epoch=args.samples, test_fraction=0.2, val_fraction=0.15,
+        samples = args.samples if dims == 3 else args.samples_2d
+        cfg = SegTrainConfig(epochs=args.epochs, samples_per_epoch=samples, test_fraction=0.2, val_fraction=0.15,
                              seed=args.seed, patience=args.epochs)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         bundle_path = train_segmenter(data, plan, cfg, run, show_progress=False)
@@ -61,6 +63,7 @@ def main() -> None:
             m, ci = result["metrics"], result["confidence_intervals"]
             rows.append({
                 "model": f"{dims}D U-Net (DynUNet, width {args.width})", "tta": tta, "n_test": result["n"],
+                "epochs": args.epochs, "patches_per_epoch": samples, "batch_size": plan.batch_size,
                 "dice_anterior": m["dice_anterior"], "dice_posterior": m["dice_posterior"], "mean_dice": m["mean_dice"],
                 "mean_dice_ci95": [ci["mean_dice"]["low"], ci["mean_dice"]["high"]],
                 "hd95_anterior_mm": m["hd95_anterior"], "hd95_posterior_mm": m["hd95_posterior"],
@@ -76,10 +79,12 @@ def main() -> None:
                   f"HD95 {r['hd95_anterior_mm']:.2f}/{r['hd95_posterior_mm']:.2f} mm  {r['inference_s_per_case']:.2f} s/case  "
                   f"train {r['train_wall_min']:.1f} min", flush=True)
     RESULTS.parent.mkdir(exist_ok=True)
+    if RESULTS.is_file():  # keep rows of models not rerun this time (e.g. --dims 2 alone)
+        rerun = {r["model"] for r in rows}
+        rows = [r for r in json.loads(RESULTS.read_text()).get("rows", []) if r["model"] not in rerun] + rows
     RESULTS.write_text(json.dumps({
         "data": f"MSD Task04 Hippocampus, {len(dataset.cases)} local cases, seeded 80/20 split (seed {args.seed}); CC BY-SA 4.0",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} CPU",
-        "epochs": args.epochs, "patches_per_epoch": args.samples,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rows": rows, "published": PUBLISHED,
     }, indent=1))

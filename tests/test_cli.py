@@ -28,7 +28,7 @@ def test_pngs(tmp_path, pneumonia):
 def test_models_lists_shipped_bundles():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
-    assert "pneumonia" in result.output
+    assert "pneumonia" in result.output and "hippocampus" in result.output and "segmentation" in result.output
 
 
 def test_predict_by_name_writes_one_row_per_file(test_pngs, tmp_path):

@@ -21,6 +21,10 @@ from medlens.io.volume import load_volume
 from medlens.types import Volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+MSD_KNOWN = {  # what the Decathlon's dataset.json says, for copies that lost it
+    "hippocampus": {"labels": {0: "background", 1: "anterior", 2: "posterior"}, "modality": "MR",
+                    "licence": "CC BY-SA 4.0", "name": "MSD Task04 Hippocampus"},
+}
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,11 @@ def load_seg_dataset(path: str | Path) -> SegDataset:
         cases.append(SegCase(_case_id(image), image, label if label.is_file() else None))
     if not cases:
         raise DataError(f"{root / 'imagesTr'}: no images ({', '.join(IMAGE_SUFFIXES)}); check the folder")
+    if not info:  # a copy that lost its dataset.json: what the Decathlon's says, when the folder name tells
+        info = next((v for k, v in MSD_KNOWN.items() if k in root.name.lower()), {})
     labels = {int(k): str(v) for k, v in info.get("labels", {}).items()}
-    modality = str(next(iter(info.get("modality", {}).values()), "")) or _guess_modality(root)
+    modality = str(info["modality"] if isinstance(info.get("modality"), str) else next(iter(info.get("modality", {}).values()), "")) \
+        or _guess_modality(root)
     return SegDataset(root, cases, labels, modality.upper() if modality.upper() == "CT" else "MR",
                       str(info.get("licence", info.get("license", "unknown"))), str(info.get("name", root.name)))
 
@@ -107,7 +114,7 @@ def check_dataset(dataset: SegDataset) -> dict[str, Any]:
     """Read every case; returns counts, label values seen, and a list of problems (one line each)."""
     problems: list[str] = []
     seen: set[int] = set()
-    shapes, spacings = [], []
+    shapes, spacings, codes = [], [], []
     declared = set(dataset.label_names) if dataset.label_names else None
     for case in dataset.cases:
         if case.label is None:
@@ -127,5 +134,7 @@ def check_dataset(dataset: SegDataset) -> dict[str, Any]:
             problems.append(f"{case.case_id}: label map is empty (background only)")
         shapes.append(image.shape)
         spacings.append(image.spacing_mm)
+        codes.append(image.orientation)
+    common = max(set(codes), key=codes.count) if codes else ""
     return {"cases": len(dataset.cases), "usable": len(shapes), "label_values": sorted(seen), "problems": problems,
-            "shapes": shapes, "spacings_mm": spacings}
+            "shapes": shapes, "spacings_mm": spacings, "axis_codes": common}

@@ -95,13 +95,28 @@ def _summarise(rows: list[dict[str, Any]], plan: SegPlan, n_bootstrap: int, seed
     boot = []
     for _ in range(n_bootstrap):
         sample = table[rng.integers(0, len(table), len(table))]
-        boot.append(np.append(np.nanmean(sample, axis=0), np.nanmean(sample[:, dice_cols])))
+        boot.append(np.append(_column_means(sample), np.mean(sample[:, dice_cols])))
     boot_arr = np.asarray(boot)
-    means = np.append(np.nanmean(table, axis=0), np.nanmean(table[:, dice_cols]))
+    means = np.append(_column_means(table), np.mean(table[:, dice_cols]))
     names = keys + ["mean_dice"]
     return {
         "metrics": {n: float(m) for n, m in zip(names, means)},
-        "confidence_intervals": {n: {"low": float(np.nanquantile(boot_arr[:, i], 0.025)), "high": float(np.nanquantile(boot_arr[:, i], 0.975))}
-                                 for i, n in enumerate(names)},
+        "confidence_intervals": {n: _interval(boot_arr[:, i]) for i, n in enumerate(names)},
         "undefined_hd95": {n: int(np.isnan(table[:, keys.index(f"hd95_{n}")]).sum()) for n in fg},
     }
+
+
+def _column_means(table: np.ndarray) -> np.ndarray:
+    """Means over finite values per column; NaN where a column has none (e.g. HD95 when a label is never found)."""
+    finite = np.isfinite(table)
+    counts = finite.sum(axis=0)
+    sums = np.where(finite, table, 0.0).sum(axis=0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _interval(values: np.ndarray) -> dict[str, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"low": float("nan"), "high": float("nan")}
+    low, high = np.quantile(finite, [0.025, 0.975])
+    return {"low": float(low), "high": float(high)}

@@ -28,8 +28,8 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, plan: SegPlan, tt
         return torch.softmax(logits, dim=1)
 
     probs = run(batch)
-    if tta:  # mirror along each spatial axis and average (nnU-Net's test-time augmentation, single flips)
-        axes = range(2, batch.ndim)
+    if tta:  # mirror along the plan's axes and average (nnU-Net's test-time augmentation, single flips)
+        axes = [2 + a for a in plan.mirror_axes]
         for axis in axes:
             probs += run(batch.flip(axis)).flip(axis)
         probs /= 1 + len(axes)

@@ -19,12 +19,6 @@ import numpy as np
 from medlens.errors import ConfigError, DataError
 from medlens.segment.data import SegDataset, check_dataset, read_pair
 
-MSD_KNOWN = {  # what the Decathlon's dataset.json says, for copies that lost it
-    "hippocampus": {"labels": {0: "background", 1: "anterior", 2: "posterior"}, "modality": "MR",
-                    "licence": "CC BY-SA 4.0", "name": "MSD Task04 Hippocampus"},
-}
-
-
 @dataclass(frozen=True)
 class SegPlan:
     """Everything training and inference need to agree on; saved as ``plan.json`` and inside the bundle."""
@@ -42,6 +36,7 @@ class SegPlan:
     ct_std: float | None
     label_names: dict[int, str]
     memory_budget_mb: int
+    mirror_axes: tuple[int, ...] = ()  # augmentation and TTA flips; only axes that keep label meaning
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -63,6 +58,7 @@ class SegPlan:
             raw["filters"] = tuple(int(v) for v in raw["filters"])
             raw["clip_hu"] = tuple(raw["clip_hu"]) if raw.get("clip_hu") else None
             raw["label_names"] = {int(k): str(v) for k, v in raw["label_names"].items()}
+            raw["mirror_axes"] = tuple(int(v) for v in raw.get("mirror_axes", ()))
             return cls(**raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"plan: field {exc} is missing or malformed; regenerate it with `medlens plan`") from exc
@@ -83,27 +79,21 @@ def fingerprint(dataset: SegDataset, max_cases: int | None = None) -> dict[str, 
             values = image.array[label > 0]
             foreground.append(values[:: max(1, values.size // 2000)])
     fg = np.concatenate(foreground) if foreground else np.zeros(1, np.float32)
-    known = next((v for k, v in MSD_KNOWN.items() if k in dataset.root.name.lower()), {}) if dataset.licence == "unknown" else {}
     return {
-        "dataset": known.get("name", dataset.name), "modality": known.get("modality", dataset.modality),
-        "licence": known.get("licence", dataset.licence), "cases": report["cases"],
+        "dataset": dataset.name, "modality": dataset.modality, "licence": dataset.licence, "cases": report["cases"],
         "usable": report["usable"], "problems": report["problems"], "label_values": report["label_values"],
         "label_names": {str(k): v for k, v in _label_names(dataset, report["label_values"]).items()},
         "median_shape": [int(v) for v in np.median(np.asarray(report["shapes"]), axis=0)],
         "max_shape": [int(v) for v in np.max(np.asarray(report["shapes"]), axis=0)],
         "median_spacing_mm": [round(float(v), 4) for v in np.median(np.asarray(report["spacings_mm"]), axis=0)],
+        "axis_codes": report["axis_codes"],
         "foreground_percentiles_0.5_50_99.5": [float(np.percentile(fg, p)) for p in (0.5, 50, 99.5)],
         "foreground_mean": float(fg.mean()), "foreground_std": float(fg.std()),
     }
 
 
 def _label_names(dataset: SegDataset, seen: list[int]) -> dict[int, str]:
-    if dataset.label_names:
-        return dataset.label_names
-    known = next((v for k, v in MSD_KNOWN.items() if k in dataset.root.name.lower()), None)
-    if known:
-        return dict(known["labels"])
-    return {v: ("background" if v == 0 else f"label{v}") for v in seen}
+    return dataset.label_names or {v: ("background" if v == 0 else f"label{v}") for v in seen}
 
 
 def make_plan(fp: dict[str, Any], memory_budget_mb: int = 2000, dims: int = 3, width: int = 16) -> SegPlan:
@@ -128,13 +118,27 @@ def make_plan(fp: dict[str, Any], memory_budget_mb: int = 2000, dims: int = 3, w
     filters = tuple(min(width * 2**i, 320) for i in range(depth + 1))
     ct = fp["modality"] == "CT"
     pct = fp["foreground_percentiles_0.5_50_99.5"]
+    mirror = _mirror_axes(fp, dims)
+    notes.append(f"mirroring along axes {list(mirror)}" if mirror else "no mirroring (no left-right axis, or lateralised labels)")
     return SegPlan(
         dims=dims, target_spacing_mm=spacing, patch_size=tuple(patch), batch_size=batch, strides=strides, filters=filters,
         modality=fp["modality"], normalization="ct" if ct else "zscore",
         clip_hu=(pct[0], pct[2]) if ct else None,
         ct_mean=fp["foreground_mean"] if ct else None, ct_std=fp["foreground_std"] if ct else None,
-        label_names={int(k): v for k, v in fp["label_names"].items()}, memory_budget_mb=memory_budget_mb, notes=notes,
+        label_names={int(k): v for k, v in fp["label_names"].items()}, memory_budget_mb=memory_budget_mb,
+        mirror_axes=mirror, notes=notes,
     )
+
+
+def _mirror_axes(fp: dict[str, Any], dims: int) -> tuple[int, ...]:
+    """Mirror only left-right: flipping front-back or head-foot would swap what labels like 'anterior' mean,
+    and no mirroring at all when a label is lateralised ('left kidney')."""
+    codes = fp.get("axis_codes") or ""
+    names = " ".join(str(v).lower() for v in fp["label_names"].values())
+    if len(codes) != 3 or "left" in names or "right" in names:
+        return ()
+    axis = next((i for i, c in enumerate(codes) if c in "LR"), None)
+    return (axis,) if axis is not None and axis < dims else ()
 
 
 def _depth(shape: list[int]) -> int:

@@ -92,7 +92,7 @@ def _augmentation(plan: SegPlan) -> Any:
         SpatialPadd(keys, spatial_size=plan.patch_size),
         RandCropByPosNegLabeld(keys, label_key="label", spatial_size=plan.patch_size, pos=1, neg=2, num_samples=1),
         RandAffined(keys, prob=0.2, rotate_range=rotate, scale_range=0.15, mode=("bilinear", "nearest"), padding_mode="zeros"),
-        *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(plan.dims)],
+        *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in plan.mirror_axes],
         RandGaussianNoised("image", prob=0.1, std=0.1),
         RandScaleIntensityd("image", factors=0.25, prob=0.15),
         RandShiftIntensityd("image", offsets=0.1, prob=0.15),
