@@ -80,33 +80,42 @@ def test_unknown_compression(mr_file: Path, tmp_path: Path) -> None:
         _read(tmp_path / "video.dcm")
 
 
-def test_series_with_mixed_sizes(data_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture()
+def crop_series(data_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the real 40-slice PGBM-003 hippocampus crop series, for tests that damage one file."""
     folder = tmp_path / "series"
     shutil.copytree(data_dir / "dicom" / "mr_pgbm003" / "11_HCropVolume", folder)
-    odd = pydicom.dcmread(folder / "5.dcm")
-    odd.PixelData = odd.pixel_array[:, :20].copy().tobytes()
-    odd.Columns = 20
-    odd.save_as(folder / "5.dcm")
+    return folder
+
+
+def _edit(path: Path, change) -> None:
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path)
+
+
+def _narrow(ds: pydicom.Dataset) -> None:
+    ds.PixelData = ds.pixel_array[:, :20].copy().tobytes()
+    ds.Columns = 20
+
+
+def test_series_with_mixed_sizes(crop_series: Path) -> None:
+    folder = crop_series
+    _edit(folder / "5.dcm", _narrow)
     with pytest.raises(GeometryError, match=r"holds 2 volumes .*mixes acquisitions \(columns: matrix sizes 50x20 and 50x34\)"):
         read_dicom_volume(folder)
 
 
-def test_missing_geometry_tags(data_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "series"
-    shutil.copytree(data_dir / "dicom" / "mr_pgbm003" / "11_HCropVolume", folder)
-    ds = pydicom.dcmread(folder / "7.dcm")
-    del ds.ImagePositionPatient
-    ds.save_as(folder / "7.dcm")
+def test_missing_geometry_tags(crop_series: Path) -> None:
+    folder = crop_series
+    _edit(folder / "7.dcm", lambda ds: delattr(ds, "ImagePositionPatient"))
     with pytest.raises(GeometryError, match=r"7.dcm: ImagePositionPatient or ImageOrientationPatient missing.*cannot be ordered"):
         read_dicom_volume(folder)
 
 
-def test_corrupt_geometry_tag(data_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "series"
-    shutil.copytree(data_dir / "dicom" / "mr_pgbm003" / "11_HCropVolume", folder)
-    ds = pydicom.dcmread(folder / "7.dcm")
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, 0]
-    ds.save_as(folder / "7.dcm")
+def test_corrupt_geometry_tag(crop_series: Path) -> None:
+    folder = crop_series
+    _edit(folder / "7.dcm", lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0, 0]))
     with pytest.raises(DicomError, match=r"7.dcm: ImageOrientationPatient .* is not two unit vectors"):
         read_dicom_volume(folder)
 

@@ -38,15 +38,15 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, label_names: dict[int, str
 
 
 def mean_foreground_dice(pred: np.ndarray, truth: np.ndarray, label_values: list[int]) -> float:
-    """Fast validation score: mean Dice over foreground labels (no distances)."""
-    scores = []
-    for v in label_values:
-        a, b = pred == v, truth == v
-        denominator = a.sum() + b.sum()
-        scores.append(1.0 if denominator == 0 else 2.0 * float((a & b).sum()) / float(denominator))
-    return float(np.mean(scores))
+    """Validation score: mean Dice over ``label_values`` (MONAI; both empty counts as 1), no distances."""
+    from monai.metrics import compute_dice
+
+    n = max(int(pred.max()), int(truth.max()), *label_values) + 1
+    dice = compute_dice(_one_hot(pred, n), _one_hot(truth, n), include_background=True, ignore_empty=False)[0]
+    return float(dice[label_values].mean())
 
 
 def _one_hot(labels: np.ndarray, n: int) -> torch.Tensor:
-    t = torch.from_numpy(labels.astype(np.int64))[None, None]
-    return torch.zeros((1, n) + labels.shape, dtype=torch.float32).scatter_(1, t, 1.0)
+    from monai.networks.utils import one_hot
+
+    return one_hot(torch.from_numpy(labels.astype(np.int64))[None, None], num_classes=n).float()
