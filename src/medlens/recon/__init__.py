@@ -1,0 +1,1 @@
+"""Reconstruction and enhancement: undersampled MRI (simulation, baselines, metrics)."""
