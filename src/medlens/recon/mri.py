@@ -62,3 +62,33 @@ def zero_filled(masked_kspace: torch.Tensor) -> np.ndarray:
     from monai.networks.blocks.fft_utils_t import ifftn_centered_t
 
     return np.asarray(complex_abs(ifftn_centered_t(masked_kspace, spatial_dims=2, is_complex=True))[0], dtype=np.float32)
+
+
+CS_METHODS = ("l1-wavelet", "total-variation")
+
+
+def kspace_to_complex(kspace: torch.Tensor) -> np.ndarray:
+    """``(1, H, W, 2)`` real/imaginary tensor -> ``(1, H, W)`` complex array (sigpy's layout: coils first)."""
+    array = kspace.detach().cpu().numpy()
+    return (array[..., 0] + 1j * array[..., 1]).astype(np.complex64)
+
+
+def cs_reconstruct(masked_kspace: torch.Tensor, columns: np.ndarray, method: str = "l1-wavelet",
+                   lamda: float = 1e-4, iterations: int = 50) -> np.ndarray:
+    """Compressed sensing with sigpy (single coil, unit sensitivity): L1-wavelet or total-variation, magnitude ``(H, W)``.
+
+    ``lamda`` is relative to the largest k-space magnitude, so one value suits images of any scale;
+    choose it on validation data, not on the test slices.
+    """
+    import sigpy.mri.app as app
+
+    if method not in CS_METHODS:
+        raise ConfigError(f"method {method!r}: choose one of {', '.join(CS_METHODS)}")
+    k = kspace_to_complex(masked_kspace)
+    if columns.shape != (k.shape[-1],):
+        raise DataError(f"column mask has shape {columns.shape}, k-space has {k.shape[-1]} columns")
+    weights = np.broadcast_to(columns[None, None, :].astype(np.float32), k.shape)
+    scale = float(np.abs(k).max()) or 1.0
+    recon_type = app.L1WaveletRecon if method == "l1-wavelet" else app.TotalVariationRecon
+    result = recon_type(k, np.ones_like(k), lamda * scale, weights=weights, max_iter=iterations, show_pbar=False).run()
+    return np.abs(np.asarray(result)).astype(np.float32)
