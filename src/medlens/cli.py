@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from medlens import __version__
+from medlens.display import cell, exit_on_problems, make_console, print_metrics, print_predictions, print_table
 
 app = typer.Typer(help="medlens: deep learning for medical imaging on an ordinary CPU.", no_args_is_help=True, add_completion=False)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,16 +34,10 @@ def user_errors(func: F) -> F:
         except MedlensError as exc:
             if _state["verbose"]:
                 raise
-            _console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            make_console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr)
 
 
 @app.callback()
@@ -88,7 +83,7 @@ def train(
     cfg = load_config(TrainConfig, config, overrides, section="train" if config else "")
     bundle = train_classifier(cfg, out, data_dir=data_dir, show_progress=True)
     manifest = json.loads((bundle / "bundle.json").read_text())
-    _print_metrics("validation", manifest["metrics"]["validation"])
+    print_metrics("validation", manifest["metrics"]["validation"])
     typer.echo(f"bundle written to {bundle}")
 
 
@@ -101,7 +96,7 @@ def _train_segment(data: str, out: Path, config: Path | None, set_: list[str] | 
     cfg = load_config(SegTrainConfig, config, overrides, section="segment" if config else "")
     bundle = train_stage(data, out, cfg, plan)
     validation = json.loads((bundle / "bundle.json").read_text())["metrics"]["validation"]
-    _print_metrics(f"validation (n={validation.pop('n')})", validation)
+    print_metrics(f"validation (n={validation.pop('n')})", validation)
     typer.echo(f"bundle written to {bundle}")
 
 
@@ -122,7 +117,7 @@ def plan(
                f"at {fp['median_spacing_mm']} mm")
     typer.echo(f"plan: {made.dims}D, patch {made.patch_size}, batch {made.batch_size}, {len(made.strides) - 1} downsamplings, "
                f"filters {made.filters}, normalisation {made.normalization}; written to {out / 'plan.json'}")
-    _exit_on_problems([{"message": p} for p in fp["problems"]], "problem(s) in the dataset; fix them before training")
+    exit_on_problems([{"message": p} for p in fp["problems"]], "problem(s) in the dataset; fix them before training")
 
 
 @app.command()
@@ -140,9 +135,9 @@ def segment(
     loaded = load_seg_bundle(bundle)
     report = segment_files(loaded, list(inputs), out, tta=tta)
     names = [n for v, n in sorted(loaded.plan.label_names.items()) if v]
-    _print_table(["input", "label map", *[f"{n} mL" for n in names], "DICOM SEG"],
+    print_table(["input", "label map", *[f"{n} mL" for n in names], "DICOM SEG"],
                  [[Path(r["input"]).name, r["labels"], *[f"{r['volumes_ml'][n]:.3f}" for n in names], r.get("dicom_seg", "")] for r in report["results"]])
-    _exit_on_problems([{"message": p["message"]} for p in report["problems"]], "input(s) could not be segmented")
+    exit_on_problems([{"message": p["message"]} for p in report["problems"]], "input(s) could not be segmented")
 
 
 @app.command()
@@ -170,7 +165,7 @@ def evaluate(
     cfg = loaded.manifest.get("config", {})
     dataset = load_dataset(data, size or cfg.get("size", 28), data_dir, cfg.get("image_dir"), _tuple(cfg.get("image_size")), loaded.task == "multilabel", cfg.get("seed", 0))
     result = evaluate_bundle(loaded, dataset, out, split=split, n_bootstrap=bootstrap, seed=seed)
-    _print_metrics(f"{split} (n={result['n']})", result["metrics"], result["confidence_intervals"])
+    print_metrics(f"{split} (n={result['n']})", result["metrics"], result["confidence_intervals"])
     typer.echo(f"report: {result['report']}")
 
 
@@ -178,7 +173,7 @@ def _evaluate_segment(bundle: str, data: str, out: Path, split: str, bootstrap: 
     from medlens.segment.evaluate import evaluate_segmentation, load_seg_bundle
 
     result = evaluate_segmentation(load_seg_bundle(bundle), data, out, split=split, n_bootstrap=bootstrap, seed=seed)
-    _print_metrics(f"{split} (n={result['n']}, {result['seconds_per_case']:.2f} s/case)", result["metrics"], result["confidence_intervals"])
+    print_metrics(f"{split} (n={result['n']}, {result['seconds_per_case']:.2f} s/case)", result["metrics"], result["confidence_intervals"])
     typer.echo(f"per-case results: {out / 'per_case.csv'}; summary: {out / 'metrics.json'}")
 
 
@@ -202,12 +197,12 @@ def predict(
     rows = predict_files(loaded, expand_inputs(list(files)), adapt=fit_input)
     if out is not None:
         write_predictions(rows, loaded.label_names, out)
-    _print_predictions(rows, loaded.label_names)
+    print_predictions(rows, loaded.label_names)
     failed = [r for r in rows if r.error]
     if out is not None:
         typer.echo(f"{len(rows)} rows written to {out}")
     if failed:
-        _console(stderr=True).print(f"[red]error:[/red] {len(failed)} of {len(rows)} files could not be predicted (see the error column)", highlight=False)
+        make_console(stderr=True).print(f"[red]error:[/red] {len(failed)} of {len(rows)} files could not be predicted (see the error column)", highlight=False)
         raise typer.Exit(1)
 
 
@@ -223,11 +218,11 @@ def convert(
 
     report = convert_dicom(source, out, equalize=equalize)
     rows = [[v["file"], "x".join(map(str, v["shape"])), " x ".join(f"{s:.3g}" for s in v["spacing_mm"]), v["orientation"], "; ".join(v["warnings"])] for v in report["volumes"]]
-    _print_table(["file", "shape", "spacing (mm)", "axes", "warnings"], rows)
+    print_table(["file", "shape", "spacing (mm)", "axes", "warnings"], rows)
     for note in report["notes"]:
         typer.echo(f"note: {note}")
     typer.echo(f"{len(report['volumes'])} volume(s) written to {out}; report: {out / 'convert.json'}")
-    _exit_on_problems(report["problems"], "file(s) could not be converted")
+    exit_on_problems(report["problems"], "file(s) could not be converted")
 
 
 @app.command()
@@ -239,11 +234,11 @@ def info(path: Annotated[Path, typer.Argument(help="DICOM file/folder, NIfTI, NR
     summary = summarize(path)
     columns = {"name": "series", "modality": "mod", "slices": "slices", "rows_cols": "matrix", "pixel_spacing_mm": "pixel mm",
                "slice_step_mm": "step mm", "orientation": "plane", "duplicate_positions": "dups", "evenly_spaced": "even", "transfer_syntax": "syntax"}
-    rows = [[_cell(s.get(c, s.get("shape") if c == "rows_cols" else "")) for c in columns] for s in summary["series"]]
-    _print_table(list(columns.values()), rows)
+    rows = [[cell(s.get(c, s.get("shape") if c == "rows_cols" else "")) for c in columns] for s in summary["series"]]
+    print_table(list(columns.values()), rows)
     if summary.get("skipped_not_dicom"):
         typer.echo(f"{summary['skipped_not_dicom']} non-DICOM file(s) skipped")
-    _exit_on_problems(summary["problems"], "file(s) could not be read")
+    exit_on_problems(summary["problems"], "file(s) could not be read")
 
 
 @app.command()
@@ -262,7 +257,7 @@ def deid(
     if verify:
         result = verify_tree(source)
         if not result["clean"]:
-            _print_table(["file", "attribute", "problem"], [[f["file"], f["attribute"], f["problem"]] for f in result["findings"][:50]])
+            print_table(["file", "attribute", "problem"], [[f["file"], f["attribute"], f["problem"]] for f in result["findings"][:50]])
             raise DeidError(f"{len(result['findings'])} identifier finding(s) in {result['files_checked']} file(s) under {source}; de-identify them with `medlens deid`")
         typer.echo(f"clean: {result['files_checked']} file(s) checked, no identifiers of the basic profile found")
         return
@@ -270,37 +265,11 @@ def deid(
         raise ConfigError("deid needs an output folder: medlens deid IN OUT (or --verify IN to check a folder)")
     key = key_file.read_text().strip() if key_file else None
     report = deidentify_tree(source, out, DeidOptions(key=key, shift_days=shift_dates))
-    _print_table(["attribute", "action", "files"], [[c["attribute"], c["action"], str(c["count"])] for c in report["changes"]])
+    print_table(["attribute", "action", "files"], [[c["attribute"], c["action"], str(c["count"])] for c in report["changes"]])
     for flagged in report["burned_in_check"]:
         typer.echo(f"check pixels: {flagged['file']}: {flagged['reason']}")
     typer.echo(f"{report['files_written']} file(s) written to {out}; report: {out / 'deid_report.json'}")
-    _exit_on_problems(report["problems"], "file(s) could not be de-identified")
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return " x ".join(str(v) for v in value)
-    return "" if value is None else str(value)
-
-
-def _print_table(columns: list[str], rows: list[list[str]]) -> None:
-    from rich.table import Table
-
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*row)
-    _console().print(table)
-
-
-def _exit_on_problems(problems: list[dict[str, str]], what: str) -> None:
-    """Batch commands finish the good files, then list the bad ones and exit 1."""
-    if not problems:
-        return
-    err = _console(stderr=True)
-    for p in problems:
-        err.print(f"[red]problem:[/red] {p['message']}", highlight=False, soft_wrap=True)
-    err.print(f"[red]error:[/red] {len(problems)} {what}; the rest was written", highlight=False)
-    raise typer.Exit(1)
+    exit_on_problems(report["problems"], "file(s) could not be de-identified")
 
 
 @app.command()
@@ -323,7 +292,7 @@ def models() -> None:
         table.add_row(name, m["task"], ", ".join(m["label_names"]), f"{m['expected_input']['modality']} {shape}",
                       f"{test.get('auc', float('nan')):.3f}", f"{test.get('accuracy', float('nan')):.3f}",
                       f"{m['data']['dataset']} ({m['data']['license']})")
-    _console().print(table)
+    make_console().print(table)
 
 
 @app.command()
@@ -338,7 +307,7 @@ def datasets() -> None:
         info = get_dataset_info(name)
         n = info.n_samples
         table.add_row(name, info.task, f"{info.dims}D", ", ".join(map(str, sorted(info.files))), f"{n['train']}/{n['val']}/{n['test']}", info.license)
-    _console().print(table)
+    make_console().print(table)
 
 
 @app.command()
@@ -350,7 +319,7 @@ def demo(
     """The main job: the shipped pneumonia model evaluated on the real PneumoniaMNIST test set, plus predictions."""
     from medlens.demo import run_demo
 
-    console = _console()
+    console = make_console()
     result = run_demo(out, data_dir)
     m = result.model
     console.print(f"model [bold]{m['name']}[/bold]: {m['network']['name']} on {m['data']['dataset']} ({m['data']['license']}), labels {', '.join(m['label_names'])}")
@@ -358,33 +327,11 @@ def demo(
         console.print(f"[yellow]no test data here:[/yellow] {result.missing_data}", highlight=False, soft_wrap=True)
         stored = m.get("metrics", {}).get("test")
         if stored:
-            _print_metrics("test (stored in the bundle)", stored)
+            print_metrics("test (stored in the bundle)", stored)
         return
-    _print_metrics("test split (PneumoniaMNIST, n=624)", result.metrics, result.intervals)
-    _print_predictions(result.predictions, m["label_names"], truths=result.sample_labels)
+    print_metrics("test split (PneumoniaMNIST, n=624)", result.metrics, result.intervals)
+    print_predictions(result.predictions, m["label_names"], truths=result.sample_labels)
     console.print(f"report: [bold]{result.report}[/bold]; predictions: {out / 'predictions.csv'}")
-
-
-def _print_metrics(title: str, metrics: dict[str, float], intervals: dict[str, Any] | None = None) -> None:
-    from rich.table import Table
-
-    table = Table("metric", "value", "95% CI", title=title)
-    for key, value in metrics.items():
-        ci = (intervals or {}).get(key)
-        table.add_row(key, f"{value:.4f}", f"{ci['low']:.3f} - {ci['high']:.3f}" if ci and key != "threshold" else "")
-    _console().print(table)
-
-
-def _print_predictions(rows: list[Any], label_names: list[str], truths: list[str] | None = None) -> None:
-    from rich.table import Table
-
-    columns = ["file", *label_names, "label"] + (["truth"] if truths else []) + ["notes / error"]
-    table = Table(*columns)
-    for i, r in enumerate(rows):
-        probs = [f"{r.probabilities[n]:.3f}" if r.probabilities else "" for n in label_names]
-        extra = [truths[i]] if truths else []
-        table.add_row(Path(r.file).name, *probs, r.label, *extra, r.error or "; ".join(r.notes))
-    _console().print(table)
 
 
 if __name__ == "__main__":
