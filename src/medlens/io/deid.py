@@ -275,7 +275,10 @@ def verify_tree(path: str | Path) -> dict[str, Any]:
             continue
         checked += 1
         shifted = str(ds.get("LongitudinalTemporalInformationModified", "")) == "MODIFIED"
-        problems = _leftovers(ds, shifted)
+        try:
+            problems = _leftovers(ds, shifted)
+        except Exception as exc:  # a value pydicom cannot convert: the file cannot be shown clean
+            problems = [("-", f"header value unreadable ({type(exc).__name__}); cannot verify this file")]
         if str(ds.get("PatientIdentityRemoved", "")) != "YES":
             problems.append(("PatientIdentityRemoved", "not YES: the file does not claim to be de-identified"))
         risk = burned_in_risk(ds)

@@ -12,10 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from medlens.errors import DicomError
-from medlens.io.dicom import read_dataset
 from medlens.io.dicom_meta import phi_free_meta
-from medlens.io.series import NOT_DICOM_SUFFIXES, Slice, slices_of, find_dicom_files, group_slices
+from medlens.io.series import DicomScan, Slice, find_dicom_files, group_slices, scan_headers
 from medlens.io.volume import ITK_SUFFIXES, NIFTI_SUFFIXES, load_volume
 from medlens.types import slices_evenly_spaced
 
@@ -28,17 +26,10 @@ def summarize(path: str | Path) -> dict[str, Any]:
         return {"source": str(path), "series": [{"name": volume.meta["name"], "format": path.suffix.lstrip("."),
                 "shape": list(volume.shape), "spacing_mm": _round(volume.spacing_mm), "orientation": volume.orientation}],
                 "problems": []}
-    slices: list[Slice] = []
-    problems: list[dict[str, str]] = []
-    skipped = 0
-    for file in find_dicom_files(path):
-        try:
-            slices.extend(slices_of(file, read_dataset(file, pixels=False)))
-        except DicomError as exc:
-            if file.suffix.lower() in NOT_DICOM_SUFFIXES:
-                skipped += 1
-            else:
-                problems.append({"file": str(file), "message": str(exc)})
+    scan = DicomScan()
+    slices = scan_headers(find_dicom_files(path), scan)
+    problems = [{"file": p.path, "message": p.message} for p in scan.problems]
+    skipped = sum(1 for note in scan.notes if note.startswith("skipped"))
     groups = sorted(group_slices(slices).values(), key=lambda g: (str(g[0].dataset.get("SeriesNumber", "")), str(g[0].path)))
     return {"source": str(path), "series": [_series_summary(g) for g in groups], "problems": problems, "skipped_not_dicom": skipped}
 

@@ -60,15 +60,7 @@ def read_dicom_volumes(path: str | Path) -> DicomScan:
     """
     files = find_dicom_files(path)
     scan = DicomScan()
-    slices: list[Slice] = []
-    for file in files:
-        try:
-            slices.extend(slices_of(file, read_dataset(file, pixels=False)))
-        except DicomError as exc:
-            if file.suffix.lower() in NOT_DICOM_SUFFIXES and not has_dicom_marker(file):
-                scan.notes.append(f"skipped {file.name}: not DICOM")
-            else:
-                scan.problems.append(FileProblem(str(file), type(exc).__name__, str(exc)))
+    slices = scan_headers(files, scan)
     groups = group_slices(slices)
     per_series = Counter(key[0] for key in groups)
     for uid, count in per_series.items():
@@ -90,6 +82,20 @@ def read_dicom_volumes(path: str | Path) -> DicomScan:
         detail = "; ".join(p.message for p in scan.problems[:3])
         raise ImageReadError(f"{path}: no DICOM image could be read from {len(files)} file(s): {detail}")
     return scan
+
+
+def scan_headers(files: list[Path], scan: DicomScan) -> list[Slice]:
+    """Every file's slices from its header (pixels deferred); non-DICOM files are noted, broken ones are problems."""
+    slices: list[Slice] = []
+    for file in files:
+        try:
+            slices.extend(slices_of(file, read_dataset(file, pixels=False)))
+        except DicomError as exc:
+            if file.suffix.lower() in NOT_DICOM_SUFFIXES and not has_dicom_marker(file):
+                scan.notes.append(f"skipped {file.name}: not DICOM")
+            else:
+                scan.problems.append(FileProblem(str(file), type(exc).__name__, str(exc)))
+    return slices
 
 
 def read_dicom_volume(path: str | Path) -> Volume:

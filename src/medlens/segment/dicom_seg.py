@@ -24,7 +24,7 @@ def write_dicom_seg(source: Path, labels: Volume, bundle: SegBundle, target: Pat
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    datasets = [read_dataset(f) for f in find_dicom_files(source)]
+    datasets = [read_dataset(f, pixels=False) for f in find_dicom_files(source)]  # headers only: pixels are not needed
     datasets = [d for d in datasets if "PixelData" in d]
     for ds in datasets:  # Type 2 patient/study attributes highdicom copies: present, empty when the source lacks them
         for keyword in TYPE2_COPIED:

@@ -87,21 +87,21 @@ def evaluate_segmentation(bundle: SegBundle, data: str | Path, out_dir: str | Pa
 
 
 def _summarise(rows: list[dict[str, Any]], plan: SegPlan, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """Means over cases (finite values only) and percentile-bootstrap 95% CIs (the project's bootstrap)."""
+    from medlens.evaluate.bootstrap import bootstrap_intervals
+
     keys = [k for k in rows[0] if k != "case" and not k.startswith("ml_")]
     table = np.asarray([[r[k] for k in keys] for r in rows], dtype=float)
     fg = [plan.label_names[v] for v in plan.label_names if v]
     dice_cols = [keys.index(f"dice_{n}") for n in fg]
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_bootstrap):
-        sample = table[rng.integers(0, len(table), len(table))]
-        boot.append(np.append(_column_means(sample), np.mean(sample[:, dice_cols])))
-    boot_arr = np.asarray(boot)
-    means = np.append(_column_means(table), np.mean(table[:, dice_cols]))
-    names = keys + ["mean_dice"]
+
+    def summary(sample: np.ndarray, _: np.ndarray) -> dict[str, float]:
+        means = dict(zip(keys, _column_means(sample).tolist()))
+        return {**means, "mean_dice": float(np.mean(sample[:, dice_cols]))}
+
     return {
-        "metrics": {n: float(m) for n, m in zip(names, means)},
-        "confidence_intervals": {n: _interval(boot_arr[:, i]) for i, n in enumerate(names)},
+        "metrics": summary(table, table),
+        "confidence_intervals": bootstrap_intervals(summary, table, table, n_resamples=n_bootstrap, seed=seed),
         "undefined_hd95": {n: int(np.isnan(table[:, keys.index(f"hd95_{n}")]).sum()) for n in fg},
     }
 
@@ -112,11 +112,3 @@ def _column_means(table: np.ndarray) -> np.ndarray:
     counts = finite.sum(axis=0)
     sums = np.where(finite, table, 0.0).sum(axis=0)
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def _interval(values: np.ndarray) -> dict[str, float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return {"low": float("nan"), "high": float("nan")}
-    low, high = np.quantile(finite, [0.025, 0.975])
-    return {"low": float(low), "high": float(high)}
