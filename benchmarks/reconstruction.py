@@ -33,31 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medlens.recon.data import DOSES, MR_SERIES, ct_images, ct_low_dose_settings, mr_slices
 from medlens.recon.learn import CENTRE_FRACTIONS, EnhanceTrainConfig, MRIMaskConfig, mri_reconstruct, train_mri
 from medlens.recon.metrics import volume_metrics
 from medlens.recon.mri import cs_reconstruct, to_kspace, undersample, zero_filled
 
 RESULTS = Path(__file__).parent / "results" / "reconstruction.json"
 PRETRAINED = Path(__file__).parents[1] / "src" / "medlens" / "pretrained"
-MR_SERIES = {"train": ["11-T1post-18670", "26401-T1prereg-52906"], "val": ["36468-FLAIRreg-58706"], "test": ["37830-T2reg-78532"]}
 MRI_NETWORKS = {
     "unet-recon": {"features": [16, 32, 64, 128, 256, 16]},
     "varnet": {"cascades": 4, "features": [12, 12, 24, 48, 96, 12]},
 }
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("MEDLENS_DATA_DIR", "../shared/data"))
-
-
-def mr_slices(names: list[str]) -> list[np.ndarray]:
-    from medlens.io.series import read_dicom_volume
-
-    out = []
-    for name in names:
-        volume = read_dicom_volume(data_root() / "dicom" / "mr_pgbm003" / name)
-        out.extend(np.transpose(np.asarray(volume.array), (2, 1, 0)))
-    return out
 
 
 def score_rows(setting: dict, method: str, truth: list[np.ndarray], produce: Callable[[int], np.ndarray],
@@ -83,7 +69,7 @@ def score_rows(setting: dict, method: str, truth: list[np.ndarray], produce: Cal
 
 
 def mri_part(args: argparse.Namespace) -> dict:
-    data = {split: mr_slices(names) for split, names in MR_SERIES.items()}
+    data = {split: mr_slices(split) for split in MR_SERIES}
     masks = MRIMaskConfig(accelerations=(4, 8))
     models, infos = {}, {}
     for name, kwargs in MRI_NETWORKS.items():
@@ -126,42 +112,6 @@ def mri_part(args: argparse.Namespace) -> dict:
             "context": "fastMRI single-coil knee U-Net ~32 dB PSNR / 0.72 SSIM at 4x (different data)"}
 
 
-CT_VAL_POSITIONS = (3, 8)  # KiTS slice indices (sorted by position) kept for validation
-DOSES = (0.25, 0.1)
-
-
-def ct_images() -> dict[str, list[tuple[np.ndarray, float]]]:
-    """(HU slice (rows, cols), pixel mm) per split; see the module docstring for the patients."""
-    import pydicom
-
-    from medlens.io.series import read_dicom_volume, read_dicom_volumes
-
-    def rows_cols(volume) -> list[tuple[np.ndarray, float]]:
-        return [(np.asarray(volume.array[:, :, k], dtype=np.float32).T, float(volume.spacing_mm[0]))
-                for k in range(volume.array.shape[2])]
-
-    kits = rows_cols(read_dicom_volumes(data_root() / "dicom" / "ct_kits_slices").volumes[0])
-    test = []
-    for path in [pydicom_data_file(name) for name in CT_TEST_FILES] + [Path(pydicom.data.get_testdata_file("CT_small.dcm"))]:
-        test += rows_cols(read_dicom_volume(path))
-    # outside the scanner's field of view some scanners store -3024 HU: that is padding, not anatomy
-    test = [(np.maximum(hu, -1024.0), mm) for hu, mm in test]
-    kits = [(np.maximum(hu, -1024.0), mm) for hu, mm in kits]
-    return {"train": [s for i, s in enumerate(kits) if i not in CT_VAL_POSITIONS],
-            "val": [s for i, s in enumerate(kits) if i in CT_VAL_POSITIONS], "test": test}
-
-
-CT_TEST_FILES = {"explicit_VR-UN.dcm": "abdomen, NIH Pancreas-CT PANCREAS_0001",
-                 "693_UNCR.dcm": "head, CQ500-CT-310", "bad_sequence.dcm": "neck/spine, zoomed field of view"}
-
-
-def pydicom_data_file(name: str) -> Path:
-    """A real CT file from the installed ``pydicom-data`` package (the test extra)."""
-    from importlib.metadata import distribution
-
-    return Path(str(distribution("pydicom-data").locate_file(f"data_store/data/{name}")))
-
-
 def ct_part(args: argparse.Namespace) -> dict:
     from medlens.recon.ct import DoseSimulation, ct_metrics, nlm_denoise, simulate_low_doses
     from medlens.recon.enhance import CT_SCALE_HU, PatchPairs, denoise_ct
@@ -175,7 +125,7 @@ def ct_part(args: argparse.Namespace) -> dict:
     for split, slices in images.items():
         seeds = {"train": 4, "val": 1, "test": 2}[split]
         for k, (hu, mm) in enumerate(slices):
-            settings = [(d, 1000 * k + 10 * j + int(d * 100)) for d in DOSES for j in range(seeds)]
+            settings = ct_low_dose_settings(k, seeds)
             for (dose, _), low in zip(settings, simulate_low_doses(hu, mm, settings, sim)):
                 pairs[split].append((low, hu, dose))
     print(f"simulated {sum(map(len, pairs.values()))} low-dose slices in {time.perf_counter() - started:.0f} s", flush=True)
@@ -235,7 +185,7 @@ def sr_part(args: argparse.Namespace) -> dict:
     from medlens.recon.learn import train_enhancer
     from medlens.recon.networks import build_recon_network
 
-    mr = {split: mr_slices(names) for split, names in MR_SERIES.items()}
+    mr = {split: mr_slices(split) for split in MR_SERIES}
     ct = {split: [hu for hu, _ in slices] for split, slices in ct_images().items()}
     train_pairs = [sr_pair(im, s) for s in SR_SCALES for im in mr["train"] + ct["train"]]
     val = [(im, s) for s in SR_SCALES for im in mr["val"] + ct["val"]]

@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
 def is_dicom_input(path: Path) -> bool:
-    return path.is_dir() or not path.name.lower().endswith(IMAGE_SUFFIXES)
+    return path.is_dir() or not path.name.lower().endswith((*IMAGE_SUFFIXES, ".npy"))
 
 
 def _slices(volume: Volume) -> list[np.ndarray]:
@@ -43,7 +43,7 @@ def _stack(slices: list[np.ndarray]) -> np.ndarray:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in (*IMAGE_SUFFIXES, ".npy", ".dcm", ".dicom"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -151,10 +151,10 @@ def reconstruct_files(bundle: EnhanceBundle, inputs: list[Path], out_dir: Path, 
 
     mask = bundle.manifest.get("input", {}).get("mask", "random")
 
-    def from_kspace(k: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def from_kspace(k: np.ndarray, path: Path) -> tuple[torch.Tensor, np.ndarray]:
         columns = np.abs(k).sum(axis=0) > 0
         if not columns.any():
-            raise DataError("k-space is all zero: the mask samples nothing")
+            raise DataError(f"{path}: k-space is all zero: the mask samples nothing")
         tensor = torch.from_numpy(np.stack([k.real, k.imag], axis=-1).astype(np.float32))[None]
         return tensor, columns
 
@@ -163,7 +163,7 @@ def reconstruct_files(bundle: EnhanceBundle, inputs: list[Path], out_dir: Path, 
             if simulate:
                 raise DataError(f"{path}: --simulate undersamples images; this is k-space already (leave --simulate out)")
             kspaces, _ = read_kspace(path)
-            recon = [mri_reconstruct(bundle.model, *from_kspace(k)) for k in kspaces]
+            recon = [mri_reconstruct(bundle.model, *from_kspace(k, path)) for k in kspaces]
             volume = Volume(array=_stack(recon), affine=np.eye(4), meta={"units": "arbitrary"}, slice_positions_mm=None,
                             warnings=("geometry unknown for raw k-space: 1 mm voxels, identity orientation",))
             return volume, "reconstructed", 1, {"slices": len(recon), "geometry": "unknown (identity affine)"}
