@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens.recon.data import DOSES, MR_SERIES, ct_images, ct_low_dose_settings, mr_slices
+from medlens.recon.data import DOSES, MR_SERIES, ct_images, ct_pairs, mr_slices, mri_test_cases
 from medlens.recon.learn import CENTRE_FRACTIONS, EnhanceTrainConfig, MRIMaskConfig, mri_reconstruct, train_mri
 from medlens.recon.metrics import volume_metrics
 from medlens.recon.mri import cs_reconstruct, to_kspace, undersample, zero_filled
@@ -42,7 +42,7 @@ RESULTS = Path(__file__).parent / "results" / "reconstruction.json"
 PRETRAINED = Path(__file__).parents[1] / "src" / "medlens" / "pretrained"
 MRI_NETWORKS = {
     "unet-recon": {"features": [16, 32, 64, 128, 256, 16]},
-    "varnet": {"cascades": 4, "features": [12, 12, 24, 48, 96, 12]},
+    "unrolled-unet": {"iterations": 3, "features": [16, 32, 64, 128, 256, 16]},  # fine-tuned from unet-recon
 }
 
 
@@ -73,8 +73,11 @@ def mri_part(args: argparse.Namespace) -> dict:
     masks = MRIMaskConfig(accelerations=(4, 8))
     models, infos = {}, {}
     for name, kwargs in MRI_NETWORKS.items():
-        cfg = EnhanceTrainConfig(network=name, network_kwargs=kwargs, epochs=args.epochs, samples_per_epoch=args.samples)
-        models[name], infos[name] = train_mri(data["train"], data["val"], cfg, args.out / "mri" / name, masks)
+        unrolled = name == "unrolled-unet"
+        cfg = EnhanceTrainConfig(network=name, network_kwargs=kwargs, epochs=args.epochs // 2 if unrolled else args.epochs,
+                                 samples_per_epoch=args.samples, lr=3e-4 if unrolled else 1e-3)
+        init = models["unet-recon"].state_dict() if unrolled else None  # same parameter names: the shared U-Net
+        models[name], infos[name] = train_mri(data["train"], data["val"], cfg, args.out / "mri" / name, masks, init=init)
         print(f"{name}: best epoch {infos[name]['best_epoch']}, val PSNR {infos[name]['val_score']:.2f} dB, "
               f"{infos[name]['train_seconds'] / 60:.1f} min", flush=True)
     rows = []
@@ -83,7 +86,7 @@ def mri_part(args: argparse.Namespace) -> dict:
         val_masks = [undersample(to_kspace(im), "random", acc, centre, seed=9_000 + i) for i, im in enumerate(data["val"])]
         lam = max((3e-5, 1e-4, 3e-4, 1e-3), key=lambda lam_: np.mean(
             [volume_metrics(im, cs_reconstruct(m, c, lamda=lam_, iterations=30))["psnr"] for im, (m, _, c) in zip(data["val"], val_masks)]))
-        test = [undersample(to_kspace(im), "random", acc, centre, seed=50_000 + i) for i, im in enumerate(data["test"])]
+        test = [(masked, None, columns) for _, masked, columns in mri_test_cases(acc)]
         setting = {"part": "mri", "acceleration": acc, "centre_fraction": centre}
         rows.append(score_rows(setting, "zero-filled", data["test"], lambda i: zero_filled(test[i][0])))
         rows.append(score_rows(setting, f"compressed sensing (sigpy L1-wavelet, lambda {lam:g})", data["test"],
@@ -112,8 +115,12 @@ def mri_part(args: argparse.Namespace) -> dict:
             "context": "fastMRI single-coil knee U-Net ~32 dB PSNR / 0.72 SSIM at 4x (different data)"}
 
 
+NOISE_SCALE = (0.25, 1.5)  # dose augmentation for RED-CNN (see PatchPairs)
+CT_EPOCHS = 25
+
+
 def ct_part(args: argparse.Namespace) -> dict:
-    from medlens.recon.ct import DoseSimulation, ct_metrics, nlm_denoise, simulate_low_doses
+    from medlens.recon.ct import DoseSimulation, ct_metrics, nlm_denoise
     from medlens.recon.enhance import CT_SCALE_HU, PatchPairs, denoise_ct
     from medlens.recon.learn import train_enhancer
     from medlens.recon.networks import build_recon_network
@@ -121,13 +128,7 @@ def ct_part(args: argparse.Namespace) -> dict:
     sim = DoseSimulation()
     images = ct_images()
     started = time.perf_counter()
-    pairs = {split: [] for split in images}  # (low, full, dose)
-    for split, slices in images.items():
-        seeds = {"train": 4, "val": 1, "test": 2}[split]
-        for k, (hu, mm) in enumerate(slices):
-            settings = ct_low_dose_settings(k, seeds)
-            for (dose, _), low in zip(settings, simulate_low_doses(hu, mm, settings, sim)):
-                pairs[split].append((low, hu, dose))
+    pairs = {split: ct_pairs(split, {"train": 4, "val": 1, "test": 2}[split]) for split in images}
     print(f"simulated {sum(map(len, pairs.values()))} low-dose slices in {time.perf_counter() - started:.0f} s", flush=True)
     noise = {d: float(np.mean([np.std((lo - hu)[hu.shape[0] // 2 - 32 : hu.shape[0] // 2 + 32, hu.shape[1] // 2 - 32 : hu.shape[1] // 2 + 32])
                                for lo, hu, dd in pairs["val"] if dd == d])) for d in DOSES}
@@ -137,12 +138,12 @@ def ct_part(args: argparse.Namespace) -> dict:
         strengths[dose] = max((0.8, 1.2, 1.6, 2.0, 2.5, 3.0), key=lambda s_: np.mean(
             [ct_metrics(hu, nlm_denoise(lo, s_))["psnr"] for lo, hu in val]))
     kwargs = {"width": 48}
-    cfg = EnhanceTrainConfig(network="redcnn", network_kwargs=kwargs, epochs=args.patch_epochs,
+    cfg = EnhanceTrainConfig(network="redcnn", network_kwargs=kwargs, epochs=args.ct_epochs,
                              samples_per_epoch=args.patch_samples, batch_size=16, lr=5e-4)
     torch.manual_seed(cfg.seed)
     model = build_recon_network("redcnn", **kwargs)
     batches = PatchPairs([(lo / CT_SCALE_HU, hu / CT_SCALE_HU) for lo, hu, _ in pairs["train"]], 64,
-                         cfg.samples_per_epoch // cfg.batch_size, cfg.batch_size, cfg.seed)
+                         cfg.samples_per_epoch // cfg.batch_size, cfg.batch_size, cfg.seed, noise_scale=NOISE_SCALE)
     model, info = train_enhancer(model, batches, lambda m: np.mean(
         [ct_metrics(hu, denoise_ct(m, lo))["psnr"] for lo, hu, _ in pairs["val"]]), cfg, args.out / "ct")
     print(f"RED-CNN: best epoch {info['best_epoch']}, val PSNR {info['val_score']:.2f} dB, {info['train_seconds'] / 60:.1f} min", flush=True)
@@ -172,7 +173,8 @@ def ct_part(args: argparse.Namespace) -> dict:
                     "averaged; PSNR/SSIM in the W400 L40 window, RMSE in HU over the whole image",
             "simulation": {**sim.to_dict(), "method": "Zeng et al. 2015 added-noise model, skimage radon/iradon ramp"},
             "added_noise_sd_hu_val_centre": {str(d): v for d, v in noise.items()},
-            "nlm_strength": {str(d): v for d, v in strengths.items()}, "epochs": args.patch_epochs,
+            "nlm_strength": {str(d): v for d, v in strengths.items()}, "epochs": args.ct_epochs,
+            "noise_scale_augmentation": NOISE_SCALE,
             "patches_per_epoch": args.patch_samples, "rows": rows}
 
 
@@ -236,12 +238,28 @@ def sr_part(args: argparse.Namespace) -> dict:
 PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"mri": mri_part, "ct": ct_part, "sr": sr_part}
 
 
+def markdown_table(results: dict) -> str:
+    """The one table of every part: setting, method, mean +- sd over test slices, the fastMRI per-volume PSNR for MRI."""
+    lines = ["| part | setting | method | PSNR dB | SSIM | NMSE / RMSE HU | s/slice |", "|---|---|---|---|---|---|---|"]
+    for part in ("mri", "ct", "sr"):
+        for r in results.get("parts", {}).get(part, {}).get("rows", []):
+            setting = {"mri": lambda: f"{r['acceleration']}x", "ct": lambda: f"{int(r['dose_fraction'] * 100)}% dose",
+                       "sr": lambda: f"{r['modality']} {r['scale']}x"}[part]()
+            error = ("nmse", "NMSE {:.4f}") if "slice_nmse_mean" in r else ("rmse_hu", "{:.1f} HU")
+            volume = f" (volume {r['volume']['psnr']:.2f})" if part == "mri" else ""
+            lines.append(f"| {part} | {setting} | {r['method']} | {r['slice_psnr_mean']:.2f} ± {r['slice_psnr_sd']:.2f}{volume} "
+                         f"| {r['slice_ssim_mean']:.3f} ± {r['slice_ssim_sd']:.3f} "
+                         f"| {error[1].format(r[f'slice_{error[0]}_mean'])} | {r['seconds_per_slice']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--samples", type=int, default=64, help="MRI training slices per epoch")
-    parser.add_argument("--patch-epochs", type=int, default=15, help="epochs for the CT and super-resolution networks")
+    parser.add_argument("--patch-epochs", type=int, default=15, help="epochs for the super-resolution network")
+    parser.add_argument("--ct-epochs", type=int, default=CT_EPOCHS, help="epochs for RED-CNN")
     parser.add_argument("--patch-samples", type=int, default=512, help="64x64 patches per epoch (CT, super-resolution)")
     parser.add_argument("--ship", action="store_true", help="write the learned models as the shipped bundles")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-recon"))
@@ -256,6 +274,7 @@ def main() -> None:
         results["machine"] = f"{os.cpu_count()}-core CPU, torch {torch.__version__}"
         args.results.parent.mkdir(exist_ok=True)
         args.results.write_text(json.dumps(results, indent=1))
+    print(markdown_table(json.loads(args.results.read_text())))
     print(f"written {args.results}")
 
 

@@ -86,6 +86,7 @@ def test_compressed_sensing_beats_zero_filled_with_lambda_chosen_on_another_seri
 
 
 @pytest.mark.parametrize("network,kwargs", [("unet-recon", {"features": (8, 8, 16, 16, 32, 8)}),
+                                            ("unrolled-unet", {"iterations": 2, "features": (8, 8, 16, 16, 32, 8)}),
                                             ("varnet", {"cascades": 2, "features": (8, 8, 16, 16, 32, 8)})])
 def test_learned_reconstruction_keeps_the_measured_lines(t2: np.ndarray, tmp_path: Path, network: str, kwargs: dict) -> None:
     """A briefly trained network: whatever it predicts, data consistency restores the sampled k-space."""

@@ -75,3 +75,27 @@ def ct_images() -> dict[str, list[tuple[np.ndarray, float]]]:
 def ct_low_dose_settings(image_index: int, realisations: int) -> list[tuple[float, int]]:
     """``(dose, seed)`` pairs for one image: every dose, ``realisations`` noise draws each."""
     return [(d, 1000 * image_index + 10 * j + int(d * 100)) for d in DOSES for j in range(realisations)]
+
+
+def mri_test_cases(acceleration: int) -> list[tuple[np.ndarray, object, np.ndarray]]:
+    """(truth, masked k-space, sampled columns) for each T2 test slice, with the benchmark's random masks."""
+    from medlens.recon.learn import CENTRE_FRACTIONS
+    from medlens.recon.mri import to_kspace, undersample
+
+    out = []
+    for i, image in enumerate(mr_slices("test")):
+        masked, _, columns = undersample(to_kspace(image), "random", acceleration, CENTRE_FRACTIONS[acceleration],
+                                         seed=MRI_TEST_SEED + i)
+        out.append((image, masked, columns))
+    return out
+
+
+def ct_pairs(split: str, realisations: int, doses: tuple[float, ...] = DOSES) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """(low-dose HU, full-dose HU, dose) for every image of a split, the benchmark's seeds."""
+    from medlens.recon.ct import simulate_low_doses
+
+    out = []
+    for k, (hu, mm) in enumerate(ct_images()[split]):
+        settings = [s for s in ct_low_dose_settings(k, realisations) if s[0] in doses]
+        out.extend((low, hu, dose) for (dose, _), low in zip(settings, simulate_low_doses(hu, mm, settings)))
+    return out

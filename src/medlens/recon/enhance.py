@@ -25,10 +25,18 @@ CT_SCALE_HU = 1000.0
 
 
 class PatchPairs(torch.utils.data.Dataset):
-    """Whole batches of random aligned (input, target) patches with random flips, from whole-image pairs."""
+    """Whole batches of random aligned (input, target) patches with random flips, from whole-image pairs.
+
+    ``noise_scale = (low, high)`` multiplies each patch's degradation (input - target) by a random
+    factor: for CT this is dose augmentation, since quantum noise amplitude goes as
+    sqrt((1 - d) / d) (Gaussian approximation of Poisson at clinical counts), so a denoiser
+    trained on one patient's noise level also meets the lower and higher levels of other
+    patients and body parts.
+    """
 
     def __init__(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], patch: int, batches: int, batch_size: int,
-                 seed: int) -> None:
+                 seed: int, noise_scale: tuple[float, float] | None = None) -> None:
+        self.noise_scale = noise_scale
         small = [p[0].shape for p in pairs if min(p[0].shape) < patch]
         if small:
             raise DataError(f"training images {small[:3]} are smaller than the {patch}-pixel patch; lower the patch size")
@@ -49,6 +57,8 @@ class PatchPairs(torch.utils.data.Dataset):
                 px, py = px[:, ::-1], py[:, ::-1]
             if self.rng.random() < 0.5:
                 px, py = px[::-1], py[::-1]
+            if self.noise_scale is not None:
+                px = py + self.rng.uniform(*self.noise_scale) * (px - py)
             inputs.append(np.ascontiguousarray(px))
             targets.append(np.ascontiguousarray(py))
         return torch.from_numpy(np.stack(inputs))[:, None].float(), torch.from_numpy(np.stack(targets))[:, None].float()

@@ -103,12 +103,18 @@ def train_enhancer(model: nn.Module, batches: torch.utils.data.Dataset, score_va
 
 
 def train_mri(train: Sequence[np.ndarray], val: Sequence[np.ndarray], cfg: EnhanceTrainConfig, out_dir: Path,
-              masks: MRIMaskConfig = MRIMaskConfig(), show_progress: bool = False) -> tuple[nn.Module, dict]:
-    """Train an MRI reconstruction network; select the epoch by mean validation PSNR over its accelerations."""
+              masks: MRIMaskConfig = MRIMaskConfig(), show_progress: bool = False,
+              init: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict]:
+    """Train an MRI reconstruction network; select the epoch by mean validation PSNR over its accelerations.
+
+    ``init`` is a state dict to start from (e.g. an unrolled network from a trained ``unet-recon``).
+    """
     from medlens.recon.metrics import volume_metrics
 
     torch.manual_seed(cfg.seed)
     model = build_recon_network(cfg.network, **cfg.network_kwargs)
+    if init is not None:
+        model.load_state_dict(init)
     batches = UndersampledBatches(train, masks, max(1, cfg.samples_per_epoch // cfg.batch_size), cfg.batch_size, cfg.seed)
     val_cases = [(image, *undersample(to_kspace(image), masks.mask, acc, CENTRE_FRACTIONS[acc], seed=10_000 + i))
                  for acc in masks.accelerations for i, image in enumerate(val)]

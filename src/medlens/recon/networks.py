@@ -7,6 +7,8 @@ networks take *packed* k-space (channels: real, imaginary, sampled-column mask; 
 - ``unet-recon``: zero-filled magnitude -> MONAI BasicUNet residual (Jin et al.-style post-processing);
 - ``varnet``: MONAI's end-to-end VarNet (Sriram et al. 2020): unrolled cascades of soft
   data consistency + complex U-Net refinement, single coil (sensitivity = 1 coil's phase);
+- ``unrolled-unet``: MoDL-style (Aggarwal et al. 2019): the same residual U-Net applied
+  ``iterations`` times, each followed by a hard data-consistency layer in k-space;
 - ``residual-unet``: image -> image + correction (super-resolution on a bicubic input);
 - ``redcnn``: RED-CNN (Chen et al. 2017), the residual conv/deconv encoder-decoder for low-dose CT.
 """
@@ -69,6 +71,28 @@ class UNetRecon(nn.Module):
         return self.unet(zero_filled_t(packed))
 
 
+class UnrolledUNet(nn.Module):
+    """Shared-weight residual U-Net and data consistency, unrolled; can start from a trained ``unet-recon``."""
+
+    def __init__(self, iterations: int = 3, features: tuple[int, ...] = (16, 32, 64, 128, 256, 16)) -> None:
+        super().__init__()
+        self.unet = ResidualUNet(features)
+        self.iterations = iterations
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        from monai.apps.reconstruction.complex_utils import complex_abs
+        from monai.networks.blocks.fft_utils_t import fftn_centered_t, ifftn_centered_t
+
+        measured, _ = _unpack(packed)  # (B, 1, H, W, 2)
+        keep = packed[:, 2:3, :, :, None]  # each sample's own mask, (B, 1, H, W, 1)
+        x = complex_abs(ifftn_centered_t(measured, spatial_dims=2, is_complex=True))
+        for _ in range(self.iterations):
+            x = self.unet(x)
+            k = fftn_centered_t(torch.stack([x, torch.zeros_like(x)], dim=-1), spatial_dims=2, is_complex=True)
+            x = complex_abs(ifftn_centered_t(k * (1 - keep) + measured * keep, spatial_dims=2, is_complex=True))
+        return x
+
+
 class VarNetRecon(nn.Module):
     """MONAI ``VariationalNetworkModel`` on packed single-coil k-space.
 
@@ -119,6 +143,7 @@ class REDCNN(nn.Module):
 
 
 RECON_NETWORKS.add("unet-recon", UNetRecon)
+RECON_NETWORKS.add("unrolled-unet", UnrolledUNet)
 RECON_NETWORKS.add("varnet", VarNetRecon)
 RECON_NETWORKS.add("residual-unet", ResidualUNet)
 RECON_NETWORKS.add("redcnn", REDCNN)
