@@ -77,7 +77,7 @@ def fit(
     factor = _poly(total_steps) if options.schedule == "poly" else _warmup_cosine(options.warmup_epochs * steps_per_epoch, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     state = _resume(checkpoint_dir / "last.pt", model, optimizer, scheduler, run_key)
-    result = FitResult(state["best_epoch"], state["best_score"], state["best_state"], state["history"])
+    result = FitResult(state["best_epoch"], state["best_score"], state["best_state"], state["history"], seconds=state["seconds"])
     started = time.perf_counter() - state["seconds"]
     for epoch in range(state["epoch"] + 1, options.epochs):
         train_loss = _train_one_epoch(model, loss_fn, train_batches, optimizer, scheduler, options, epoch)
