@@ -5,41 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
 from medlens import __version__
+from medlens.cli_common import DataDir, _state, user_errors
+from medlens.cli_trust import register_trust_commands
 from medlens.display import cell, exit_on_problems, make_console, print_metrics, print_predictions, print_table
 
 app = typer.Typer(help="medlens: deep learning for medical imaging on an ordinary CPU.", no_args_is_help=True, add_completion=False)
-F = TypeVar("F", bound=Callable[..., Any])
-_state = {"verbose": False}
-
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Local data folder (default: $MEDLENS_DATA_DIR).")]
-
-
-def user_errors(func: F) -> F:
-    """A MedlensError becomes one red line and exit code 1; --verbose shows the traceback."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from medlens.errors import MedlensError
-
-        try:
-            return func(*args, **kwargs)
-        except MedlensError as exc:
-            if _state["verbose"]:
-                raise
-            make_console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks and progress logs.")] = False,
@@ -211,15 +187,14 @@ def evaluate(
     """Score a bundle on a split: metrics with bootstrap CIs (classification: ROC/PR/calibration plots)."""
     from medlens.evaluate.stage import evaluate_bundle
     from medlens.models.bundle import load_bundle, read_manifest
-    from medlens.tasks.data import load_dataset
+    from medlens.tasks.data import dataset_for_bundle
 
     if read_manifest(bundle)[1].get("task") == "segmentation":
         _evaluate_segment(bundle, data, out, split, bootstrap, seed)
         return
 
     loaded = load_bundle(bundle)
-    cfg = loaded.manifest.get("config", {})
-    dataset = load_dataset(data, size or cfg.get("size", 28), data_dir, cfg.get("image_dir"), _tuple(cfg.get("image_size")), loaded.task == "multilabel", cfg.get("seed", 0))
+    dataset = dataset_for_bundle(loaded, data, size, data_dir)
     result = evaluate_bundle(loaded, dataset, out, split=split, n_bootstrap=bootstrap, seed=seed)
     print_metrics(f"{split} (n={result['n']})", result["metrics"], result["confidence_intervals"])
     typer.echo(f"report: {result['report']}")
@@ -231,10 +206,6 @@ def _evaluate_segment(bundle: str, data: str, out: Path, split: str, bootstrap: 
     result = evaluate_segmentation(load_seg_bundle(bundle), data, out, split=split, n_bootstrap=bootstrap, seed=seed)
     print_metrics(f"{split} (n={result['n']}, {result['seconds_per_case']:.2f} s/case)", result["metrics"], result["confidence_intervals"])
     typer.echo(f"per-case results: {out / 'per_case.csv'}; summary: {out / 'metrics.json'}")
-
-
-def _tuple(value: Any) -> tuple[int, ...] | None:
-    return tuple(value) if value else None
 
 
 @app.command()
@@ -393,6 +364,8 @@ def demo(
     print_predictions(result.predictions, m["label_names"], truths=result.sample_labels)
     console.print(f"report: [bold]{result.report}[/bold]; predictions: {out / 'predictions.csv'}")
 
+
+register_trust_commands(app)
 
 if __name__ == "__main__":
     sys.exit(app())

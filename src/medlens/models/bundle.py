@@ -51,22 +51,40 @@ class Bundle:
         """Operating threshold(s) chosen on validation: one for binary, one per label for multi-label."""
         return [float(t) for t in self.manifest.get("thresholds", [])]
 
-    @torch.no_grad()
+    @property
+    def temperature(self) -> float:
+        """Temperature fitted on validation by ``medlens calibrate`` (1.0: not calibrated)."""
+        return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
+
     def predict_proba(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities for already-normalised inputs ``(N, C, ...)``: softmax, or sigmoid for multi-label."""
-        return predict_proba(self.model, inputs, self.task, batch_size)
+        """Class probabilities for already-normalised inputs ``(N, C, ...)``: softmax, or sigmoid for multi-label.
+
+        Calibrated bundles divide the logits by their temperature first.
+        """
+        return predict_proba(self.model, inputs, self.task, batch_size, self.temperature)
+
+    def predict_logits(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return predict_logits(self.model, inputs, batch_size)
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, inputs: np.ndarray, task: str, batch_size: int = 256) -> np.ndarray:
+def predict_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Raw network outputs ``(N, classes)`` for normalised inputs, in eval mode, batch by batch."""
     model.eval()
     device = next(model.parameters()).device
     outputs = []
     for start in range(0, len(inputs), batch_size):
         batch = torch.as_tensor(inputs[start : start + batch_size], dtype=torch.float32, device=device)
-        logits = model(batch).float()
-        outputs.append((torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)).cpu().numpy())
+        outputs.append(model(batch).float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict_proba(model: nn.Module, inputs: np.ndarray, task: str, batch_size: int = 256,
+                  temperature: float = 1.0) -> np.ndarray:
+    from medlens.trust.calibrate import scale_logits
+
+    logits = predict_logits(model, inputs, batch_size)
+    return scale_logits(logits, task, temperature) if len(logits) else logits
 
 
 def save_bundle(path: Path, model: nn.Module, manifest: dict[str, Any], half: bool = False) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,11 @@ def make_loader(dataset: ArrayDataset, batch_size: int, seed: int, balanced: boo
 def normalized_inputs(split: Split, prep: Preprocessing) -> np.ndarray:
     """A whole split as model input (no augmentation): for validation and evaluation."""
     return normalize_intensity(split.images.astype(np.float32), prep)
+
+
+def dataset_for_bundle(bundle: Any, data: str, size: int | None = None, data_dir: str | Path | None = None) -> ClassificationData:
+    """Load ``data`` the way ``bundle`` was trained: its MedMNIST size, image folder, resize and split seed."""
+    cfg = bundle.manifest.get("config", {})
+    image_size = cfg.get("image_size")
+    return load_dataset(data, size or cfg.get("size", 28), data_dir, cfg.get("image_dir"),
+                        tuple(image_size) if image_size else None, bundle.task == "multilabel", cfg.get("seed", 0))

@@ -22,6 +22,7 @@ class FilePrediction:
     label: str = ""
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    refer: bool | None = None  # None: the bundle has no referral operating point
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -51,10 +52,28 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
             ready.append(row)
             arrays.append(array)
         if arrays:
-            for row, probs in zip(ready, bundle.predict_proba(np.stack(arrays))):
+            batch = np.stack(arrays)
+            referred = referral_flags(bundle, batch)
+            for i, (row, probs) in enumerate(zip(ready, bundle.predict_proba(batch))):
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
                 row.label = decide_label(bundle, probs)
+                if referred is not None:
+                    row.refer = bool(referred[i])
+                    if row.refer:
+                        row.notes.append("uncertain: refer to a radiologist")
     return rows
+
+
+def referral_flags(bundle: Bundle, inputs: np.ndarray) -> np.ndarray | None:
+    """True where the case is less certain than the bundle's validation-chosen referral point (``medlens calibrate``)."""
+    referral = bundle.manifest.get("referral")
+    if not referral:
+        return None
+    from medlens.trust.uncertainty import SampleOptions, probability_samples, uncertainty_scores
+
+    opts = SampleOptions(modality=bundle.preprocessing.modality, temperature=bundle.temperature)
+    samples = probability_samples(referral["method"], [bundle.model], inputs, bundle.task, opts)
+    return uncertainty_scores(samples, bundle.task, bundle.thresholds) >= float(referral["threshold"])
 
 
 def decide_label(bundle: Bundle, probs: np.ndarray) -> str:
@@ -70,11 +89,14 @@ def decide_label(bundle: Bundle, probs: np.ndarray) -> str:
 
 
 def write_predictions(rows: list[FilePrediction], label_names: list[str], path: Path) -> None:
-    """CSV (``file``, one probability column per label, ``label``, ``notes``, ``error``) or JSON/JSONL by suffix."""
+    """CSV (``file``, one probability column per label, ``label``, ``refer``, ``notes``, ``error``) or JSON/JSONL by suffix.
+
+    ``refer`` is empty for bundles without a referral operating point.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     records = [
         {"file": r.file, **{n: r.probabilities.get(n, "") for n in label_names}, "label": r.label,
-         "notes": "; ".join(r.notes), "error": r.error}
+         "refer": "" if r.refer is None else r.refer, "notes": "; ".join(r.notes), "error": r.error}
         for r in rows
     ]
     suffix = path.suffix.lower()
@@ -84,6 +106,6 @@ def write_predictions(rows: list[FilePrediction], label_names: list[str], path: 
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
     else:
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["file", *label_names, "label", "notes", "error"])
+            writer = csv.DictWriter(f, fieldnames=["file", *label_names, "label", "refer", "notes", "error"])
             writer.writeheader()
             writer.writerows(records)

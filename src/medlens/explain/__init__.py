@@ -1,0 +1,1 @@
+"""Explanations: saliency maps (Grad-CAM, Grad-CAM++, occlusion, integrated gradients), their sanity checks, and overlays."""

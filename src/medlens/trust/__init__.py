@@ -1,0 +1,1 @@
+"""Trust: calibration, uncertainty with referral, robustness to shift, explanations, subgroups, model cards."""
