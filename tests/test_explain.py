@@ -104,3 +104,13 @@ def test_explain_cli_on_a_3d_nifti(data_dir, tmp_path: Path) -> None:
 def test_explain_cli_unknown_method_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["explain", "pneumonia", "x.png", "--out", str(tmp_path), "--method", "gradcam+"])
     assert result.exit_code == 1 and "did you mean" in result.output
+
+
+def test_gradcam_on_a_network_without_convolutions_points_to_other_methods(chest) -> None:
+    import torch
+
+    _bundle, x = chest
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 2))  # error path only: no feature maps
+    with pytest.raises(ModelError, match="needs a convolutional layer.*occlusion or integrated-gradients"):
+        explain(mlp, x[:1], "gradcam")
+    assert explain(mlp, x[:1], "integrated-gradients").shape == (1, 28, 28)

@@ -1,7 +1,7 @@
 """Dataset shift: detect a shifted batch, and optionally adapt batch-norm statistics to it.
 
 Detection scores a *batch* (a day's studies from one scanner, say) against the
-clean validation data, two ways: the drop in mean confidence (max probability),
+clean validation data, two ways: the change in mean confidence (max probability),
 and the distance of the batch's mean penultimate-layer embedding from the
 validation embeddings (in units of their per-feature spread). Its quality is
 the AUROC at telling shifted from clean batches.
@@ -55,7 +55,12 @@ class BatchShiftScorer:
         self.std = val_embeddings.std(axis=0) + 1e-6
 
     def confidence_score(self, probs: np.ndarray) -> float:
-        return self.val_confidence - float(probs.max(axis=1).mean())
+        """How far the batch's mean confidence lies from validation's, either way.
+
+        Two-sided on purpose: low contrast made the pneumonia model *more* confident
+        (AUROC 0.0 with a one-sided drop), and a shift is a shift.
+        """
+        return abs(self.val_confidence - float(probs.max(axis=1).mean()))
 
     def embedding_score(self, batch_embeddings: np.ndarray) -> float:
         """Root-mean-square z-score of the batch mean embedding (scaled by sqrt(n), like a two-sample z-test)."""
