@@ -35,3 +35,11 @@ def test_unknown_and_too_small():
         build_network(NetworkSpec("densenet-121", 2, 1, 2, (32, 32)))
     with pytest.raises(ConfigError, match="densenet121 needs images of at least 32 px per side, the data has 28x28"):
         build_network(NetworkSpec("densenet121", 2, 1, 2, (28, 28)))
+
+
+def test_dropout_is_built_in_or_refused_never_ignored():
+    net = build_network(NetworkSpec("resnet18", 2, 1, 2, (28, 28), width=0.5, dropout=0.2))
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.2]
+    assert not any(isinstance(m, torch.nn.Dropout) for m in build_network(NetworkSpec("resnet18", 2, 1, 2, (28, 28))).modules())
+    with pytest.raises(ConfigError, match="efficientnet-b0 uses its own fixed dropout"):
+        build_network(NetworkSpec("efficientnet-b0", 2, 1, 2, (64, 64), dropout=0.2))

@@ -69,13 +69,16 @@ def _resnet(depth: int) -> Callable[[NetworkSpec], nn.Module]:
         from monai.networks.nets import resnet
 
         factory = getattr(resnet, f"resnet{depth}")
-        return factory(
+        net = factory(
             spatial_dims=spec.spatial_dims,
             n_input_channels=spec.in_channels,
             num_classes=spec.num_classes,
             widen_factor=spec.width,
             **_resnet_stem(spec),
         )
+        if spec.dropout:  # MONAI's ResNet has no dropout argument: put it before the classifier (MC dropout needs it)
+            net.fc = nn.Sequential(nn.Dropout(spec.dropout), net.fc)
+        return net
 
     return make
 
@@ -100,6 +103,9 @@ def make_densenet121(spec: NetworkSpec) -> nn.Module:
 def make_efficientnet_b0(spec: NetworkSpec) -> nn.Module:
     from monai.networks.nets import EfficientNetBN
 
+    if spec.dropout:
+        raise ConfigError("efficientnet-b0 uses its own fixed dropout (0.2, as published) and takes no dropout setting; "
+                          "leave dropout at 0 for it")
     return EfficientNetBN(
         "efficientnet-b0",
         pretrained=False,
