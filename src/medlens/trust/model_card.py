@@ -91,9 +91,12 @@ def _referral(r: dict[str, Any]) -> list[Block]:
 
 def _robustness(r: dict[str, Any]) -> list[Block]:
     key = "auc" if "auc" in r["clean"] else "accuracy"
-    rows = [["clean", "", _f(r["clean"][key]), _f(r["clean"]["bn_adapted"].get(key)), "", ""]]
+    def adapted(row: dict[str, Any]) -> str:
+        return "n/a (no batch norm)" if "skipped" in row["bn_adapted"] else _f(row["bn_adapted"].get(key))
+
+    rows = [["clean", "", _f(r["clean"][key]), adapted(r["clean"]), "", ""]]
     for row in r["rows"]:
-        rows.append([row["corruption"], str(row["severity"]), _f(row[key]), _f(row["bn_adapted"].get(key)),
+        rows.append([row["corruption"], str(row["severity"]), _f(row[key]), adapted(row),
                      _f(row["detection_auroc"]["confidence"]), _f(row["detection_auroc"]["embedding"])])
     return [("h2", "Robustness to acquisition shift"),
             ("p", f"Test {key} under each corruption (severity 1-5), with test-time batch-norm adaptation, and the "
