@@ -12,6 +12,7 @@ import typer
 
 from medlens import __version__
 from medlens.cli_common import DataDir, _state, user_errors
+from medlens.cli_runtime import register_runtime_commands
 from medlens.cli_trust import register_trust_commands
 from medlens.display import cell, exit_on_problems, make_console, print_metrics, print_predictions, print_table
 
@@ -215,13 +216,14 @@ def predict(
     files: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG/JPEG, DICOM, NIfTI).")],
     out: Annotated[Path | None, typer.Option("--out", help="Write rows to .csv, .json or .jsonl.")] = None,
     fit_input: Annotated[bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model (noted per row).")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")] = "auto",
 ) -> None:
     """Probabilities and a label per file, using the bundle's validation-chosen threshold."""
     from medlens.models.bundle import load_bundle
     from medlens.tasks.predict import expand_inputs, predict_files, write_predictions
 
     loaded = load_bundle(bundle)
-    rows = predict_files(loaded, expand_inputs(list(files)), adapt=fit_input)
+    rows = predict_files(loaded, expand_inputs(list(files)), adapt=fit_input, backend=backend)
     if out is not None:
         write_predictions(rows, loaded.label_names, out)
     print_predictions(rows, loaded.label_names)
@@ -366,6 +368,7 @@ def demo(
 
 
 register_trust_commands(app)
+register_runtime_commands(app)
 
 if __name__ == "__main__":
     sys.exit(app())

@@ -88,6 +88,15 @@ def prepare_image(image: np.ndarray, prep: Preprocessing, adapt: bool = False) -
     the input fitted as it was). Raises InputMismatchError when it does not fit
     and ``adapt`` is False, saying what to do.
     """
+    image, notes = fit_image(image, prep, adapt)
+    return normalize_intensity(image, prep).astype(np.float32), notes
+
+
+def fit_image(image: np.ndarray, prep: Preprocessing, adapt: bool = False) -> tuple[np.ndarray, list[str]]:
+    """The checks (and, when allowed, adaptations) of :func:`prepare_image`, leaving raw intensities.
+
+    This is what an exported ONNX graph takes: it does the normalisation itself.
+    """
     notes: list[str] = []
     expected_dims = len(prep.spatial_shape)
     if image.ndim - 1 != expected_dims:
@@ -107,7 +116,7 @@ def prepare_image(image: np.ndarray, prep: Preprocessing, adapt: bool = False) -
         image = resize_image(image, prep.spatial_shape)
     if prep.window is None:  # a window clips by design: HU outside it are expected, not a mismatch
         image = _match_range(image, prep, adapt, notes)
-    return normalize_intensity(image, prep).astype(np.float32), notes
+    return image.astype(np.float32), notes
 
 
 def _match_channels(image: np.ndarray, channels: int, notes: list[str]) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from medlens.errors import MedlensError
 from medlens.io import IMAGE_SUFFIXES, read_image
 from medlens.models.bundle import Bundle
-from medlens.preprocess import prepare_image
+from medlens.preprocess.pipeline import fit_image, normalize_intensity
 
 
 @dataclass
@@ -36,8 +36,15 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_size: int = 64) -> list[FilePrediction]:
-    """Read, check and predict each file; a file that fails gets a row with its error and the batch goes on."""
+def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_size: int = 64,
+                  backend: str = "auto") -> list[FilePrediction]:
+    """Read, check and predict each file; a file that fails gets a row with its error and the batch goes on.
+
+    ``backend``: ``torch``, ``onnxruntime`` (needs ``medlens export``) or ``auto`` (ONNX Runtime when exported).
+    """
+    from medlens.runtime.backends import choose_backend, predict_raw
+
+    backend = choose_backend(bundle, backend)
     rows = [FilePrediction(file=str(f)) for f in files]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -45,16 +52,16 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
         for row in chunk:
             try:
                 image = read_image(row.file, expected_modality=bundle.preprocessing.modality)
-                array, row.notes = prepare_image(image, bundle.preprocessing, adapt=adapt)
+                array, row.notes = fit_image(image, bundle.preprocessing, adapt=adapt)
             except MedlensError as exc:
                 row.error = str(exc)
                 continue
             ready.append(row)
             arrays.append(array)
         if arrays:
-            batch = np.stack(arrays)
-            referred = referral_flags(bundle, batch)
-            for i, (row, probs) in enumerate(zip(ready, bundle.predict_proba(batch))):
+            raw = np.stack(arrays)
+            referred = referral_flags(bundle, normalize_intensity(raw, bundle.preprocessing))
+            for i, (row, probs) in enumerate(zip(ready, predict_raw(bundle, raw, backend))):
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
                 row.label = decide_label(bundle, probs)
                 if referred is not None:

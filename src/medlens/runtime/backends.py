@@ -1,0 +1,65 @@
+"""Which engine runs a classification bundle: PyTorch, or ONNX Runtime on the exported graph.
+
+``auto`` picks ONNX Runtime when the bundle has a checked ``model.onnx`` and
+onnxruntime is installed (measured faster on CPU, see ``benchmarks/``), and
+PyTorch otherwise. Both take the same raw, checked images and give the same
+calibrated probabilities (within the tolerance stored at export).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from medlens.errors import ConfigError, ModelError
+from medlens.models.bundle import Bundle
+from medlens.preprocess.pipeline import normalize_intensity
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def onnx_path(bundle: Bundle) -> Path | None:
+    record = bundle.manifest.get("onnx")
+    path = bundle.path / record["file"] if record else None
+    return path if path is not None and path.is_file() else None
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return bool(onnxruntime.get_available_providers())
+
+
+def choose_backend(bundle: Bundle, requested: str = "auto") -> str:
+    if requested not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    if requested == "torch":
+        return "torch"
+    available = onnx_path(bundle) is not None and _has_onnxruntime()
+    if requested == "onnxruntime" and not available:
+        why = "onnxruntime is not installed" if onnx_path(bundle) else "the bundle has no model.onnx"
+        raise ModelError(f"--backend onnxruntime: {why}; run `medlens export {bundle.path} --format onnx` first "
+                         "(pip install onnxruntime if needed), or use --backend torch")
+    return "onnxruntime" if available else "torch"
+
+
+@lru_cache(maxsize=8)
+def _session(path: str, mtime: float):  # noqa: ANN202  (an onnxruntime.InferenceSession)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def predict_raw(bundle: Bundle, raw: np.ndarray, backend: str = "auto") -> np.ndarray:
+    """Calibrated probabilities for raw, checked images ``(N, C, ...)`` with the chosen backend."""
+    if choose_backend(bundle, backend) == "onnxruntime":
+        path = onnx_path(bundle) or bundle.path  # choose_backend has checked that the file exists
+        session = _session(str(path), path.stat().st_mtime)
+        return session.run(None, {"image": np.ascontiguousarray(raw, dtype=np.float32)})[0]
+    return bundle.predict_proba(normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing))

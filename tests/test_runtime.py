@@ -1,0 +1,56 @@
+"""ONNX export with preprocessing in the graph, and the ONNX Runtime backend, on the shipped pneumonia model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medlens.cli import app
+from medlens.models.bundle import resolve_bundle_path
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def exported(tmp_path: Path, data_dir: Path) -> Path:
+    bundle = tmp_path / "pneumonia"
+    shutil.copytree(resolve_bundle_path("pneumonia"), bundle)
+    result = runner.invoke(app, ["export", str(bundle), "--format", "onnx", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    return bundle
+
+
+def _probabilities(path: Path) -> dict[str, float]:
+    with path.open() as f:
+        return {Path(r["file"]).name: float(r["pneumonia"]) for r in csv.DictReader(f)}
+
+
+def test_onnx_export_matches_pytorch_on_real_images(exported: Path, kermany_files, tmp_path: Path) -> None:
+    record = json.loads((exported / "bundle.json").read_text())["onnx"]
+    assert record["max_abs_difference"] < 1e-4 and record["checked_images"] == 64
+    files = [str(f) for f, _ in kermany_files[:8]]
+    outs = {}
+    for backend in ("torch", "onnxruntime", "auto"):
+        out = tmp_path / f"{backend}.csv"
+        result = runner.invoke(app, ["predict", str(exported), *files, "--fit-input", "--backend", backend, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outs[backend] = _probabilities(out)
+    for name, p in outs["torch"].items():
+        assert outs["onnxruntime"][name] == pytest.approx(p, abs=1e-4)
+        assert outs["auto"][name] == outs["onnxruntime"][name]  # auto picks ONNX Runtime once exported
+
+
+def test_onnxruntime_backend_without_export_says_how_to_get_one(kermany_files) -> None:
+    result = runner.invoke(app, ["predict", "pneumonia", str(kermany_files[0][0]), "--fit-input", "--backend", "onnxruntime"])
+    assert result.exit_code == 1
+    assert "has no model.onnx; run `medlens export" in result.output
+
+
+def test_export_refuses_other_formats(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", "pneumonia", "--format", "tflite"])
+    assert result.exit_code == 1 and "--format 'tflite' is not supported" in result.output
