@@ -54,3 +54,22 @@ def test_onnxruntime_backend_without_export_says_how_to_get_one(kermany_files) -
 def test_export_refuses_other_formats(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", "pneumonia", "--format", "tflite"])
     assert result.exit_code == 1 and "--format 'tflite' is not supported" in result.output
+
+
+def test_segmentation_export_and_onnxruntime_backend_give_the_same_labels(data_dir: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    bundle = tmp_path / "hippocampus"
+    shutil.copytree(resolve_bundle_path("hippocampus"), bundle)
+    result = runner.invoke(app, ["export", str(bundle), "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((bundle / "bundle.json").read_text())["onnx"]
+    assert record["max_abs_difference"] < 1e-4 and record["checked_on"].startswith("hippocampus_")
+    case = data_dir / "msd_hippocampus" / "imagesTr" / "hippocampus_004.nii.gz"  # a held-out test case
+    labels = {}
+    for backend in ("torch", "onnxruntime"):
+        result = runner.invoke(app, ["segment", str(bundle), str(case), "--out", str(tmp_path / backend), "--backend", backend])
+        assert result.exit_code == 0, result.output
+        labels[backend] = np.asarray(nib.load(tmp_path / backend / case.name).dataobj)
+    assert (labels["torch"] == labels["onnxruntime"]).mean() > 0.999

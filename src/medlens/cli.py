@@ -104,12 +104,14 @@ def segment(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI/NRRD files or DICOM series folders.")],
     out: Annotated[Path, typer.Option("--out", help="Label maps (same names), DICOM SEG for DICOM inputs, volumes.json.")],
     tta: Annotated[bool, typer.Option("--tta", help="Mirror test-time augmentation (4x slower).")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")] = "auto",
 ) -> None:
     """Segment images: one label map per input on its own grid, volumes in mL; DICOM in gives DICOM SEG too."""
+    from medlens.runtime.backends import with_backend
     from medlens.segment.evaluate import load_seg_bundle
     from medlens.segment.stage import segment_files
 
-    loaded = load_seg_bundle(bundle)
+    loaded = with_backend(load_seg_bundle(bundle), backend)
     report = segment_files(loaded, list(inputs), out, tta=tta)
     names = [n for v, n in sorted(loaded.plan.label_names.items()) if v]
     print_table(["input", "label map", *[f"{n} mL" for n in names], "DICOM SEG"],

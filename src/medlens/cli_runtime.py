@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,27 +14,52 @@ from medlens.cli_common import DataDir, user_errors
 def export(
     bundle: Annotated[str, typer.Argument(help="Bundle folder or shipped model name.")],
     fmt: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
-    data: Annotated[str | None, typer.Option("--data", help="Real images to check the export on (default: the bundle's training dataset, validation split).")] = None,
-    check_images: Annotated[int, typer.Option("--check-images", help="How many validation images to compare on.")] = 64,
+    data: Annotated[str | None, typer.Option("--data", help="Real images to check the export on (default: the bundle's own dataset, validation split).")] = None,
+    check_images: Annotated[int, typer.Option("--check-images", help="How many validation images to compare on (classifiers).")] = 64,
     data_dir: DataDir = None,
 ) -> None:
-    """Write model.onnx into the bundle with its preprocessing in the graph, checked against PyTorch on real images."""
+    """Write model.onnx into the bundle (classifiers: preprocessing in the graph), checked against PyTorch on real images."""
     from medlens.errors import ConfigError
-    from medlens.models.bundle import load_bundle
-    from medlens.runtime.onnx_export import check_exportable, export_onnx
-    from medlens.tasks.data import dataset_for_bundle
+    from medlens.models.bundle import load_bundle, read_manifest
 
     if fmt != "onnx":
         raise ConfigError(f"--format {fmt!r} is not supported; medlens exports onnx")
-    loaded = load_bundle(bundle)
-    check_exportable(loaded)
-    name = data or loaded.manifest.get("data", {}).get("dataset") or loaded.manifest.get("config", {}).get("dataset")
-    if not name:
-        raise ConfigError("the bundle does not name its training data: pass --data with real images to check the export on")
-    images = dataset_for_bundle(loaded, name, None, data_dir).split("val").images[:check_images]
-    record = export_onnx(loaded, images.astype("float32"))
-    typer.echo(f"{loaded.path / record['file']}: ONNX opset {record['opset']}, matches PyTorch within "
-               f"{record['max_abs_difference']:.1e} on {record['checked_images']} real validation images")
+    path, manifest = read_manifest(bundle)
+    if manifest.get("task") == "segmentation":
+        record = _export_segmentation(bundle, manifest, data, data_dir)
+        where = f"on the validation case {record['checked_on']}"
+    elif manifest.get("task") in ("binary", "multiclass", "multilabel"):
+        from medlens.runtime.onnx_export import export_onnx
+        from medlens.tasks.data import dataset_for_bundle
+
+        loaded = load_bundle(bundle)
+        name = data or manifest.get("data", {}).get("dataset") or manifest.get("config", {}).get("dataset")
+        if not name:
+            raise ConfigError("the bundle does not name its training data: pass --data with real images to check on")
+        images = dataset_for_bundle(loaded, name, None, data_dir).split("val").images[:check_images]
+        record = export_onnx(loaded, images.astype("float32"))
+        where = f"on {record['checked_images']} real validation images"
+    else:
+        raise ConfigError(f"{path.name} is a {manifest.get('task')} bundle; ONNX export covers classification and "
+                          "segmentation bundles")
+    typer.echo(f"{path / record['file']}: ONNX opset {record['opset']}, matches PyTorch within "
+               f"{record['max_abs_difference']:.1e} {where}")
+
+
+def _export_segmentation(bundle: str, manifest: dict, data: str | None, data_dir: Path | None) -> dict:
+    import os
+
+    from medlens.errors import DataError
+    from medlens.runtime.onnx_export import export_segmentation_onnx
+    from medlens.segment.evaluate import load_seg_bundle
+
+    root = Path(data) if data else Path(data_dir or os.environ.get("MEDLENS_DATA_DIR", "../shared/data")) / "msd_hippocampus"
+    cases = manifest.get("split", {}).get("val", [])
+    candidates = [root / "imagesTr" / f"{c}.nii.gz" for c in cases[:1]]
+    if not candidates or not candidates[0].is_file():
+        raise DataError(f"no validation case to check the export on under {root}; pass --data with the bundle's "
+                        "dataset folder (imagesTr/ labelsTr/)")
+    return export_segmentation_onnx(load_seg_bundle(bundle), candidates[0])
 
 
 def register_runtime_commands(app: typer.Typer) -> None:

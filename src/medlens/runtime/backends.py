@@ -8,8 +8,10 @@ calibrated probabilities (within the tolerance stored at export).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +22,7 @@ from medlens.preprocess.pipeline import normalize_intensity
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
-def onnx_path(bundle: Bundle) -> Path | None:
+def onnx_path(bundle: Any) -> Path | None:
     record = bundle.manifest.get("onnx")
     path = bundle.path / record["file"] if record else None
     return path if path is not None and path.is_file() else None
@@ -34,7 +36,7 @@ def _has_onnxruntime() -> bool:
     return bool(onnxruntime.get_available_providers())
 
 
-def choose_backend(bundle: Bundle, requested: str = "auto") -> str:
+def choose_backend(bundle: Any, requested: str = "auto") -> str:
     if requested not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     if requested == "torch":
@@ -63,3 +65,12 @@ def predict_raw(bundle: Bundle, raw: np.ndarray, backend: str = "auto") -> np.nd
         session = _session(str(path), path.stat().st_mtime)
         return session.run(None, {"image": np.ascontiguousarray(raw, dtype=np.float32)})[0]
     return bundle.predict_proba(normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing))
+
+
+def with_backend(seg_bundle: Any, requested: str = "auto") -> Any:
+    """A segmentation bundle whose network runs on the chosen backend (sliding window and pre-steps unchanged)."""
+    if choose_backend(seg_bundle, requested) == "torch":
+        return seg_bundle
+    from medlens.runtime.onnx_export import OnnxModule
+
+    return replace(seg_bundle, model=OnnxModule(onnx_path(seg_bundle) or seg_bundle.path))

@@ -12,6 +12,7 @@ in ``bundle.json`` beside the file name.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,24 @@ from medlens.preprocess.pipeline import Preprocessing, normalize_intensity
 ONNX_FILE = "model.onnx"
 OPSET = 18
 TOLERANCE = 1e-4  # largest allowed |probability difference| between ONNX Runtime and PyTorch
+
+
+def _export(module: nn.Module, example: torch.Tensor, target: Path, output: str) -> None:
+    """torch.export-based ONNX export with a dynamic batch axis, without the exporter's internal chatter."""
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
+    levels = [logger.level for logger in quiet]
+    with warnings.catch_warnings():  # the exporter warns about its own internals; nothing a user can act on
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(module, (example,), str(target), input_names=["image"], output_names=[output],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET, dynamo=True,
+                              external_data=False, verbose=False)
+        finally:
+            for logger, level in zip(quiet, levels):
+                logger.setLevel(level)
 
 
 class RawToProbabilities(nn.Module):
@@ -52,12 +71,7 @@ def export_onnx(bundle: Bundle, check_images: np.ndarray, out: Path | None = Non
     target = out or bundle.path / ONNX_FILE
     wrapper = RawToProbabilities(bundle.model.eval(), bundle.preprocessing, bundle.task, bundle.temperature).eval()
     example = torch.as_tensor(check_images[:2], dtype=torch.float32)
-    with warnings.catch_warnings():  # torch's exporter warns about its own internals; nothing a user can act on
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(wrapper, (example,), str(target), input_names=["image"], output_names=["probabilities"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
-                          dynamo=True, external_data=False, verbose=False)
+    _export(wrapper, example, target, "probabilities")
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     x = np.ascontiguousarray(check_images, dtype=np.float32)
     with torch.no_grad():
@@ -78,6 +92,54 @@ def export_onnx(bundle: Bundle, check_images: np.ndarray, out: Path | None = Non
     return record
 
 
-def check_exportable(bundle: Bundle) -> None:
-    if bundle.task not in ("binary", "multiclass", "multilabel"):
-        raise ModelError(f"{bundle.path.name}: ONNX export covers classification bundles here, not {bundle.task!r}")
+
+
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session behind the ``nn.Module`` call, so MONAI's sliding window can drive it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"image": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
+        return torch.from_numpy(out)
+
+
+def export_segmentation_onnx(bundle: Any, check_image: Path) -> dict[str, Any]:
+    """Export a segmentation bundle's network (one patch in, logits out; batch dynamic) and check it on a real case.
+
+    Resampling, intensity normalisation and the sliding window stay in Python (the
+    documented pre-step, :func:`medlens.segment.preprocess.preprocess_image`), because
+    they depend on each case's geometry; the check runs the whole sliding window
+    both ways on ``check_image`` and compares the class probabilities.
+    """
+    from medlens.io.volume import load_volume
+    from medlens.segment.infer import predict_probabilities
+    from medlens.segment.preprocess import preprocess_image
+
+    plan, target = bundle.plan, bundle.path / ONNX_FILE
+    example = torch.zeros((2, 1, *plan.patch_size), dtype=torch.float32)
+    _export(bundle.model.eval(), example, target, "logits")
+    image, _grid = preprocess_image(load_volume(check_image), plan)
+    expected = predict_probabilities(bundle.model, image, plan).numpy()
+    got = predict_probabilities(OnnxModule(target), image, plan).numpy()
+    diff = float(np.abs(got - expected).max())
+    if diff > TOLERANCE:
+        raise ModelError(f"ONNX export of {bundle.path.name} differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
+                         f"{check_image.name}; keep using --backend torch and report this")
+    import onnxruntime as ort
+
+    record = {"file": target.name, "opset": OPSET, "input": "one preprocessed patch (N, 1, *patch_size): resample to "
+              "the plan's spacing and normalise first (medlens.segment.preprocess.preprocess_image); sliding window "
+              "outside the graph", "checked_on": check_image.name, "max_abs_difference": diff, "tolerance": TOLERANCE,
+              "onnxruntime": ort.__version__}
+    manifest = json.loads((bundle.path / MANIFEST).read_text())
+    manifest["onnx"] = record
+    (bundle.path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    bundle.manifest["onnx"] = record
+    return record
