@@ -48,3 +48,17 @@ def folder_dataset(tmp_path: Path, kermany_files: list[tuple[Path, str]]) -> Pat
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("\n".join(lines) + "\n")
     return csv_path
+
+
+@pytest.fixture()
+def test_pngs(tmp_path, pneumonia):
+    """Real PneumoniaMNIST test images written as PNG files, as a user would bring them."""
+    from PIL import Image
+
+    split = pneumonia.splits["test"]
+    files = []
+    for i in [0, 1, 2, 3, 300, 301]:
+        path = tmp_path / f"case_{i}.png"
+        Image.fromarray(split.images[i, 0]).save(path)
+        files.append((path, pneumonia.label_names[split.labels[i]]))
+    return files

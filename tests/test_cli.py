@@ -5,24 +5,11 @@ import json
 import urllib.error
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from medlens.cli import app
 
 runner = CliRunner(env={"COLUMNS": "250"})
-
-
-@pytest.fixture()
-def test_pngs(tmp_path, pneumonia):
-    """Real PneumoniaMNIST test images written as PNG files, as a user would bring them."""
-    split = pneumonia.splits["test"]
-    files = []
-    for i in [0, 1, 2, 3, 300, 301]:
-        path = tmp_path / f"case_{i}.png"
-        Image.fromarray(split.images[i, 0]).save(path)
-        files.append((path, pneumonia.label_names[split.labels[i]]))
-    return files
 
 
 def test_models_lists_shipped_bundles():

@@ -73,3 +73,34 @@ def test_segmentation_export_and_onnxruntime_backend_give_the_same_labels(data_d
         assert result.exit_code == 0, result.output
         labels[backend] = np.asarray(nib.load(tmp_path / backend / case.name).dataobj)
     assert (labels["torch"] == labels["onnxruntime"]).mean() > 0.999
+
+
+def test_streamed_prediction_resumes_after_a_crash_without_duplicates(test_pngs, tmp_path: Path) -> None:
+    files = [str(p) for p, _ in test_pngs]
+    out = tmp_path / "rows.csv"
+    first = runner.invoke(app, ["predict", "pneumonia", *files, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    complete = out.read_text()
+    lines = complete.splitlines(keepends=True)
+    out.write_text("".join(lines[:4]) + lines[4][:15])  # killed mid-write: 3 rows done and a torn fourth
+    again = runner.invoke(app, ["predict", "pneumonia", *files, "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "3 already in rows.csv were skipped" in again.output
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == files  # each file once, in order
+    with (tmp_path / "rows_ref.csv").open("w") as f:
+        f.write(complete)
+    with (tmp_path / "rows_ref.csv").open() as f:
+        assert [r["pneumonia"] for r in csv.DictReader(f)] == [r["pneumonia"] for r in rows]
+
+
+def test_streamed_jsonl_and_a_bad_file_in_the_middle(test_pngs, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    files = [str(test_pngs[0][0]), str(broken), str(test_pngs[1][0])]
+    out = tmp_path / "rows.jsonl"
+    result = runner.invoke(app, ["predict", "pneumonia", *files, "--out", str(out)])
+    assert result.exit_code == 1 and "1 of 3 files could not be predicted" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [bool(r["error"]) for r in rows] == [False, True, False]

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -225,7 +225,11 @@ def predict(
     from medlens.tasks.predict import expand_inputs, predict_files, write_predictions
 
     loaded = load_bundle(bundle)
-    rows = predict_files(loaded, expand_inputs(list(files)), adapt=fit_input, backend=backend)
+    inputs = expand_inputs(list(files))
+    if out is not None and out.suffix.lower() in (".csv", ".jsonl"):
+        _predict_streamed(loaded, inputs, out, fit_input, backend)
+        return
+    rows = predict_files(loaded, inputs, adapt=fit_input, backend=backend)
     if out is not None:
         write_predictions(rows, loaded.label_names, out)
     print_predictions(rows, loaded.label_names)
@@ -234,6 +238,28 @@ def predict(
         typer.echo(f"{len(rows)} rows written to {out}")
     if failed:
         make_console(stderr=True).print(f"[red]error:[/red] {len(failed)} of {len(rows)} files could not be predicted (see the error column)", highlight=False)
+        raise typer.Exit(1)
+
+
+def _predict_streamed(loaded: Any, inputs: list[Path], out: Path, fit_input: bool, backend: str) -> None:
+    """Append rows batch by batch (resumable); show the table only for a handful of files."""
+    from rich.progress import Progress
+
+    from medlens.runtime.stream import stream_predictions
+
+    with Progress(transient=True, disable=len(inputs) <= 64) as progress:
+        task = progress.add_task("predicting", total=len(inputs))
+        report = stream_predictions(loaded, inputs, out, fit_input, backend=backend,
+                                    on_batch=lambda n: progress.advance(task, n))
+        progress.update(task, completed=len(inputs))
+    if len(inputs) <= 64 and report.written:
+        from medlens.tasks.predict import read_prediction_rows
+
+        print_predictions(read_prediction_rows(out, loaded.label_names)[-report.written:], loaded.label_names)
+    skipped = f"; {report.skipped_done} already in {out.name} were skipped (delete it to redo them)" if report.skipped_done else ""
+    typer.echo(f"{report.written} rows written to {out}{skipped}")
+    if report.failed:
+        make_console(stderr=True).print(f"[red]error:[/red] {report.failed} of {report.written} files could not be predicted (see the error column)", highlight=False)
         raise typer.Exit(1)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,10 +40,11 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 
 
 def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_size: int = 64,
-                  backend: str = "auto") -> list[FilePrediction]:
+                  backend: str = "auto", reader: Callable[..., Iterable[Any]] = map) -> list[FilePrediction]:
     """Read, check and predict each file; a file that fails gets a row with its error and the batch goes on.
 
     ``backend``: ``torch``, ``onnxruntime`` (needs ``medlens export``) or ``auto`` (ONNX Runtime when exported).
+    ``reader``: how files are read, e.g. a thread pool's ``map`` for parallel decoding.
     """
     from medlens.runtime.backends import choose_backend, predict_raw
 
@@ -49,15 +53,11 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         ready, arrays = [], []
-        for row in chunk:
-            try:
-                image = read_image(row.file, expected_modality=bundle.preprocessing.modality)
-                array, row.notes = fit_image(image, bundle.preprocessing, adapt=adapt)
-            except MedlensError as exc:
-                row.error = str(exc)
-                continue
-            ready.append(row)
-            arrays.append(array)
+        for row, (array, notes, error) in zip(chunk, reader(partial(_read_checked, bundle, adapt), chunk)):
+            row.notes, row.error = notes, error
+            if not error:
+                ready.append(row)
+                arrays.append(array)
         if arrays:
             raw = np.stack(arrays)
             referred = referral_flags(bundle, normalize_intensity(raw, bundle.preprocessing))
@@ -69,6 +69,16 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
                     if row.refer:
                         row.notes.append("uncertain: refer to a radiologist")
     return rows
+
+
+def _read_checked(bundle: Bundle, adapt: bool, row: FilePrediction) -> tuple[np.ndarray | None, list[str], str]:
+    """(raw checked image, notes, error) for one file; errors are returned, so a thread pool can run it."""
+    try:
+        image = read_image(row.file, expected_modality=bundle.preprocessing.modality)
+        array, notes = fit_image(image, bundle.preprocessing, adapt=adapt)
+    except MedlensError as exc:
+        return None, [], str(exc)
+    return array, notes, ""
 
 
 def referral_flags(bundle: Bundle, inputs: np.ndarray) -> np.ndarray | None:
@@ -95,17 +105,19 @@ def decide_label(bundle: Bundle, probs: np.ndarray) -> str:
     return names[int(np.argmax(probs))]
 
 
+def prediction_record(row: FilePrediction, label_names: list[str]) -> dict[str, Any]:
+    """One output row: ``file``, a probability per label, ``label``, ``refer``, ``notes``, ``error``."""
+    return {"file": row.file, **{n: row.probabilities.get(n, "") for n in label_names}, "label": row.label,
+            "refer": "" if row.refer is None else row.refer, "notes": "; ".join(row.notes), "error": row.error}
+
+
 def write_predictions(rows: list[FilePrediction], label_names: list[str], path: Path) -> None:
     """CSV (``file``, one probability column per label, ``label``, ``refer``, ``notes``, ``error``) or JSON/JSONL by suffix.
 
     ``refer`` is empty for bundles without a referral operating point.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    records = [
-        {"file": r.file, **{n: r.probabilities.get(n, "") for n in label_names}, "label": r.label,
-         "refer": "" if r.refer is None else r.refer, "notes": "; ".join(r.notes), "error": r.error}
-        for r in rows
-    ]
+    records = [prediction_record(r, label_names) for r in rows]
     suffix = path.suffix.lower()
     if suffix == ".json":
         path.write_text(json.dumps(records, indent=1))
@@ -116,3 +128,18 @@ def write_predictions(rows: list[FilePrediction], label_names: list[str], path: 
             writer = csv.DictWriter(f, fieldnames=["file", *label_names, "label", "refer", "notes", "error"])
             writer.writeheader()
             writer.writerows(records)
+
+
+def read_prediction_rows(path: Path, label_names: list[str]) -> list[FilePrediction]:
+    """Rows of a CSV/JSONL prediction file back as :class:`FilePrediction` (for display)."""
+    if path.suffix.lower() == ".jsonl":
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        with path.open(newline="") as f:
+            records = list(csv.DictReader(f))
+    rows = []
+    for r in records:
+        probs = {n: float(r[n]) for n in label_names if r.get(n) not in ("", None)}
+        notes = [n for n in str(r.get("notes", "")).split("; ") if n]
+        rows.append(FilePrediction(r["file"], probs, r.get("label", ""), notes, r.get("error", "")))
+    return rows
