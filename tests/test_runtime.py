@@ -104,3 +104,14 @@ def test_streamed_jsonl_and_a_bad_file_in_the_middle(test_pngs, tmp_path: Path) 
     assert result.exit_code == 1 and "1 of 3 files could not be predicted" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [bool(r["error"]) for r in rows] == [False, True, False]
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_int8_is_kept_only_when_validation_auc_holds_and_it_is_faster(exported: Path, data_dir: Path, kind: str) -> None:
+    result = runner.invoke(app, ["export", str(exported), "--quantize", kind, "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    q = json.loads((exported / "bundle.json").read_text())["onnx"]["int8"]
+    assert q["kind"] == kind and abs(q["test_fp32"] - 0.983) < 0.005  # the shipped model's test AUC
+    rule = q["val_fp32"] - q["val_int8"] <= q["max_auc_drop"] and q["int8_images_per_s"] > q["fp32_images_per_s"]
+    assert q["kept"] == rule
+    assert (exported / "model.int8.onnx").is_file() == q["kept"]

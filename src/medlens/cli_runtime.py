@@ -16,6 +16,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
     data: Annotated[str | None, typer.Option("--data", help="Real images to check the export on (default: the bundle's own dataset, validation split).")] = None,
     check_images: Annotated[int, typer.Option("--check-images", help="How many validation images to compare on (classifiers).")] = 64,
+    quantize: Annotated[str | None, typer.Option("--quantize", help="Also write an int8 graph: dynamic or static (kept only if validation AUC drops <= 0.005).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Write model.onnx into the bundle (classifiers: preprocessing in the graph), checked against PyTorch on real images."""
@@ -36,14 +37,29 @@ def export(
         name = data or manifest.get("data", {}).get("dataset") or manifest.get("config", {}).get("dataset")
         if not name:
             raise ConfigError("the bundle does not name its training data: pass --data with real images to check on")
-        images = dataset_for_bundle(loaded, name, None, data_dir).split("val").images[:check_images]
-        record = export_onnx(loaded, images.astype("float32"))
+        dataset = dataset_for_bundle(loaded, name, None, data_dir)
+        record = export_onnx(loaded, dataset.split("val").images[:check_images].astype("float32"))
         where = f"on {record['checked_images']} real validation images"
+        if quantize:
+            typer.echo(f"{path / record['file']}: ONNX opset {record['opset']}, matches PyTorch within "
+                       f"{record['max_abs_difference']:.1e} {where}")
+            _quantize(loaded, dataset, quantize)
+            return
     else:
         raise ConfigError(f"{path.name} is a {manifest.get('task')} bundle; ONNX export covers classification and "
                           "segmentation bundles")
     typer.echo(f"{path / record['file']}: ONNX opset {record['opset']}, matches PyTorch within "
                f"{record['max_abs_difference']:.1e} {where}")
+
+
+def _quantize(loaded: object, dataset: object, kind: str) -> None:
+    from medlens.runtime.quantize import quantize_bundle
+
+    val, test = dataset.split("val"), dataset.split("test")  # type: ignore[attr-defined]
+    q = quantize_bundle(loaded, kind, (val.images, val.labels), (test.images, test.labels))  # type: ignore[arg-type]
+    verdict = "kept (used by --backend onnxruntime)" if q["kept"] else "NOT kept (AUC bound or no speed-up)"
+    typer.echo(f"{kind} int8: validation AUC {q['val_fp32']:.4f} -> {q['val_int8']:.4f}, test {q['test_fp32']:.4f} -> "
+               f"{q['test_int8']:.4f}; {q['fp32_images_per_s']:.0f} -> {q['int8_images_per_s']:.0f} images/s; {verdict}")
 
 
 def _export_segmentation(bundle: str, manifest: dict, data: str | None, data_dir: Path | None) -> dict:

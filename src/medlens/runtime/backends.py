@@ -23,9 +23,15 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def onnx_path(bundle: Any) -> Path | None:
+    """The graph the onnxruntime backend runs: the int8 one when it was kept (``medlens export --quantize``)."""
     record = bundle.manifest.get("onnx")
-    path = bundle.path / record["file"] if record else None
-    return path if path is not None and path.is_file() else None
+    if not record:
+        return None
+    int8 = record.get("int8", {})
+    for name in ([int8["file"]] if int8.get("kept") else []) + [record["file"]]:
+        if (bundle.path / name).is_file():
+            return bundle.path / name
+    return None
 
 
 def _has_onnxruntime() -> bool:
