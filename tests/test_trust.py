@@ -100,7 +100,7 @@ def test_calibrate_writes_a_bundle_that_predict_uses(shipped, pneumonia, tmp_pat
     assert same_decisions.all()
     from medlens.tasks.predict import referral_flags
 
-    flags = referral_flags(calibrated, x_test)
+    flags = referral_flags(calibrated, pneumonia.split("test").images)
     assert 0.05 < flags.mean() < 0.35  # 10% of validation; more on the shifted test split
 
 

@@ -92,11 +92,11 @@ def save_bundle(path: Path, model: nn.Module, manifest: dict[str, Any], half: bo
     path.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     torch.save(state, path / WEIGHTS)
-    (path / MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, **manifest}, indent=1, default=_json_default))
+    (path / MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, **manifest}, indent=1, default=json_default))
     return path
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Path):

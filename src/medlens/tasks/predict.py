@@ -60,7 +60,7 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
                 arrays.append(array)
         if arrays:
             raw = np.stack(arrays)
-            referred = referral_flags(bundle, normalize_intensity(raw, bundle.preprocessing))
+            referred = referral_flags(bundle, raw)
             for i, (row, probs) in enumerate(zip(ready, predict_raw(bundle, raw, backend))):
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
                 row.label = decide_label(bundle, probs)
@@ -81,14 +81,15 @@ def _read_checked(bundle: Bundle, adapt: bool, row: FilePrediction) -> tuple[np.
     return array, notes, ""
 
 
-def referral_flags(bundle: Bundle, inputs: np.ndarray) -> np.ndarray | None:
-    """True where the case is less certain than the bundle's validation-chosen referral point (``medlens calibrate``)."""
+def referral_flags(bundle: Bundle, raw: np.ndarray) -> np.ndarray | None:
+    """True where a (raw, checked) case is less certain than the bundle's referral point (``medlens calibrate``)."""
     referral = bundle.manifest.get("referral")
     if not referral:
         return None
     from medlens.trust.uncertainty import SampleOptions, probability_samples, uncertainty_scores
 
     opts = SampleOptions(modality=bundle.preprocessing.modality, temperature=bundle.temperature)
+    inputs = normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing)
     samples = probability_samples(referral["method"], [bundle.model], inputs, bundle.task, opts)
     return uncertainty_scores(samples, bundle.task, bundle.thresholds) >= float(referral["threshold"])
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from medlens.datasets import ClassificationData
 from medlens.evaluate.metrics import classification_metrics
-from medlens.models.bundle import Bundle
+from medlens.models.bundle import Bundle, json_default
 from medlens.tasks.data import normalized_inputs
 from medlens.trust import plots
 from medlens.trust.calibrate import fit_temperature, map_threshold, scale_logits
@@ -109,17 +109,9 @@ def audit_bundle(bundle: Bundle, data: ClassificationData, out_dir: Path, cfg: A
         "explanations": audit_explanations(ctx),
         "subgroups": audit_subgroups(ctx),
     }
-    (out_dir / "audit.json").write_text(json.dumps(result, indent=1, default=_plain))
+    (out_dir / "audit.json").write_text(json.dumps(result, indent=1, default=json_default))
     result["model_card"] = [str(p) for p in write_model_card(result, out_dir)]
     return result
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def _training_summary(bundle: Bundle) -> dict[str, Any]:
