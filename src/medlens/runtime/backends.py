@@ -56,12 +56,11 @@ def choose_backend(bundle: Any, requested: str = "auto") -> str:
 
 
 @lru_cache(maxsize=8)
-def _session(path: str, mtime: float):  # noqa: ANN202  (an onnxruntime.InferenceSession)
-    import onnxruntime as ort
+def _session(path: str, mtime: float) -> Any:
+    """One cached session per graph file (and version of it) for repeated batches."""
+    from medlens.runtime.onnx_export import cpu_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return cpu_session(Path(path))
 
 
 def predict_raw(bundle: Bundle, raw: np.ndarray, backend: str = "auto") -> np.ndarray:

@@ -48,6 +48,23 @@ def _export(module: nn.Module, example: torch.Tensor, target: Path, output: str)
                 logger.setLevel(level)
 
 
+def cpu_session(path: Path) -> Any:
+    """An ONNX Runtime session on the CPU with every graph optimisation on: the one way medlens opens a graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def store_onnx_record(bundle: Any, record: dict[str, Any]) -> None:
+    """Write ``record`` as the ``onnx`` entry of the bundle's ``bundle.json`` (and of the loaded manifest)."""
+    manifest = json.loads((bundle.path / MANIFEST).read_text())
+    manifest["onnx"] = record
+    (bundle.path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    bundle.manifest["onnx"] = record
+
+
 class RawToProbabilities(nn.Module):
     """raw image -> the bundle's normalisation -> network -> logits / T -> probabilities."""
 
@@ -72,7 +89,7 @@ def export_onnx(bundle: Bundle, check_images: np.ndarray, out: Path | None = Non
     wrapper = RawToProbabilities(bundle.model.eval(), bundle.preprocessing, bundle.task, bundle.temperature).eval()
     example = torch.as_tensor(check_images[:2], dtype=torch.float32)
     _export(wrapper, example, target, "probabilities")
-    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    session = cpu_session(target)
     x = np.ascontiguousarray(check_images, dtype=np.float32)
     with torch.no_grad():
         expected = wrapper(torch.from_numpy(x)).numpy()
@@ -85,10 +102,7 @@ def export_onnx(bundle: Bundle, check_images: np.ndarray, out: Path | None = Non
               "checks; preprocessing, temperature and softmax are in the graph", "checked_images": int(len(x)),
               "max_abs_difference": diff, "tolerance": TOLERANCE, "onnxruntime": ort.__version__}
     if out is None:
-        manifest = json.loads((bundle.path / MANIFEST).read_text())
-        manifest["onnx"] = record
-        (bundle.path / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        bundle.manifest["onnx"] = record
+        store_onnx_record(bundle, record)
     return record
 
 
@@ -99,11 +113,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {"image": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
@@ -138,8 +148,5 @@ def export_segmentation_onnx(bundle: Any, check_image: Path) -> dict[str, Any]:
               "the plan's spacing and normalise first (medlens.segment.preprocess.preprocess_image); sliding window "
               "outside the graph", "checked_on": check_image.name, "max_abs_difference": diff, "tolerance": TOLERANCE,
               "onnxruntime": ort.__version__}
-    manifest = json.loads((bundle.path / MANIFEST).read_text())
-    manifest["onnx"] = record
-    (bundle.path / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    bundle.manifest["onnx"] = record
+    store_onnx_record(bundle, record)
     return record

@@ -13,7 +13,6 @@ convolutions), static int8 1.7x faster.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,22 +21,17 @@ from typing import Any
 import numpy as np
 
 from medlens.errors import ConfigError, ModelError
-from medlens.models.bundle import MANIFEST, Bundle
+from medlens.models.bundle import Bundle
+from medlens.runtime.onnx_export import cpu_session, store_onnx_record
 
 MAX_AUC_DROP = 0.005
 CALIBRATION_IMAGES = 256
 KINDS = ("dynamic", "static")
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def images_per_second(path: Path, images: np.ndarray, repeats: int = 3) -> float:
     """Throughput at batch 64 on real images, best of ``repeats`` (after one warm-up pass)."""
-    session, batch = _session(path), images[:64]
+    session, batch = cpu_session(path), images[:64]
     session.run(None, {"image": batch})
     best = min(_timed(lambda: session.run(None, {"image": batch})) for _ in range(repeats))
     return float(len(batch) / best)
@@ -52,7 +46,7 @@ def _timed(fn: Any) -> float:
 def _auc(path: Path, images: np.ndarray, labels: np.ndarray, task: str) -> float:
     from sklearn.metrics import roc_auc_score
 
-    session = _session(path)
+    session = cpu_session(path)
     probs = np.concatenate([session.run(None, {"image": images[i : i + 256]})[0] for i in range(0, len(images), 256)])
     if task == "binary":
         return float(roc_auc_score(labels, probs[:, 1]))
@@ -97,8 +91,5 @@ def quantize_bundle(bundle: Bundle, kind: str, val: tuple[np.ndarray, np.ndarray
               "calibration_images": min(len(val_x), CALIBRATION_IMAGES) if kind == "static" else 0}
     if not kept:
         target.unlink()
-    manifest = json.loads((bundle.path / MANIFEST).read_text())
-    manifest["onnx"]["int8"] = result
-    (bundle.path / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    bundle.manifest["onnx"] = manifest["onnx"]
+    store_onnx_record(bundle, {**record, "int8": result})
     return result
