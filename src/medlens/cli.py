@@ -59,9 +59,17 @@ def train(
     overrides += [f"device={device}"] if device is not None else []
     cfg = load_config(TrainConfig, config, overrides, section="train" if config else "")
     bundle = train_classifier(cfg, out, data_dir=data_dir, show_progress=True)
+    if not _is_main_process():
+        return  # under torchrun, rank 0 reports
     manifest = json.loads((bundle / "bundle.json").read_text())
     print_metrics("validation", manifest["metrics"]["validation"])
     typer.echo(f"bundle written to {bundle}")
+
+
+def _is_main_process() -> bool:
+    from medlens.train.distributed import dist_info
+
+    return dist_info().is_main
 
 
 def _train_segment(data: str, out: Path, config: Path | None, set_: list[str] | None, seed: int | None, device: str | None, plan: Path | None) -> None:
@@ -72,6 +80,8 @@ def _train_segment(data: str, out: Path, config: Path | None, set_: list[str] | 
     overrides = [*(set_ or [])] + ([f"seed={seed}"] if seed is not None else []) + ([f"device={device}"] if device else [])
     cfg = load_config(SegTrainConfig, config, overrides, section="segment" if config else "")
     bundle = train_stage(data, out, cfg, plan)
+    if not _is_main_process():
+        return
     validation = json.loads((bundle / "bundle.json").read_text())["metrics"]["validation"]
     print_metrics(f"validation (n={validation.pop('n')})", validation)
     typer.echo(f"bundle written to {bundle}")
@@ -105,13 +115,15 @@ def segment(
     out: Annotated[Path, typer.Option("--out", help="Label maps (same names), DICOM SEG for DICOM inputs, volumes.json.")],
     tta: Annotated[bool, typer.Option("--tta", help="Mirror test-time augmentation (4x slower).")] = False,
     backend: Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when visible), cpu or cuda (runs PyTorch).")] = "auto",
 ) -> None:
     """Segment images: one label map per input on its own grid, volumes in mL; DICOM in gives DICOM SEG too."""
-    from medlens.runtime.backends import with_backend
+    from medlens.runtime.backends import place_on_device, with_backend
     from medlens.segment.evaluate import load_seg_bundle
     from medlens.segment.stage import segment_files
 
-    loaded = with_backend(load_seg_bundle(bundle), backend)
+    loaded, backend = place_on_device(load_seg_bundle(bundle), backend, device)
+    loaded = with_backend(loaded, backend)
     report = segment_files(loaded, list(inputs), out, tta=tta)
     names = [n for v, n in sorted(loaded.plan.label_names.items()) if v]
     print_table(["input", "label map", *[f"{n} mL" for n in names], "DICOM SEG"],
@@ -219,12 +231,14 @@ def predict(
     out: Annotated[Path | None, typer.Option("--out", help="Write rows to .csv, .json or .jsonl.")] = None,
     fit_input: Annotated[bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model (noted per row).")] = False,
     backend: Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when visible), cpu or cuda (runs PyTorch).")] = "auto",
 ) -> None:
     """Probabilities and a label per file, using the bundle's validation-chosen threshold."""
     from medlens.models.bundle import load_bundle
+    from medlens.runtime.backends import place_on_device
     from medlens.tasks.predict import expand_inputs, predict_files, write_predictions
 
-    loaded = load_bundle(bundle)
+    loaded, backend = place_on_device(load_bundle(bundle), backend, device)
     inputs = expand_inputs(list(files))
     if out is not None and out.suffix.lower() in (".csv", ".jsonl"):
         _predict_streamed(loaded, inputs, out, fit_input, backend)

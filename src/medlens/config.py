@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     channels_last: bool = True
+    mixed_precision: bool = True  # autocast on CUDA (bf16/fp16); no effect on CPU, where it measured slower
     max_train_samples: int | None = None  # subsample train (stratified) for quick runs and tests
     window: str | None = None  # CT window preset for model input (lung, mediastinum, soft-tissue, bone, brain, liver)
 

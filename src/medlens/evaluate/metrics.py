@@ -116,5 +116,7 @@ def expected_calibration_error(probs: np.ndarray, onehot: np.ndarray, include_ba
 
     metric = CalibrationErrorMetric(num_bins=ECE_BINS, include_background=include_background)
     y_pred = torch.as_tensor(np.ascontiguousarray(probs.T[None]), dtype=torch.float32)  # (B=1, C, N)
-    metric(y_pred, torch.as_tensor(np.ascontiguousarray(onehot.T[None]), dtype=torch.float32))
-    return float(metric.aggregate())
+    per_class = metric(y_pred, torch.as_tensor(np.ascontiguousarray(onehot.T[None]), dtype=torch.float32))
+    # the per-class values, averaged here: MONAI's aggregate() would all-gather across processes under torchrun,
+    # where only rank 0 validates
+    return float(torch.nanmean(per_class))

@@ -75,7 +75,8 @@ def predict_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 256) 
     outputs = []
     for start in range(0, len(inputs), batch_size):
         batch = torch.as_tensor(inputs[start : start + batch_size], dtype=torch.float32, device=device)
-        outputs.append(model(batch).float().cpu().numpy())
+        with torch.autocast(device.type, enabled=device.type == "cuda"):  # mixed precision on a GPU; fp32 on CPU
+            outputs.append(model(batch).float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -20,6 +20,7 @@ from medlens.models.bundle import Bundle
 from medlens.preprocess.pipeline import normalize_intensity
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def onnx_path(bundle: Any) -> Path | None:
@@ -79,3 +80,24 @@ def with_backend(seg_bundle: Any, requested: str = "auto") -> Any:
     from medlens.runtime.onnx_export import OnnxModule
 
     return replace(seg_bundle, model=OnnxModule(onnx_path(seg_bundle) or seg_bundle.path))
+
+
+def place_on_device(bundle: Any, backend: str = "auto", device: str = "auto") -> tuple[Any, str]:
+    """Move the bundle's network to a CUDA GPU when asked (or when ``auto`` finds one) and say which backend runs it.
+
+    A GPU runs PyTorch (with mixed precision): the onnxruntime installed with
+    medlens is the CPU build. Without a GPU nothing changes, so ``auto``
+    works on every machine; ``--device cuda`` without one is refused.
+    """
+    import torch
+
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
+    if device == "cpu" or (device == "auto" and (backend == "onnxruntime" or not torch.cuda.is_available())):
+        return bundle, backend
+    if backend == "onnxruntime":
+        raise ConfigError("--backend onnxruntime runs on the CPU; use --backend torch (or auto) with --device cuda")
+    bundle.model.to(torch.device("cuda"))
+    return bundle, "torch"

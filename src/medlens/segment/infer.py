@@ -19,13 +19,15 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, plan: SegPlan, tt
     from monai.inferers import sliding_window_inference
 
     model.eval()
-    x = torch.from_numpy(image)
+    device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime module has no parameters: CPU
+    x = torch.from_numpy(image).to(device)
     batch = x[None] if plan.dims == 3 else x.permute(3, 0, 1, 2)  # 2D: slices along the last axis as a batch
 
     def run(inputs: torch.Tensor) -> torch.Tensor:
-        logits = sliding_window_inference(inputs, roi_size=plan.patch_size, sw_batch_size=4, predictor=model,
-                                          overlap=0.5, mode="gaussian", padding_mode="constant")
-        return torch.softmax(logits, dim=1)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):  # mixed precision on a GPU, fp32 on CPU
+            logits = sliding_window_inference(inputs, roi_size=plan.patch_size, sw_batch_size=4, predictor=model,
+                                              overlap=0.5, mode="gaussian", padding_mode="constant")
+        return torch.softmax(logits.float(), dim=1).cpu()
 
     probs = run(batch)
     if tta:  # mirror along the plan's axes and average (nnU-Net's test-time augmentation, single flips)

@@ -22,6 +22,7 @@ from medlens.segment.metrics import case_metrics, mean_foreground_dice
 from medlens.segment.plan import SegPlan
 from medlens.segment.preprocess import build_unet, preprocess_image, preprocess_label
 from medlens.train import LoopOptions, fit
+from medlens.train.distributed import DistInfo, barrier, distributed_session, shard_batch_size
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class SegTrainConfig:
     seed: int = 0
     patience: int = 15
     device: str = "auto"
+    mixed_precision: bool = True  # autocast on CUDA; CPU trains in fp32
     max_cases: int | None = None
 
     def __post_init__(self) -> None:
@@ -117,32 +119,46 @@ def _as_slices(images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[list
 
 
 def train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
-    """Train, choose post-processing on validation, and write ``OUT/model`` (a bundle ``medlens segment`` reads)."""
-    out_dir = Path(out_dir)
+    """Train, choose post-processing on validation, and write ``OUT/model`` (a bundle ``medlens segment`` reads).
+
+    Under ``torchrun`` each process draws its own patches (``samples_per_epoch`` and the plan's batch are
+    split across processes) and rank 0 validates and writes the bundle.
+    """
+    from medlens.tasks.classify import resolve_device
+
+    with distributed_session(resolve_device(cfg.device)) as (info, device):
+        bundle = _train_segmenter(data, plan, cfg, Path(out_dir), show_progress and info.is_main, info, device)
+        barrier()
+    return bundle
+
+
+def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_dir: Path, show_progress: bool,
+                     info: DistInfo, device: torch.device) -> Path:
     _seed(cfg.seed)
     dataset = load_seg_dataset(data)
     ids = [c.case_id for c in dataset.cases if c.label is not None][: cfg.max_cases]
     split = split_cases(ids, cfg)
     train_images, train_labels = load_cases(dataset, split["train"], plan)
-    val_images, val_labels = load_cases(dataset, split["val"], plan)
+    val_images, val_labels = load_cases(dataset, split["val"], plan) if info.is_main else ([], [])
     if plan.dims == 2:
         train_images, train_labels = _as_slices(train_images, train_labels)
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     model = build_unet(plan)
-    loader = torch.utils.data.DataLoader(PatchDataset(train_images, train_labels, plan, cfg.samples_per_epoch, cfg.seed),
-                                         batch_size=plan.batch_size, shuffle=True, num_workers=0, drop_last=True)
+    patches = PatchDataset(train_images, train_labels, plan, cfg.samples_per_epoch // info.world_size, cfg.seed + info.rank)
+    loader = torch.utils.data.DataLoader(patches, batch_size=shard_batch_size(plan.batch_size, info, "plan.batch_size"),
+                                         shuffle=True, num_workers=0, drop_last=True)
     fg = [v for v in plan.label_names if v]
 
     def score_val(m: torch.nn.Module) -> dict[str, float]:
-        preds = [predict_probabilities(m.cpu(), im, plan).argmax(0).numpy() for im in val_images]
-        m.to(device)
+        preds = [predict_probabilities(m, im, plan).argmax(0).numpy() for im in val_images]
         return {"score": float(np.mean([mean_foreground_dice(p, t, fg) for p, t in zip(preds, val_labels)]))}
 
     started = time.perf_counter()
     options = LoopOptions(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=0, patience=cfg.patience,
-                          device=device, show_progress=show_progress, schedule="poly")
+                          device=device, show_progress=show_progress, schedule="poly", mixed_precision=cfg.mixed_precision)
     run_key = str(sorted({**asdict(cfg), "epochs": None, "plan": plan.to_dict()}.items()))
     result = fit(model, _dice_ce(), loader, score_val, options, out_dir / "checkpoints", run_key)
+    if not info.is_main:
+        return out_dir / "model"
     model.load_state_dict(result.best_state)
     model.cpu().eval()
     postprocess, val_metrics = choose_postprocessing(model, val_images, val_labels, plan)
@@ -152,7 +168,7 @@ def train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_di
         "postprocess_largest_component": postprocess, "config": asdict(cfg), "split": split,
         "data": {"dataset": dataset.name, "root": str(dataset.root), "licence": dataset.licence},
         "training": {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "seconds": round(time.perf_counter() - started, 1),
-                     "history": result.history},
+                     "history": result.history, "processes": info.world_size},
         "metrics": {"validation": val_metrics},
     }
     return save_bundle(out_dir / "model", model, manifest)

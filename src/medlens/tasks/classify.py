@@ -27,6 +27,7 @@ from medlens.preprocess.augment import build_augmentation, resolve_augmentation
 from medlens.preprocess.window import window_preset
 from medlens.tasks.data import ArrayDataset, load_training_data, make_loader, normalized_inputs
 from medlens.train import LoopOptions, fit
+from medlens.train.distributed import DistInfo, barrier, distributed_session, shard_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,17 @@ def train_classifier(
 
     Returns the bundle folder. The test split is never used here; ``medlens
     evaluate`` scores the bundle on it afterwards. ``data`` overrides the
-    config's dataset (e.g. a derived 28^3 version of a 64^3 set).
+    config's dataset (e.g. a derived 28^3 version of a 64^3 set). Under
+    ``torchrun`` the processes share the work and rank 0 writes the bundle.
     """
+    with distributed_session(resolve_device(cfg.device)) as (info, device):
+        bundle = _train_classifier(cfg, out_dir, data_dir, show_progress and info.is_main, data, info, device)
+        barrier()  # the other processes return once rank 0 has written the bundle
+    return bundle
+
+
+def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | None, show_progress: bool,
+                      data: ClassificationData | None, info: DistInfo, device: torch.device) -> Path:
     seed_everything(cfg.seed)
     data = data if data is not None else load_training_data(cfg, data_dir)
     prep = make_preprocessing(cfg, data)
@@ -73,13 +83,13 @@ def train_classifier(
     model = build_network(spec)
     augmentation = resolve_augmentation(cfg.augment, data.modality, data.spatial_dims)
     train_set = ArrayDataset(
-        data.splits["train"], prep, build_augmentation(augmentation, data.spatial_dims, cfg.seed)
+        data.splits["train"], prep, build_augmentation(augmentation, data.spatial_dims, cfg.seed + info.rank)
     )
-    batches = make_loader(train_set, cfg.batch_size, cfg.seed, cfg.imbalance == "balanced-sampler", data.task)
+    batches = make_loader(train_set, shard_batch_size(cfg.batch_size, info), cfg.seed,
+                          cfg.imbalance == "balanced-sampler", data.task, info)
     val = data.splits["val"]
     val_inputs = normalized_inputs(val, prep)
-    loss_fn = make_loss(data, cfg.imbalance == "weighted-loss")
-    device = resolve_device(cfg.device)
+    loss_fn = make_loss(data, cfg.imbalance == "weighted-loss").to(device)
 
     def score_val(net: nn.Module) -> dict[str, float]:
         probs = predict_proba(net, val_inputs, data.task)
@@ -97,16 +107,20 @@ def train_classifier(
         device=device,
         memory_format=torch.channels_last if cfg.channels_last and data.spatial_dims == 2 else torch.contiguous_format,
         show_progress=show_progress,
+        mixed_precision=cfg.mixed_precision,
     )
     started = time.perf_counter()
     run_key = json.dumps({**asdict(cfg), "epochs": None}, sort_keys=True)  # more epochs may resume a run
     result = fit(model, loss_fn, batches, score_val, options, out_dir / "checkpoints", run_key)
+    if not info.is_main:
+        return out_dir / "model"
     model.load_state_dict(result.best_state)
     model.to(device, memory_format=torch.contiguous_format)
     val_probs = predict_proba(model, val_inputs, data.task)
     thresholds = choose_thresholds(data.task, val.labels, val_probs)
     val_metrics = classification_metrics(data.task, val.labels, val_probs, list(data.label_names), thresholds)
     manifest = _manifest(cfg, data, spec, prep, augmentation, thresholds, val_metrics, result, time.perf_counter() - started)
+    manifest["training"]["processes"] = info.world_size
     return save_bundle(out_dir / "model", model.cpu(), manifest)
 
 

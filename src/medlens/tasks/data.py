@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
 from medlens.config import TrainConfig
 from medlens.datasets import ClassificationData, Split, load_folder_dataset, load_medmnist
 from medlens.preprocess import Preprocessing, normalize_intensity
+from medlens.train.distributed import DistInfo
 
 
 def load_dataset(
@@ -65,17 +66,24 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return x, torch.as_tensor(self.split.labels[index])
 
 
-def make_loader(dataset: ArrayDataset, batch_size: int, seed: int, balanced: bool, task: str) -> DataLoader:
-    """Shuffled, seeded batches; a balanced sampler draws classes equally (binary/multi-class)."""
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None
+def make_loader(dataset: ArrayDataset, batch_size: int, seed: int, balanced: bool, task: str,
+                info: DistInfo = DistInfo()) -> DataLoader:
+    """Shuffled, seeded batches; a balanced sampler draws classes equally (binary/multi-class).
+
+    Under torchrun (``info.active``) each process gets a disjoint shard and
+    ``batch_size`` is its share of the global batch.
+    """
+    generator = torch.Generator().manual_seed(seed + info.rank)
+    sampler: Sampler[int] | None = None
     if balanced and task != "multilabel":
         counts = np.bincount(dataset.split.labels, minlength=int(dataset.split.labels.max()) + 1)
         weights = 1.0 / counts[dataset.split.labels]
-        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(dataset), generator=generator)
+        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(dataset) // info.world_size, generator=generator)
+    elif info.active:
+        sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
-        drop_last=len(dataset) > batch_size,  # BatchNorm cannot take a last batch of one
+        drop_last=len(dataset) // info.world_size > batch_size,  # BatchNorm cannot take a last batch of one
     )
 
 
