@@ -1,0 +1,51 @@
+"""``medlens serve`` and ``medlens token``: a thin shell over :mod:`medlens.serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medlens.cli_common import user_errors
+
+token_app = typer.Typer(help="API tokens for `medlens serve` (only their hashes are stored).", no_args_is_help=True)
+
+
+@user_errors
+def serve(
+    models: Annotated[Path, typer.Option("--models", help="Folder of model bundles to serve (one sub-folder per bundle).")],
+    tokens: Annotated[Path, typer.Option("--tokens", help="Tokens file from `medlens token add`.")],
+    storage: Annotated[Path, typer.Option("--storage", help="Where received studies, results and the SQLite database live.")] = Path("medlens-data"),
+    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite in --storage), e.g. postgresql+pg8000://medlens@localhost/medlens.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest accepted upload.")] = 512.0,
+    orthanc: Annotated[str | None, typer.Option("--orthanc", help="Orthanc URL to poll for stable studies and store results back into (needs its DICOMweb plugin).")] = None,
+) -> None:
+    """Run the triage and second-reader service: STOW-RS in; worklist, DICOM SR, heatmap and FHIR out."""
+    import uvicorn
+
+    from medlens.serve.app import ServeConfig, create_app
+
+    app = create_app(ServeConfig(models=models, storage=storage, tokens=tokens, db=db, max_upload_mb=max_upload_mb,
+                                  orthanc_url=orthanc))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@token_app.command("add")
+@user_errors
+def token_add(
+    name: Annotated[str, typer.Argument(help="User or system name (shown in the audit log).")],
+    role: Annotated[str, typer.Option("--role", help="viewer, radiologist, admin or sender (upload only).")],
+    tokens: Annotated[Path, typer.Option("--tokens", help="Tokens file (created if missing).")],
+) -> None:
+    """Add a user and print its new token (shown once; keep it secret)."""
+    from medlens.serve.auth import add_token
+
+    typer.echo(add_token(tokens, name, role))
+
+
+def register_serve_commands(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.add_typer(token_app, name="token")

@@ -1,0 +1,219 @@
+"""The triage and second-reader service: ``create_app(ServeConfig(...))`` gives a FastAPI app.
+
+Studies arrive by DICOMweb STOW-RS (``POST /dicomweb/studies``); each is
+stored and persisted before the upload is answered, routed to the matching
+models as jobs, and processed by a background runner into findings, a DICOM
+SR, a heatmap Secondary Capture and a FHIR DiagnosticReport. Every endpoint
+but ``/health`` needs a bearer token; what users see and change goes to an
+append-only audit log.
+"""
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from medlens.serve.auth import User, load_tokens, user_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``models``: folder of bundles; ``storage``: received instances and results; ``db``: SQLAlchemy URL
+    (default: SQLite in ``storage``); ``tokens``: file from ``medlens token add``."""
+
+    models: Path
+    storage: Path
+    tokens: Path
+    db: str | None = None
+    max_upload_mb: float = 512.0
+    settle_seconds: float = 2.0  # a study's jobs wait this long after its last instance arrived
+    run_jobs: bool = True
+    owner: str = socket.gethostname()
+    orthanc_url: str | None = None  # poll this Orthanc for stable studies and store results back into it
+    poll_seconds: float = 2.0
+
+
+class ReadIn(BaseModel):
+    """A radiologist's read of one finding of a job's study."""
+
+    finding: str
+    present: bool
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    from medlens.errors import DataError
+    from medlens.serve.ingest import split_multipart_related, store_instances
+    from medlens.serve.models import load_models
+    from medlens.serve.pacs import OrthancConnector, PacsPoller
+    from medlens.serve.store import Store
+    from medlens.serve.worker import Worker
+
+    config.storage.mkdir(parents=True, exist_ok=True)
+    users = load_tokens(config.tokens)
+    models = load_models(config.models)
+    store = Store(config.db or f"sqlite:///{config.storage / 'medlens.db'}", config.owner)
+    pacs = OrthancConnector(config.orthanc_url) if config.orthanc_url else None
+    worker = Worker(store, models, config.storage, pacs=pacs)
+
+    def ingest(parts: list[bytes], source: str, user: str = "pacs-poller") -> Any:
+        """Store instances, record their studies and route them to jobs (STOW-RS and the PACS poller alike)."""
+        report = store_instances(parts, config.storage)
+        for study_uid, entry in report.studies.items():
+            study_id, new = store.add_study(study_uid, entry["folder"], entry["info"], entry["count"], source)
+            _route(store, models, study_id, entry["info"], config.settle_seconds, new)
+            store.log(user, "upload", f"study {study_id}")
+        return report
+
+    poller = PacsPoller(pacs, ingest, store, config.poll_seconds) if pacs else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if config.run_jobs:
+            worker.start()
+        if poller is not None:
+            poller.start()
+        yield
+        if poller is not None:
+            poller.stop()
+        worker.stop()
+        store.close()
+        if pacs is not None:
+            pacs.close()
+
+    app = FastAPI(title="medlens", version=_version(), lifespan=lifespan)
+    app.state.store, app.state.worker, app.state.models = store, worker, models
+    bearer = HTTPBearer(auto_error=False)
+
+    def requires(role: str) -> Any:
+        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+            user = user_for(credentials.credentials if credentials else None, users)
+            if user is None:
+                raise HTTPException(401, "a valid bearer token is needed (Authorization: Bearer <token>)",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if not user.may(role):
+                raise HTTPException(403, f"role {user.role!r} may not do this; it needs {role!r}")
+            return user
+        return check
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "models": sorted(models), "jobs": store.counts()}
+
+    @app.post("/dicomweb/studies")
+    async def stow(request: Request, user: Annotated[User, Depends(requires("sender"))]) -> JSONResponse:
+        body = await _read_limited(request, int(config.max_upload_mb * 2**20))
+        try:
+            parts = split_multipart_related(body, request.headers.get("content-type", ""))
+        except DataError as exc:
+            raise HTTPException(415, str(exc)) from exc
+        report = ingest(parts, "stow", user.name)
+        status = 200 if not report.failed else (202 if report.stored else 409)  # PS3.18: all / some / none stored
+        return JSONResponse({"stored": len(report.stored), "failed": report.failed,
+                             "studies": [store_id for store_id in _study_ids(store, report.studies)]}, status_code=status)
+
+    @app.get("/api/worklist")
+    def worklist(user: Annotated[User, Depends(requires("viewer"))]) -> list[dict[str, Any]]:
+        store.log(user.name, "view", "worklist")
+        return store.worklist()
+
+    def _job_or_404(job_id: int) -> Any:
+        job = store.job(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    @app.get("/api/jobs/{job_id}")
+    def job(job_id: int, user: Annotated[User, Depends(requires("viewer"))]) -> dict[str, Any]:
+        found = _job_or_404(job_id)
+        store.log(user.name, "view", f"job {job_id}")
+        return {**found.__dict__, "study": {k: v for k, v in store.study(found.study_id).items() if k != "folder"}}
+
+    @app.get("/api/jobs/{job_id}/{kind}")
+    def job_output(job_id: int, kind: str, user: Annotated[User, Depends(requires("viewer"))]) -> Any:
+        found = _job_or_404(job_id)
+        outputs = (found.result or {}).get("outputs", {})
+        if kind not in ("sr", "heatmap", "fhir") or kind not in outputs:
+            raise HTTPException(404, f"job {job_id} has no {kind!r} output (state {found.state}); outputs: {', '.join(outputs) or 'none yet'}")
+        store.log(user.name, "view", f"job {job_id} {kind}")
+        media = "application/fhir+json" if kind == "fhir" else "application/dicom"
+        return FileResponse(outputs[kind], media_type=media)
+
+    @app.get("/fhir/DiagnosticReport/medlens-{job_id}")
+    def fhir(job_id: int, user: Annotated[User, Depends(requires("viewer"))]) -> Any:
+        return job_output(job_id, "fhir", user)
+
+    @app.post("/api/jobs/{job_id}/reads")
+    def read(job_id: int, body: ReadIn, user: Annotated[User, Depends(requires("radiologist"))]) -> dict[str, Any]:
+        found = _job_or_404(job_id)
+        names = [f["name"] for f in (found.result or {}).get("findings", [])]
+        if body.finding not in names:
+            raise HTTPException(422, f"finding {body.finding!r} is not one job {job_id} reports ({', '.join(names) or 'no findings yet'})")
+        store.record_read(job_id, user.name, body.finding, body.present)
+        store.log(user.name, "read", f"job {job_id} {body.finding}={'present' if body.present else 'absent'}")
+        return {"job": job_id, "finding": body.finding, "present": body.present, "reader": user.name}
+
+    @app.get("/api/agreement")
+    def agreement(user: Annotated[User, Depends(requires("viewer"))]) -> dict[str, Any]:
+        from medlens.serve.agreement import agreement_table
+
+        return agreement_table(store.reads_with_results())
+
+    @app.get("/api/audit")
+    def audit_log(user: Annotated[User, Depends(requires("admin"))]) -> list[dict[str, Any]]:
+        store.log(user.name, "view", "audit")
+        return store.audit_entries()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics(user: Annotated[User, Depends(requires("viewer"))]) -> str:
+        lines = ["# HELP medlens_jobs Jobs by state.", "# TYPE medlens_jobs gauge"]
+        lines += [f'medlens_jobs{{state="{state}"}} {n}' for state, n in store.counts().items()]
+        return "\n".join(lines) + "\n"
+
+    return app
+
+
+def _route(store: Any, models: dict[str, Any], study_id: int, info: dict[str, Any], settle_seconds: float, new: bool) -> None:
+    """One job per model the study matches; a skipped job (with the reason) per model it does not."""
+    for name, model in models.items():
+        reason = model.route(info)
+        store.add_job(study_id, name, "skipped" if reason else "queued", reason, delay_seconds=settle_seconds)
+    if not new:
+        store.postpone_queued(study_id, settle_seconds)  # more instances arrived: wait for the study to settle
+
+
+def _study_ids(store: Any, studies: dict[str, Any]) -> list[int]:
+    import sqlalchemy as sa
+
+    from medlens.serve.store import studies as table
+
+    with store.connect() as conn:
+        return [r.id for r in conn.execute(sa.select(table.c.id).where(table.c.study_uid.in_(list(studies))))]
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes (ServeConfig.max_upload_mb)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"upload is over the limit of {limit} bytes (ServeConfig.max_upload_mb)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _version() -> str:
+    from medlens import __version__
+
+    return __version__

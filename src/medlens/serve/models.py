@@ -1,0 +1,92 @@
+"""The service's model registry (a folder of bundles) and routing: which bundles a study goes to.
+
+Routing reads what each bundle says it expects. A bundle may add a
+``"routing"`` block to its ``bundle.json``::
+
+    "routing": {"modalities": ["CR", "DX"], "body_parts": ["CHEST"], "series_description": "(?i)chest|thorax|pa|ap",
+                "severity": {"pneumonia": 0.6}}
+
+Without it, a classifier takes its expected modality (``CR`` and ``DX`` count
+as the same projection radiography) and a segmenter the modalities in its
+plan; severity defaults to 1.0. A study that matches no bundle is recorded
+with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import ConfigError, ModelError
+
+PROJECTION = {"CR", "DX"}
+
+
+@dataclass
+class ServedModel:
+    name: str
+    path: Path
+    task: str
+    bundle: Any
+    modalities: set[str]
+    body_parts: set[str] = field(default_factory=set)
+    series_description: str | None = None
+    severity: dict[str, float] = field(default_factory=dict)
+
+    def findings(self) -> list[str]:
+        """The labels that are findings: every label but the first (normal) of a binary model; all others otherwise."""
+        names = list(self.bundle.label_names) if self.task != "segmentation" else []
+        return names[1:] if self.task == "binary" else names
+
+    def route(self, study: dict[str, Any]) -> str | None:
+        """None if the study should go to this model, else the reason it does not."""
+        modality = (study.get("modality") or "").upper()
+        wanted = self.modalities | (PROJECTION if self.modalities & PROJECTION else set())
+        if modality not in wanted:
+            return f"modality {modality or 'missing'} is not one this model reads ({', '.join(sorted(wanted))})"
+        body = (study.get("body_part") or "").upper()
+        if self.body_parts and body and body not in self.body_parts:
+            return f"body part {body} is not {', '.join(sorted(self.body_parts))}"
+        if self.series_description and not re.search(self.series_description, study.get("description") or ""):
+            return f"series description does not match {self.series_description!r}"
+        return None
+
+
+def load_models(folder: str | Path) -> dict[str, ServedModel]:
+    """Every bundle folder directly under ``folder`` (each with a ``bundle.json``), by folder name."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"--models {root}: no such folder; give a folder of model bundles (e.g. copies of `medlens train` outputs)")
+    found = {p.name: _load(p) for p in sorted(root.iterdir()) if (p / "bundle.json").is_file()}
+    if not found:
+        raise ConfigError(f"--models {root}: no bundles in it (a bundle is a folder with bundle.json and weights)")
+    return found
+
+
+def _load(path: Path) -> ServedModel:
+    from medlens.models.bundle import read_manifest
+
+    _, manifest = read_manifest(path)
+    routing = manifest.get("routing", {})
+    if manifest.get("task") == "segmentation":
+        from medlens.segment.evaluate import load_seg_bundle
+
+        bundle: Any = load_seg_bundle(path)
+        default = {str(manifest["plan"].get("modality") or "MR").upper()}
+    else:
+        from medlens.models.bundle import load_bundle
+
+        bundle = load_bundle(path)
+        default = {(manifest.get("expected_input", {}).get("modality") or "").upper()}
+    try:
+        return ServedModel(
+            name=path.name, path=path, task=manifest.get("task", ""), bundle=bundle,
+            modalities={m.upper() for m in routing.get("modalities", default)},
+            body_parts={b.upper() for b in routing.get("body_parts", [])},
+            series_description=routing.get("series_description"),
+            severity={k: float(v) for k, v in routing.get("severity", {}).items()},
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{path / 'bundle.json'}: the routing block is malformed ({exc}); see medlens.serve.models") from exc

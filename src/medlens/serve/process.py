@@ -1,0 +1,78 @@
+"""One job: a study's images through one model, to findings, urgency, an SR, a heatmap and a FHIR report.
+
+Study level: a finding's probability is its highest over the study's images
+(a finding seen on one view is in the study); it is present at the bundle's
+threshold. Urgency = max over findings of probability x severity (severity
+set per finding in the bundle's routing block, 1.0 by default). A study any of
+whose images the bundle's referral rule calls uncertain is ``referred``: it
+stays in the worklist, marked for a human read, like every other study.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.errors import DataError
+from medlens.serve.models import ServedModel
+from medlens.serve.reports import finding_code, fhir_report, uid_for, write_sr
+
+
+def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job_id: int, job_key: str) -> tuple[str, float, dict[str, Any]]:
+    """(state, urgency, result) for a classification model on a study's DICOM instances."""
+    import pydicom
+
+    from medlens.tasks.predict import predict_files
+
+    rows = predict_files(model.bundle, files, adapt=True)
+    good = [(i, r) for i, r in enumerate(rows) if not r.error]
+    skipped = [{"instance": i, "reason": r.error} for i, r in enumerate(rows) if r.error]
+    if not good:
+        raise DataError(f"no image of the study could be read by model {model.name}: " + "; ".join(s["reason"] for s in skipped[:3]))
+    codes = model.bundle.manifest.get("routing", {}).get("codes")
+    threshold = model.bundle.thresholds[0] if model.task == "binary" and model.bundle.thresholds else 0.5
+    findings = []
+    for k, name in enumerate(model.findings()):
+        probs = np.array([r.probabilities[name] for _, r in good])
+        best = int(np.argmax(probs))
+        t = threshold if model.task == "binary" else (model.bundle.thresholds[k] if model.bundle.thresholds else 0.5)
+        findings.append({"name": name, "probability": float(probs[best]), "present": bool(probs[best] >= t), "threshold": float(t),
+                         "severity": model.severity.get(name, 1.0), "image_index": best, "code": finding_code(name, codes)})
+    refer = any(bool(r.refer) for _, r in good)
+    urgency = max((f["probability"] * f["severity"] for f in findings), default=0.0)
+    sources = [files[i] for i, _ in good]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {"sr": str(write_sr(sources, findings, model.name, job_key, out_dir / "sr.dcm"))}
+    heat = _heatmap(model, sources[findings[0]["image_index"]] if findings else sources[0], out_dir, job_key)
+    if heat:
+        outputs["heatmap"] = heat
+    header = pydicom.dcmread(sources[0], stop_before_pixels=True)
+    (out_dir / "fhir.json").write_text(json.dumps(fhir_report(header, findings, model.name, job_id, refer), indent=1))
+    outputs["fhir"] = str(out_dir / "fhir.json")
+    result = {"findings": [{k: v for k, v in f.items() if k != "image_index"} for f in findings], "refer": refer,
+              "images": len(rows), "images_used": len(good), "skipped_instances": skipped,
+              "notes": sorted({n for _, r in good for n in r.notes}), "outputs": outputs}
+    return ("referred" if refer else "done"), urgency, result
+
+
+def _heatmap(model: ServedModel, source: Path, out_dir: Path, job_key: str) -> str | None:
+    """Grad-CAM as an RGB Secondary Capture in the source study, with UIDs fixed by the job (idempotent)."""
+    import pydicom
+
+    from medlens.explain.stage import explain_files
+
+    report = explain_files(model.bundle, [source], out_dir / "explain", method="gradcam", adapt=True)
+    made = [Path(o) for o in report["files"][0]["outputs"] if o.endswith(".dcm")]
+    if not made:
+        return None
+    sc = pydicom.dcmread(made[0])
+    sc.SeriesInstanceUID, sc.SOPInstanceUID = uid_for(job_key, "sc-series"), uid_for(job_key, "sc")
+    sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
+    target = out_dir / "heatmap_sc.dcm"
+    sc.save_as(target)
+    shutil.rmtree(out_dir / "explain", ignore_errors=True)
+    return str(target)
