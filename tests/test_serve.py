@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import sqlalchemy as sa
 
 from medlens.serve.auth import add_token
 from medlens.serve.samples import stow_body, write_cr_study
+from tests.serve_helpers import free_port, start_server, wait_idle
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -148,32 +146,15 @@ def test_bad_uploads_are_refused_with_reasons(service: dict, studies: list[tuple
         assert client.post("/dicomweb/studies", content=broken, headers={**h, "Content-Type": content_type}).status_code == 415
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_kill_9_mid_run_loses_nothing_and_processes_each_study_once(service: dict, studies: list[tuple[Path, str]], tmp_path: Path) -> None:
     """Start `medlens serve`, upload, SIGKILL while jobs run, restart: every study is done exactly once."""
     import httpx
 
     config, h = service["config"], service["headers"]
-    port = _free_port()
-    command = [sys.executable, "-m", "medlens", "serve", "--models", str(config.models), "--tokens", str(config.tokens),
-               "--storage", str(config.storage), "--port", str(port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    port = free_port()
 
     def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    return process
-            except httpx.TransportError:
-                time.sleep(0.2)
-        process.kill()
-        raise AssertionError("medlens serve did not start within 60 s")
+        return start_server(config.models, config.tokens, config.storage, port)
 
     process = start()
     try:
@@ -194,12 +175,7 @@ def test_kill_9_mid_run_loses_nothing_and_processes_each_study_once(service: dic
         process.wait(10)
         assert counts["queued"] + counts["running"] > 0, "every job had finished before the kill; the test proves nothing"
         process = start()
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            counts = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["jobs"]
-            if counts["queued"] == 0 and counts["running"] == 0:
-                break
-            time.sleep(0.3)
+        wait_idle(f"http://127.0.0.1:{port}")
         worklist = httpx.get(f"http://127.0.0.1:{port}/api/worklist", headers=h["viewer"], timeout=10).json()
     finally:
         process.kill()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
@@ -138,9 +138,17 @@ def create_app(config: ServeConfig) -> FastAPI:
         store.log(user.name, "view", f"job {job_id}")
         return {**found.__dict__, "study": {k: v for k, v in store.study(found.study_id).items() if k != "folder"}}
 
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        """The worklist page (static; it asks for a token and reads everything through the API)."""
+        return (Path(__file__).parent / "static" / "index.html").read_text()
+
     @app.get("/api/jobs/{job_id}/{kind}")
     def job_output(job_id: int, kind: str, user: Annotated[User, Depends(requires("viewer"))]) -> Any:
         found = _job_or_404(job_id)
+        if kind in ("image.png", "heatmap.png"):
+            store.log(user.name, "view", f"job {job_id} {kind}")
+            return Response(_png(found.result or {}, kind, job_id), media_type="image/png")
         outputs = (found.result or {}).get("outputs", {})
         if kind not in ("sr", "heatmap", "fhir") or kind not in outputs:
             raise HTTPException(404, f"job {job_id} has no {kind!r} output (state {found.state}); outputs: {', '.join(outputs) or 'none yet'}")
@@ -189,6 +197,30 @@ def _route(store: Any, models: dict[str, Any], study_id: int, info: dict[str, An
         store.add_job(study_id, name, "skipped" if reason else "queued", reason, delay_seconds=settle_seconds)
     if not new:
         store.postpone_queued(study_id, settle_seconds)  # more instances arrived: wait for the study to settle
+
+
+def _png(result: dict[str, Any], kind: str, job_id: int) -> bytes:
+    """The job's key image (grey) or its heatmap Secondary Capture (RGB), as PNG for the page."""
+    import io
+
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    source = result.get("key_image") if kind == "image.png" else result.get("outputs", {}).get("heatmap")
+    if not source or not Path(source).is_file():
+        raise HTTPException(404, f"job {job_id} has no {kind} (not finished, or no heatmap for this model)")
+    if kind == "image.png":
+        from medlens.io.dicom import read_dicom
+
+        grey = read_dicom(Path(source)).mean(axis=0)
+        low, high = np.percentile(grey, [0.5, 99.5])
+        pixels = (np.clip((grey - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+    else:
+        pixels = pydicom.dcmread(source).pixel_array.astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _study_ids(store: Any, studies: dict[str, Any]) -> list[int]:

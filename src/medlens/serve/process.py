@@ -47,7 +47,8 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     sources = [files[i] for i, _ in good]
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"sr": str(write_sr(sources, findings, model.name, job_key, out_dir / "sr.dcm"))}
-    heat = _heatmap(model, sources[findings[0]["image_index"]] if findings else sources[0], out_dir, job_key)
+    key_image = sources[findings[0]["image_index"]] if findings else sources[0]  # the image the first finding rests on
+    heat = _heatmap(model, key_image, out_dir, job_key)
     if heat:
         outputs["heatmap"] = heat
     header = pydicom.dcmread(sources[0], stop_before_pixels=True)
@@ -55,7 +56,7 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     outputs["fhir"] = str(out_dir / "fhir.json")
     result = {"findings": [{k: v for k, v in f.items() if k != "image_index"} for f in findings], "refer": refer,
               "images": len(rows), "images_used": len(good), "skipped_instances": skipped,
-              "notes": sorted({n for _, r in good for n in r.notes}), "outputs": outputs}
+              "notes": sorted({n for _, r in good for n in r.notes}), "outputs": outputs, "key_image": str(key_image)}
     return ("referred" if refer else "done"), urgency, result
 
 
