@@ -196,3 +196,39 @@ def write_cr_study_copy(source: Path, target: Path) -> Path:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.save_as(target)
     return target
+
+
+def test_drift_alarm_rises_on_a_shifted_window_and_not_on_a_clean_one(service: dict, pneumonia, tmp_path: Path) -> None:
+    """Ten real PneumoniaMNIST test radiographs as they are, then the same ten with their contrast cut (severity 5).
+
+    28 px images, as the model was validated on: full-size radiographs resized by medlens already move the
+    embedding past its alarm level in windows of 20 or more (measured; see the README), which is a true finding
+    about those inputs, not what this test is about.
+    """
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from medlens.trust.corruptions import corrupt
+
+    split = pneumonia.splits["test"]
+    images = split.images[list(range(5)) + list(range(300, 305))]
+    studies: dict[str, list[Path]] = {"clean": [], "shifted": []}
+    for kind, batch in (("clean", images), ("shifted", corrupt(images, "contrast", 5, (0.0, 255.0)).round())):
+        for i, image in enumerate(batch):
+            Image.fromarray(image[0].astype("uint8")).save(tmp_path / f"{kind}{i}.png")
+            studies[kind].append(write_cr_study(tmp_path / f"{kind}{i}.png", tmp_path / f"{kind}{i}.dcm", f"{kind[0].upper()}{i}"))
+    h = service["headers"]
+    config = replace(service["config"], drift_window=10)
+    with TestClient(create_app(config)) as client:
+        for kind in ("clean", "shifted"):  # in order: the first window is clean, the second shifted
+            body, content_type = stow_body(studies[kind])
+            assert client.post("/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}).status_code == 200
+            _wait_idle(client)
+        report = client.get("/api/monitoring", headers=h["viewer"]).json()["pneumonia"]
+        metrics = client.get("/metrics", headers=h["viewer"]).text
+    assert report["studies"] == 20 and len(report["windows"]) == 2 and report["reference"]["validation_images"] == 524
+    first, second = report["windows"]
+    assert not first["alarm"], first
+    assert second["alarm"] and second["embedding_score"] > report["reference"]["alarm_embedding"], second
+    assert 'medlens_drift_alarm{model="pneumonia"} 1' in metrics

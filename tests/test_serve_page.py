@@ -58,6 +58,7 @@ def test_worklist_study_view_and_a_read_that_moves_agreement(kermany_files: list
             playwright_api.expect(agreement).to_contain_text("pneumonia")
             cells = agreement.locator("td").all_inner_texts()
             assert cells[2] == "1" and cells[3] == "0.000"  # one read, in disagreement
+            playwright_api.expect(page.locator("#monitoring tbody tr").first).to_contain_text("waiting for 20 studies")
             browser.close()
     finally:
         server.kill()

@@ -41,6 +41,7 @@ class ServeConfig:
     owner: str = socket.gethostname()
     orthanc_url: str | None = None  # poll this Orthanc for stable studies and store results back into it
     poll_seconds: float = 2.0
+    drift_window: int = 20  # studies per drift-monitoring window
 
 
 class ReadIn(BaseModel):
@@ -181,10 +182,40 @@ def create_app(config: ServeConfig) -> FastAPI:
         store.log(user.name, "view", "audit")
         return store.audit_entries()
 
+    references: dict[str, Any] = {}
+
+    def monitoring_report() -> dict[str, Any]:
+        from medlens.serve.monitor import build_reference, drift_report
+
+        out = {}
+        for name, model in models.items():
+            if model.task == "segmentation":
+                continue
+            if name not in references:  # computed once, on first use (reads the model's validation split)
+                references[name] = build_reference(model, config.drift_window)
+            positive = 1 if model.task == "binary" else 0
+            out[name] = drift_report(store.observations(name), references[name], config.drift_window, positive)
+        return out
+
+    @app.get("/api/monitoring")
+    def monitoring(user: Annotated[User, Depends(requires("viewer"))]) -> dict[str, Any]:
+        return monitoring_report()
+
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics(user: Annotated[User, Depends(requires("viewer"))]) -> str:
         lines = ["# HELP medlens_jobs Jobs by state.", "# TYPE medlens_jobs gauge"]
         lines += [f'medlens_jobs{{state="{state}"}} {n}' for state, n in store.counts().items()]
+        lines += ["# HELP medlens_drift_alarm 1 if the latest window of studies drifted from validation data.",
+                  "# TYPE medlens_drift_alarm gauge", "# HELP medlens_drift_embedding_score Latest window's embedding shift score.",
+                  "# TYPE medlens_drift_embedding_score gauge", "# HELP medlens_mean_probability Latest window's mean finding probability.",
+                  "# TYPE medlens_mean_probability gauge"]
+        for name, report in monitoring_report().items():
+            latest = report["windows"][-1] if report["windows"] else {}
+            lines.append(f'medlens_drift_alarm{{model="{name}"}} {int(report["alarm"])}')
+            if "embedding_score" in latest:
+                lines.append(f'medlens_drift_embedding_score{{model="{name}"}} {latest["embedding_score"]:.6g}')
+            if latest:
+                lines.append(f'medlens_mean_probability{{model="{name}"}} {latest["mean_probability"]:.6g}')
         return "\n".join(lines) + "\n"
 
     return app

@@ -54,9 +54,13 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     header = pydicom.dcmread(sources[0], stop_before_pixels=True)
     (out_dir / "fhir.json").write_text(json.dumps(fhir_report(header, findings, model.name, job_id, refer), indent=1))
     outputs["fhir"] = str(out_dir / "fhir.json")
+    from medlens.serve.monitor import observe
+
+    observation = observe(model, sources)
     result = {"findings": [{k: v for k, v in f.items() if k != "image_index"} for f in findings], "refer": refer,
               "images": len(rows), "images_used": len(good), "skipped_instances": skipped,
               "notes": sorted({n for _, r in good for n in r.notes}), "outputs": outputs, "key_image": str(key_image)}
+    result["observation"] = observation  # taken out by the worker into the monitoring table
     return ("referred" if refer else "done"), urgency, result
 
 

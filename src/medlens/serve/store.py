@@ -79,6 +79,14 @@ audit = sa.Table(
     sa.Column("target", sa.Text, nullable=False),
 )
 
+observations = sa.Table(
+    "observations", metadata,
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),  # JSON: input_mean, probabilities, embedding
+)
+
 settings = sa.Table(
     "settings", metadata,
     sa.Column("key", sa.String(64), primary_key=True),
@@ -228,6 +236,18 @@ class Store:
         with self.connect() as conn:
             rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all()
         return {state: 0 for state in JOB_STATES} | {state: int(n) for state, n in rows}
+
+    def add_observation(self, job_id: int, model: str, data: dict[str, Any]) -> None:
+        """What a finished job saw and said, for drift monitoring (a redone job replaces its observation)."""
+        with self.connect() as conn:
+            conn.execute(observations.delete().where(observations.c.job_id == job_id))
+            conn.execute(observations.insert().values(job_id=job_id, model=model, at=time.time(), data=json.dumps(data)))
+
+    def observations(self, model: str) -> list[dict[str, Any]]:
+        """A model's observations in the order the jobs finished."""
+        query = sa.select(observations).where(observations.c.model == model).order_by(observations.c.at, observations.c.job_id)
+        with self.connect() as conn:
+            return [{"job_id": r.job_id, "at": r.at, **json.loads(r.data)} for r in conn.execute(query)]
 
     def get_setting(self, key: str, default: str) -> str:
         with self.connect() as conn:

@@ -96,7 +96,10 @@ class Worker:
         except Exception as exc:  # possibly transient
             self._retry_or_fail(job, f"{type(exc).__name__}: {str(exc)[:300]}")
             return
+        observation = result.pop("observation", None)
         self.store.finish(job.id, state, result, urgency=urgency)
+        if observation is not None:
+            self.store.add_observation(job.id, job.model, observation)
         log.info("job %d %s (urgency %.3f)", job.id, state, urgency)
 
     def _retry_or_fail(self, job: Job, reason: str) -> None:
