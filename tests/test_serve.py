@@ -232,3 +232,31 @@ def test_drift_alarm_rises_on_a_shifted_window_and_not_on_a_clean_one(service: d
     assert not first["alarm"], first
     assert second["alarm"] and second["embedding_score"] > report["reference"]["alarm_embedding"], second
     assert 'medlens_drift_alarm{model="pneumonia"} 1' in metrics
+
+
+def test_an_mr_series_gets_a_dicom_seg_and_volumes_like_the_nifti_path(service: dict, data_dir: Path, tmp_path: Path) -> None:
+    """A real MSD hippocampus case sent as a DICOM MR series: the SEG references it, volumes match `medlens segment` on the NIfTI."""
+    from medlens.segment.evaluate import load_seg_bundle
+    from medlens.segment.stage import segment_files
+    from medlens.serve.samples import write_mr_series
+
+    case = sorted((data_dir / "msd_hippocampus" / "imagesTr").glob("*.nii.gz"))[0]
+    series = write_mr_series(case, tmp_path / "series", "H1")
+    direct = segment_files(load_seg_bundle("hippocampus"), [case], tmp_path / "direct")["results"][0]["volumes_ml"]
+    h = service["headers"]
+    with TestClient(create_app(service["config"])) as client:
+        body, content_type = stow_body(series)
+        assert client.post("/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}).status_code == 200
+        counts = _wait_idle(client)
+        jobs = {j["model"]: j for j in client.get("/api/worklist", headers=h["viewer"]).json()}
+        fhir = client.get(f"/fhir/DiagnosticReport/medlens-{jobs['hippocampus']['id']}", headers=h["viewer"]).json()
+    assert counts["done"] == 1 and counts["skipped"] == 1 and "modality MR" in jobs["pneumonia"]["reason"]
+    job = jobs["hippocampus"]
+    seg = pydicom.dcmread(job["result"]["outputs"]["seg"])
+    source = pydicom.dcmread(series[0], stop_before_pixels=True)
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert {s.SegmentLabel for s in seg.SegmentSequence} == {"anterior", "posterior"}
+    for name, ml in direct.items():
+        assert job["result"]["volumes_ml"][name] == pytest.approx(ml, rel=0.02, abs=0.01), name  # same grid, same answer
+    assert [o["valueQuantity"]["unit"] for o in fhir["contained"]] == ["mL", "mL"]

@@ -151,7 +151,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             store.log(user.name, "view", f"job {job_id} {kind}")
             return Response(_png(found.result or {}, kind, job_id), media_type="image/png")
         outputs = (found.result or {}).get("outputs", {})
-        if kind not in ("sr", "heatmap", "fhir") or kind not in outputs:
+        if kind not in ("sr", "heatmap", "seg", "fhir") or kind not in outputs:
             raise HTTPException(404, f"job {job_id} has no {kind!r} output (state {found.state}); outputs: {', '.join(outputs) or 'none yet'}")
         store.log(user.name, "view", f"job {job_id} {kind}")
         media = "application/fhir+json" if kind == "fhir" else "application/dicom"

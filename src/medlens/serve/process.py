@@ -64,20 +64,46 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     return ("referred" if refer else "done"), urgency, result
 
 
-def _heatmap(model: ServedModel, source: Path, out_dir: Path, job_key: str) -> str | None:
-    """Grad-CAM as an RGB Secondary Capture in the source study, with UIDs fixed by the job (idempotent)."""
+def run_segmentation(model: ServedModel, folder: Path, out_dir: Path, job_id: int, job_key: str) -> tuple[str, float, dict[str, Any]]:
+    """(state, urgency, result) for a segmentation model on a study's DICOM series: label map, DICOM SEG, volumes, FHIR."""
     import pydicom
 
+    from medlens.segment.stage import segment_files
+    from medlens.serve.reports import fhir_volume_report
+
+    report = segment_files(model.bundle, [folder], out_dir)
+    if report["problems"]:
+        raise DataError(f"model {model.name} could not segment the study: {report['problems'][0]['message']}")
+    row = report["results"][0]
+    seg = _fix_uids(out_dir / row["dicom_seg"], job_key, "seg", out_dir / "seg.dcm")
+    header = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
+    volumes = {k: float(v) for k, v in row["volumes_ml"].items()}
+    (out_dir / "fhir.json").write_text(json.dumps(fhir_volume_report(header, volumes, model.name, job_id), indent=1))
+    outputs = {"seg": str(seg), "labels": str(out_dir / row["labels"]), "fhir": str(out_dir / "fhir.json")}
+    return "done", 0.0, {"findings": [], "volumes_ml": volumes, "refer": False, "outputs": outputs}
+
+
+def _fix_uids(path: Path, job_key: str, what: str, target: Path) -> Path:
+    """Give a written DICOM object UIDs fixed by the job, so a redone job replaces it in the PACS."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = uid_for(job_key, f"{what}-series"), uid_for(job_key, what)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(target)
+    if path != target:
+        path.unlink()
+    return target
+
+
+def _heatmap(model: ServedModel, source: Path, out_dir: Path, job_key: str) -> str | None:
+    """Grad-CAM as an RGB Secondary Capture in the source study, with UIDs fixed by the job (idempotent)."""
     from medlens.explain.stage import explain_files
 
     report = explain_files(model.bundle, [source], out_dir / "explain", method="gradcam", adapt=True)
     made = [Path(o) for o in report["files"][0]["outputs"] if o.endswith(".dcm")]
     if not made:
         return None
-    sc = pydicom.dcmread(made[0])
-    sc.SeriesInstanceUID, sc.SOPInstanceUID = uid_for(job_key, "sc-series"), uid_for(job_key, "sc")
-    sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
-    target = out_dir / "heatmap_sc.dcm"
-    sc.save_as(target)
+    target = _fix_uids(made[0], job_key, "sc", out_dir / "heatmap_sc.dcm")
     shutil.rmtree(out_dir / "explain", ignore_errors=True)
     return str(target)

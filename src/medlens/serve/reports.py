@@ -113,6 +113,19 @@ def fhir_report(study: Any, findings: list[dict[str, Any]], model: str, job_id: 
     }
 
 
+def fhir_volume_report(study: Any, volumes_ml: dict[str, float], model: str, job_id: int) -> dict[str, Any]:
+    """A FHIR R4 DiagnosticReport for a segmentation: one contained Observation (volume in mL) per structure."""
+    report = fhir_report(study, [], model, job_id, refer=False)
+    report["contained"] = [{
+        "resourceType": "Observation", "id": f"volume-{i + 1}", "status": "preliminary",
+        "code": {"text": f"{name} volume (medlens segmentation)"},
+        "valueQuantity": {"value": round(float(ml), 4), "unit": "mL", "system": "http://unitsofmeasure.org", "code": "mL"},
+    } for i, (name, ml) in enumerate(volumes_ml.items())]
+    report["result"] = [{"reference": f"#{o['id']}"} for o in report["contained"]]
+    report["conclusion"] = "; ".join(f"{name}: {ml:.2f} mL" for name, ml in volumes_ml.items())
+    return report
+
+
 def _concept(code: tuple[str, str, str]) -> Any:
     import highdicom as hd
 

@@ -56,3 +56,58 @@ def stow_body(files: list[Path], boundary: str = "medlens-boundary") -> tuple[by
     parts = [b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + Path(f).read_bytes() + b"\r\n" for f in files]
     body = b"".join(parts) + b"--" + boundary.encode() + b"--\r\n"
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_mr_series(nifti_path: Path, out_dir: Path, patient_id: str) -> list[Path]:
+    """A real MR volume (NIfTI, e.g. an MSD hippocampus case) as a DICOM MR series, one file per axial slice.
+
+    Geometry is kept: each slice's position and orientation come from the
+    NIfTI affine (RAS) converted to DICOM's LPS patient coordinates, so a
+    reader that rebuilds the volume from the series gets the same grid.
+    """
+    import nibabel as nib
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    image = nib.load(str(nifti_path))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine  # RAS -> LPS
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    row_dir, col_dir = affine[:3, 0] / spacing[0], affine[:3, 1] / spacing[1]  # DICOM rows run along i, columns along j
+    slope = max(float(np.abs(data).max()) / 32000.0, 1e-6)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(data.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MR_IMAGE_STORAGE, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"Test^{patient_id}", patient_id, "", "O"
+        ds.StudyDate = ds.SeriesDate = datetime.now().strftime("%Y%m%d")
+        ds.StudyTime = ds.SeriesTime = datetime.now().strftime("%H%M%S")
+        ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "", "1", ""
+        ds.Modality, ds.BodyPartExamined, ds.SeriesDescription = "MR", "BRAIN", "T1 hippocampus (MSD Task04 crop)"
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.Manufacturer = "medlens sample (Medical Segmentation Decathlon, CC BY-SA 4.0)"
+        ds.ImageOrientationPatient = [*map(float, row_dir), *map(float, col_dir)]
+        ds.ImagePositionPatient = [float(v) for v in (affine @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # (between rows, between columns)
+        ds.SliceThickness = float(spacing[2])
+        pixels = np.round(data[:, :, k].T / slope).astype(np.int16)  # rows along j, columns along i
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0.0, slope
+        ds.PixelData = pixels.tobytes()
+        path = out_dir / f"slice{k:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files

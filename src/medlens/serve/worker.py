@@ -70,7 +70,7 @@ class Worker:
                 self._stop.wait(self.options.poll_seconds)
 
     def _run(self, job: Job) -> None:
-        from medlens.serve.process import run_classification
+        from medlens.serve.process import run_classification, run_segmentation
 
         model = self.models.get(job.model)
         if model is None:
@@ -78,13 +78,14 @@ class Worker:
             return
         study = self.store.study(job.study_id)
         try:
+            out_dir, key = self.storage / "results" / str(job.id), f"{study['study_uid']}/{job.model}/{job.id}"
             if model.task == "segmentation":
-                raise MedlensError("segmentation jobs are not served yet")
-            files = instance_files(self.storage, study["folder"])
-            state, urgency, result = run_classification(model, files, self.storage / "results" / str(job.id), job.id,
-                                                        f"{study['study_uid']}/{job.model}/{job.id}")
+                state, urgency, result = run_segmentation(model, self.storage / study["folder"], out_dir, job.id, key)
+            else:
+                files = instance_files(self.storage, study["folder"])
+                state, urgency, result = run_classification(model, files, out_dir, job.id, key)
             if self.pacs is not None and study["source"] == "orthanc":  # results go back where the study came from
-                self.pacs.store([Path(result["outputs"][k]) for k in ("sr", "heatmap") if k in result["outputs"]])
+                self.pacs.store([Path(result["outputs"][k]) for k in ("sr", "heatmap", "seg") if k in result["outputs"]])
                 result["stored_in_pacs"] = True
         except PacsError as exc:  # the PACS is down or busy: worth another try
             self._retry_or_fail(job, f"PacsError: {exc}")
