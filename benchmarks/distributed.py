@@ -43,13 +43,15 @@ def classify_settings() -> list[str]:
     return [f"--set={k}={config[k]}" for k in keep]
 
 
-def run_classify(work: Path, processes: int) -> dict:
-    out = work / f"classify-{processes}"
-    seconds = medlens(["train", "pneumoniamnist", "--out", str(out), *classify_settings()], processes)
+def run_classify(work: Path, processes: int, seed: int | None = None) -> dict:
+    out = work / f"classify-{processes}-{seed}"
+    settings = classify_settings() + ([f"--set=seed={seed}"] if seed is not None else [])
+    seconds = medlens(["train", "pneumoniamnist", "--out", str(out), *settings], processes)
     medlens(["evaluate", str(out / "model"), "--data", "pneumoniamnist", "--out", str(out / "test"), "--bootstrap", "500"])
     manifest = json.loads((out / "model" / "bundle.json").read_text())
     test = json.loads((out / "test" / "metrics.json").read_text())
-    return {"processes": processes, "wall_seconds": round(seconds, 1), "epochs_run": manifest["training"]["epochs_run"],
+    return {"processes": processes, "seed": manifest["config"]["seed"], "wall_seconds": round(seconds, 1),
+            "epochs_run": manifest["training"]["epochs_run"],
             "val_auc": manifest["metrics"]["validation"]["auc"], "test_auc": test["metrics"]["auc"],
             "test_auc_ci": test["confidence_intervals"]["auc"], "test_accuracy": test["metrics"]["accuracy"]}
 
@@ -73,7 +75,7 @@ def run_segment(work: Path, processes: int, data: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", nargs="+", default=["classify", "segment"], choices=["classify", "segment"])
+    parser.add_argument("--parts", nargs="+", default=["classify", "segment", "seeds"], choices=["classify", "segment", "seeds"])
     args = parser.parse_args()
     data_dir = Path(os.environ.get("MEDLENS_DATA_DIR", "../shared/data"))
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -83,14 +85,18 @@ def main() -> None:
         if "classify" in args.parts:
             results["classify"] = {"data": "PneumoniaMNIST 28 px (train 4708, val 524, test 624); shipped recipe",
                                    "runs": [run_classify(work, n) for n in (1, 2)]}
+        if "seeds" in args.parts:  # how far two 1-process runs differ by seed alone: the yardstick for "same quality"
+            shipped_seed = int(json.loads((PRETRAINED / "pneumonia" / "bundle.json").read_text())["config"]["seed"])
+            results["classify_seed_spread"] = {"data": "the same recipe, 1 process, other seeds",
+                                               "runs": [run_classify(work, 1, shipped_seed + k) for k in (1, 2)]}
         if "segment" in args.parts:
             results["segment"] = {"data": f"MSD Task04 hippocampus, shipped plan and split, {SEG_EPOCHS} epochs (shipped: 30)",
                                   "runs": [run_segment(work, n, data_dir / "msd_hippocampus") for n in (1, 2)]}
     RESULTS.write_text(json.dumps(results, indent=1))
-    for part in ("classify", "segment"):
+    for part in ("classify", "classify_seed_spread", "segment"):
         for run in results.get(part, {}).get("runs", []):
             scores = {k: round(v, 4) for k, v in run.items() if k.startswith(("val_", "test_")) and isinstance(v, float)}
-            print(f"{part:9s} {run['processes']} process(es): {run['wall_seconds']:7.1f} s, {run['epochs_run']} epochs, {scores}")
+            print(f"{part:20s} {run['processes']} process(es): {run['wall_seconds']:7.1f} s, {run['epochs_run']} epochs, {scores}")
 
 
 if __name__ == "__main__":

@@ -197,3 +197,22 @@ def test_csv_dataset_folds_and_anisotropic_input(tiny_bundle: Path, hippo: Path,
     assert labels.shape == coarse.shape and np.allclose(labels.affine, coarse.affine)
     assert set(np.unique(labels.array)) <= {0.0, 1.0, 2.0}
     save_nifti(labels, tmp_path / "coarse_labels.nii.gz")
+
+
+def test_segment_streams_rows_and_resumes_where_it_stopped(tiny_bundle: Path, hippo: Path, tmp_path: Path) -> None:
+    """Rows reach volumes.jsonl one by one; a rerun skips what is done and redoes a case whose output is gone."""
+    cases = sorted((hippo / "imagesTr").glob("*.nii.gz"))[:3]
+    out = tmp_path / "seg"
+    first = runner.invoke(app, ["segment", str(tiny_bundle), *map(str, cases), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    rows = [json.loads(line) for line in (out / "volumes.jsonl").read_text().splitlines()]
+    assert [r["input"] for r in rows] == [str(c) for c in cases]
+    (out / cases[1].name).unlink()  # as if the run had been killed before this case's output was complete
+    with (out / "volumes.jsonl").open("a") as f:
+        f.write('{"input": "torn')  # a line cut short by a kill
+    again = runner.invoke(app, ["segment", str(tiny_bundle), *map(str, cases), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "2 input(s) already in" in again.output
+    summary = json.loads((out / "volumes.json").read_text())
+    assert sorted(r["input"] for r in summary["results"]) == sorted(map(str, cases)) and summary["skipped_done"] == 2
+    assert (out / cases[1].name).is_file()

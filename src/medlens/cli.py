@@ -125,7 +125,13 @@ def segment(
 
     loaded, backend = place_on_device(load_seg_bundle(bundle), backend, device)
     loaded = with_backend(loaded, backend)
-    report = segment_files(loaded, list(inputs), out, tta=tta)
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=len(inputs) < 4) as progress:
+        task = progress.add_task("segmenting", total=len(inputs))
+        report = segment_files(loaded, list(inputs), out, tta=tta, on_item=lambda: progress.advance(task))
+    if report["skipped_done"]:
+        typer.echo(f"{report['skipped_done']} input(s) already in {out / 'volumes.jsonl'} were skipped (delete it to redo them)")
     names = [n for v, n in sorted(loaded.plan.label_names.items()) if v]
     print_table(["input", "label map", *[f"{n} mL" for n in names], "DICOM SEG"],
                  [[Path(r["input"]).name, r["labels"], *[f"{r['volumes_ml'][n]:.3f}" for n in names], r.get("dicom_seg", "")] for r in report["results"]])

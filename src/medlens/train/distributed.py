@@ -95,8 +95,10 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``DistributedDataParallel`` around ``model`` when a process group is up, else ``model`` itself."""
     if not (dist.is_available() and dist.is_initialized()):
         return model
-    ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if device.type == "cuda":  # batch norm over the global batch; PyTorch's SyncBatchNorm works on GPUs only
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the top module, same parameters
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+    return torch.nn.parallel.DistributedDataParallel(model)  # CPU: each process normalises its own share of the batch
 
 
 def is_main_process() -> bool:
