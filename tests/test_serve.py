@@ -260,3 +260,32 @@ def test_an_mr_series_gets_a_dicom_seg_and_volumes_like_the_nifti_path(service: 
     for name, ml in direct.items():
         assert job["result"]["volumes_ml"][name] == pytest.approx(ml, rel=0.02, abs=0.01), name  # same grid, same answer
     assert [o["valueQuantity"]["unit"] for o in fhir["contained"]] == ["mL", "mL"]
+
+
+def test_application_logs_carry_no_patient_identifiers(service: dict, studies: list[tuple[Path, str]]) -> None:
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler, logger = Keep(level=logging.DEBUG), logging.getLogger("medlens")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with TestClient(create_app(service["config"])) as client:
+            body, content_type = stow_body([studies[0][0], studies[-1][0], service["config"].tokens])
+            client.post("/dicomweb/studies", content=body, headers={**service["headers"]["sender"], "Content-Type": content_type})
+            _wait_idle(client)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    text = "\n".join(records)
+    assert "done (urgency" in text and "quarantined" in text  # the service did log its work
+    for f in (studies[0][0], studies[-1][0]):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for value in (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID, ds.SOPInstanceUID):
+            assert value not in text
