@@ -1,0 +1,1 @@
+"""Learning across hospitals without sharing data: simulated sites, Flower federation, Opacus DP."""
