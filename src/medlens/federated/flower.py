@@ -88,18 +88,26 @@ def _load(cfg: FederateConfig, data_dir: str | None) -> Any:
     return load_medmnist(cfg.dataset, size=cfg.size, data_dir=data_dir)
 
 
+def _site_and_model(cfg: FederateConfig, split_path: str, data_dir: str | None, msg: Any, context: Any) -> tuple[Any, Any]:
+    """This client's own site (its data never leaves this function's process) and the global model it was sent."""
+    from medlens.federated.local import load_site
+    from medlens.federated.sites import load_site_split
+
+    data = _load(cfg, data_dir)
+    local = load_site(data, load_site_split(split_path), int(context.node_config["partition-id"]))
+    model = build_model(cfg, data)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return local, model
+
+
 def _client_train(cfg: FederateConfig, split_path: str, data_dir: str | None) -> Any:
     def train(msg: Any, context: Any) -> Any:
         from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-        from medlens.federated.local import load_site, train_locally
-        from medlens.federated.sites import load_site_split
+        from medlens.federated.local import train_locally
 
-        site = int(context.node_config["partition-id"])
-        data = _load(cfg, data_dir)
-        local = load_site(data, load_site_split(split_path), site)
-        model = build_model(cfg, data)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        local, model = _site_and_model(cfg, split_path, data_dir, msg, context)
+        site = local.site
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
         loss = train_locally(model, local, cfg.local_epochs, cfg.lr, cfg.batch_size, mu, seed=cfg.seed + site)
         reply = RecordDict({"arrays": ArrayRecord(model.state_dict()),
@@ -112,14 +120,9 @@ def _client_evaluate(cfg: FederateConfig, split_path: str, data_dir: str | None)
     def evaluate(msg: Any, context: Any) -> Any:
         from flwr.app import Message, MetricRecord, RecordDict
 
-        from medlens.federated.local import load_site, probability_histograms
-        from medlens.federated.sites import load_site_split
+        from medlens.federated.local import probability_histograms
 
-        site = int(context.node_config["partition-id"])
-        data = _load(cfg, data_dir)
-        local = load_site(data, load_site_split(split_path), site)
-        model = build_model(cfg, data)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        local, model = _site_and_model(cfg, split_path, data_dir, msg, context)
         negatives, positives = probability_histograms(model, local.x_val, local.y_val)
         metrics = MetricRecord({"hist-neg": negatives, "hist-pos": positives, "num-examples": len(local.y_val)})
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -84,14 +84,15 @@ def probability_histograms(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tu
 
 
 def auc_and_threshold(negatives: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
-    """ROC AUC and Youden's threshold from pooled per-class histograms (ties within a bin count half)."""
-    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
-    n_neg, n_pos = negatives.sum(), positives.sum()
-    if n_neg == 0 or n_pos == 0:
+    """ROC AUC and Youden's threshold from pooled per-class histograms: scikit-learn on the bins, weighted by counts."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    negatives, positives = np.asarray(negatives), np.asarray(positives)
+    if negatives.sum() == 0 or positives.sum() == 0:
         return float("nan"), 0.5
-    neg_below = np.r_[0, np.cumsum(negatives)[:-1]]
-    auc = float((positives * (neg_below + negatives / 2)).sum() / (n_neg * n_pos))
-    tpr = 1 - np.cumsum(positives) / n_pos + positives / n_pos  # cases in bin k and above
-    fpr = 1 - np.cumsum(negatives) / n_neg + negatives / n_neg
+    lower_edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)[:-1]  # a bin's cases score as its lower edge: ties within a bin
+    y = np.r_[np.zeros(HISTOGRAM_BINS), np.ones(HISTOGRAM_BINS)]
+    scores, weights = np.r_[lower_edges, lower_edges], np.r_[negatives, positives]
+    fpr, tpr, thresholds = roc_curve(y, scores, sample_weight=weights)
     best = int(np.argmax(tpr - fpr))
-    return auc, float(edges[best])
+    return float(roc_auc_score(y, scores, sample_weight=weights)), float(np.clip(thresholds[best], 0.0, 1.0))
