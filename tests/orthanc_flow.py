@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+from serve_helpers import wait_until_answering  # this script runs from tests/ as its own program
 
 ORTHANC = "http://127.0.0.1:8042"
 
@@ -30,14 +31,7 @@ def start_orthanc(work: Path) -> subprocess.Popen[bytes]:
     }
     (work / "orthanc.json").write_text(json.dumps(config))
     process = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], stdout=(work / "orthanc.log").open("wb"), stderr=subprocess.STDOUT)
-    for _ in range(150):
-        try:
-            if httpx.get(f"{ORTHANC}/system", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("Orthanc did not start in 30 s; see orthanc.log")
+    return wait_until_answering(f"{ORTHANC}/system", process, "Orthanc (see orthanc.log)", seconds=30)
 
 
 def main() -> None:

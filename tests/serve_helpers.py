@@ -16,21 +16,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: Path, tokens: Path, storage: Path, port: int) -> subprocess.Popen[bytes]:
-    """`medlens serve` on 127.0.0.1:port, returned once /health answers (killed if it does not within 60 s)."""
+def wait_until_answering(url: str, process: subprocess.Popen[bytes], what: str, seconds: float = 60) -> subprocess.Popen[bytes]:
+    """``process`` once ``url`` answers 200; killed, with an error naming ``what``, if it does not in time."""
     import httpx
 
-    command = [sys.executable, "-m", "medlens", "serve", "--models", str(models), "--tokens", str(tokens),
-               "--storage", str(storage), "--port", str(port)]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1).status_code == 200:
                 return process
         except httpx.TransportError:
             time.sleep(0.2)
     process.kill()
-    raise AssertionError("medlens serve did not start within 60 s")
+    raise AssertionError(f"{what} did not start within {seconds:.0f} s")
+
+
+def start_server(models: Path, tokens: Path, storage: Path, port: int) -> subprocess.Popen[bytes]:
+    """`medlens serve` on 127.0.0.1:port, returned once /health answers (killed if it does not within 60 s)."""
+    command = [sys.executable, "-m", "medlens", "serve", "--models", str(models), "--tokens", str(tokens),
+               "--storage", str(storage), "--port", str(port)]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_until_answering(f"http://127.0.0.1:{port}/health", process, "medlens serve")
 
 
 def wait_idle(base: str, seconds: float = 180) -> dict[str, int]:

@@ -73,6 +73,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             study_id, new = store.add_study(study_uid, entry["folder"], entry["info"], entry["count"], source)
             _route(store, models, study_id, entry["info"], config.settle_seconds, new)
             store.log(user, "upload", f"study {study_id}")
+            entry["study_id"] = study_id
         return report
 
     poller = PacsPoller(pacs, ingest, store, config.poll_seconds) if pacs else None
@@ -120,7 +121,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         report = ingest(parts, "stow", user.name)
         status = 200 if not report.failed else (202 if report.stored else 409)  # PS3.18: all / some / none stored
         return JSONResponse({"stored": len(report.stored), "failed": report.failed,
-                             "studies": [store_id for store_id in _study_ids(store, report.studies)]}, status_code=status)
+                             "studies": [e["study_id"] for e in report.studies.values()]}, status_code=status)
 
     @app.get("/api/worklist")
     def worklist(user: Annotated[User, Depends(requires("viewer"))]) -> list[dict[str, Any]]:
@@ -252,15 +253,6 @@ def _png(result: dict[str, Any], kind: str, job_id: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _study_ids(store: Any, studies: dict[str, Any]) -> list[int]:
-    import sqlalchemy as sa
-
-    from medlens.serve.store import studies as table
-
-    with store.connect() as conn:
-        return [r.id for r in conn.execute(sa.select(table.c.id).where(table.c.study_uid.in_(list(studies))))]
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

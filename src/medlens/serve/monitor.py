@@ -34,20 +34,17 @@ class Reference:
     n_validation: int
 
 
-def observe(model: Any, files: list[Path]) -> dict[str, Any]:
-    """One study's observation: mean raw intensity, mean probabilities and mean embedding over its images."""
+def observe(model: Any, files: list[Path], probabilities: np.ndarray) -> dict[str, Any]:
+    """One study's observation: mean raw intensity and mean embedding over its images, with the job's mean probabilities."""
     from medlens.io import read_image
-    from medlens.models.bundle import predict_proba
     from medlens.preprocess.pipeline import fit_image, normalize_intensity
     from medlens.trust.shift import embeddings
 
     bundle = model.bundle
     raw = np.stack([fit_image(read_image(f, expected_modality=bundle.preprocessing.modality), bundle.preprocessing, adapt=True)[0]
                     for f in files]).astype(np.float32)
-    inputs = normalize_intensity(raw, bundle.preprocessing)
-    probs = predict_proba(bundle.model, inputs, bundle.task, temperature=bundle.temperature)
-    return {"input_mean": float(raw.mean()), "probabilities": probs.mean(axis=0).tolist(),
-            "embedding": embeddings(bundle.model, inputs).mean(axis=0).round(5).tolist()}
+    return {"input_mean": float(raw.mean()), "probabilities": np.asarray(probabilities).mean(axis=0).tolist(),
+            "embedding": embeddings(bundle.model, normalize_intensity(raw, bundle.preprocessing)).mean(axis=0).round(5).tolist()}
 
 
 def build_reference(model: Any, window: int, data_dir: str | Path | None = None, seed: int = 0) -> Reference | None:

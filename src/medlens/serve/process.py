@@ -56,7 +56,7 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     outputs["fhir"] = str(out_dir / "fhir.json")
     from medlens.serve.monitor import observe
 
-    observation = observe(model, sources)
+    observation = observe(model, sources, [[r.probabilities[n] for n in model.bundle.label_names] for _, r in good])
     result = {"findings": [{k: v for k, v in f.items() if k != "image_index"} for f in findings], "refer": refer,
               "images": len(rows), "images_used": len(good), "skipped_instances": skipped,
               "notes": sorted({n for _, r in good for n in r.notes}), "outputs": outputs, "key_image": str(key_image)}
