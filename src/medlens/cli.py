@@ -13,6 +13,7 @@ import typer
 from medlens import __version__
 from medlens.cli_common import DataDir, _state, user_errors
 from medlens.cli_runtime import register_runtime_commands
+from medlens.cli_federate import register_federate_commands
 from medlens.cli_serve import register_serve_commands
 from medlens.cli_trust import register_trust_commands
 from medlens.display import cell, exit_on_problems, make_console, print_metrics, print_predictions, print_table
@@ -419,6 +420,7 @@ def demo(
 register_trust_commands(app)
 register_runtime_commands(app)
 register_serve_commands(app)
+register_federate_commands(app)
 
 if __name__ == "__main__":
     sys.exit(app())

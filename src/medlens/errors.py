@@ -58,3 +58,7 @@ class InputMismatchError(DataError):
 
 class ModelError(MedlensError):
     """A model bundle is missing, incomplete or was written by an incompatible version."""
+
+
+class FederationError(MedlensError):
+    """A federated round could not complete: too few sites answered, or a site refused (names the site and why)."""

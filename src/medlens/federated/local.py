@@ -31,46 +31,71 @@ class SiteData:
 
 def load_site(data: object, split: object, site: int) -> SiteData:
     """Site ``site`` of ``split`` (a :class:`medlens.federated.sites.SiteSplit`) from a ClassificationData."""
-    from medlens.preprocess import normalize_intensity
-    from medlens.tasks.classify import make_preprocessing
-    from medlens.config import TrainConfig
-    from medlens.trust.corruptions import corrupt
-
-    prep = make_preprocessing(TrainConfig(), data)
-    shift = split.config.shifts[site] if split.config.shifts else "none"
     arrays = []
     for part, index in (("train", split.train[site]), ("val", split.val[site])):
-        images = data.splits[part].images[index].astype(np.float32)
-        if shift != "none":
-            images = corrupt(images, shift, split.config.shift_severity, data.intensity_range, seed=site)
-        arrays += [normalize_intensity(images, prep).astype(np.float32), data.splits[part].labels[index]]
+        arrays += list(site_images(data, split, site, part, index))
     if len(arrays[0]) == 0:
         raise DataError(f"site {site} has no training images; make a split with a larger min_images")
     return SiteData(site, *arrays)
 
 
+def site_images(data: object, split: object, site: int, part: str, index: object = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised images and labels of ``part`` as seen by site ``site``'s scanner (its shift applied).
+
+    With ``index=None`` the whole split: the shared test set as that hospital would acquire it, which is what
+    a site's own test metrics are measured on."""
+    from medlens.config import TrainConfig
+    from medlens.preprocess import normalize_intensity
+    from medlens.tasks.classify import make_preprocessing
+    from medlens.trust.corruptions import corrupt
+
+    prep = make_preprocessing(TrainConfig(), data)
+    shift = split.config.shifts[site] if split.config.shifts else "none"
+    chosen = slice(None) if index is None else np.asarray(index, dtype=int)
+    images = data.splits[part].images[chosen].astype(np.float32)
+    if shift != "none" and len(images):
+        images = corrupt(images, shift, split.config.shift_severity, data.intensity_range, seed=site)
+    return normalize_intensity(images, prep).astype(np.float32), data.splits[part].labels[chosen]
+
+
 def train_locally(model: nn.Module, site: SiteData, epochs: int, lr: float, batch_size: int, proximal_mu: float = 0.0,
-                  seed: int = 0) -> float:
-    """Local AdamW epochs on the site's data; FedProx adds (mu/2)||w - w_global||^2. Returns the mean loss."""
+                  seed: int = 0, dp_noise: tuple[float, float] | None = None) -> float:
+    """Local AdamW epochs on the site's data; returns the mean loss.
+
+    FedProx adds (mu/2)||w - w_global||^2. ``dp_noise = (noise multiplier, clipping norm)`` trains with DP-SGD
+    through Opacus instead (Poisson-sampled batches, per-sample clipping, Gaussian noise); the two do not mix.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
     global_weights = [p.detach().clone() for p in model.parameters()]
     generator = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(site.x_train), torch.from_numpy(site.y_train.astype(np.int64))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    model.train()
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
+    trained = model
+    if dp_noise is not None:
+        from opacus import PrivacyEngine
+
+        trained, optimizer, loader = PrivacyEngine().make_private(module=model, optimizer=optimizer, data_loader=loader,
+                                                                  noise_multiplier=dp_noise[0], max_grad_norm=dp_noise[1],
+                                                                  noise_generator=generator)
+    trained.train()
     total, count = 0.0, 0
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            batch = order[start : start + batch_size]
-            if len(batch) < 2:
+        for xb, yb in loader:
+            if len(yb) < 2 and dp_noise is None:
                 continue  # batch norm cannot take a batch of one
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            if len(yb) == 0:
+                continue  # Poisson sampling can draw an empty batch
+            loss = nn.functional.cross_entropy(trained(xb), yb)
             if proximal_mu > 0:
                 loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_weights))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss.detach()) * len(batch), count + len(batch)
+            total, count = total + float(loss.detach()) * len(yb), count + len(yb)
+    if dp_noise is not None:
+        trained.to_standard_module()  # Opacus' hooks off: the plain model (same parameters) goes back to the server
     return total / max(count, 1)
 
 

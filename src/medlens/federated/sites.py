@@ -62,6 +62,13 @@ class SiteSplit:
                                     "summary": self.summary}, indent=1))
         return path
 
+    def check_usable(self) -> None:
+        """One index list per site for train and validation. An empty or single-class site is allowed here: in a real
+        federation the server cannot know, so such a site is handled when it answers (it fails, or adds little)."""
+        if len(self.train) != self.config.n_sites or len(self.val) != self.config.n_sites:
+            raise DataError(f"site split: {len(self.train)} train and {len(self.val)} validation lists for {self.config.n_sites} "
+                            "sites; make the split again")
+
 
 def split_sites(train_labels: np.ndarray, val_labels: np.ndarray, config: SiteSplitConfig) -> SiteSplit:
     """Dirichlet label- and quantity-skewed sites over the train and the validation split (same site shares for both)."""

@@ -30,6 +30,7 @@ class NetworkSpec:
     image_shape: tuple[int, ...]
     width: float = 1.0
     dropout: float = 0.0
+    norm: str = ""  # "" keeps the net's own normalisation; "group" swaps BatchNorm for GroupNorm (what DP-SGD needs)
 
 
 NETWORKS: Registry[Callable[[NetworkSpec], nn.Module]] = Registry("network")
@@ -52,7 +53,17 @@ def build_network(spec: NetworkSpec) -> nn.Module:
             f"train.model: {spec.name} needs images of at least {minimum} px per side, the data has "
             f"{'x'.join(map(str, spec.image_shape))}; use a larger size (e.g. --set size=64) or model=resnet18"
         )
-    return factory(spec)
+    model = factory(spec)
+    if spec.norm == "group":
+        from opacus.validators import ModuleValidator
+
+        model = ModuleValidator.fix(model)  # BatchNorm -> GroupNorm: per-sample gradients need no batch statistics
+        for module in model.modules():
+            if getattr(module, "inplace", False):
+                module.inplace = False  # Opacus' backward hooks cannot see through in-place activations
+    elif spec.norm:
+        raise ConfigError(f"network.norm: expected '' or 'group', got {spec.norm!r}")
+    return model
 
 
 def _resnet_stem(spec: NetworkSpec) -> dict[str, object]:
