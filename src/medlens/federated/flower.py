@@ -98,6 +98,7 @@ def run_federation(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
 
     # Ray otherwise raises a FutureWarning about GPU visibility on every CPU-only actor; this keeps its present behaviour
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    logging.getLogger("flwr").propagate = False  # Flower prints its own log; ours would repeat every line
     split = load_site_split(split_path)
     split.check_usable()
     n_sites = split.config.n_sites

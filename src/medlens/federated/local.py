@@ -73,6 +73,7 @@ def train_locally(model: nn.Module, site: SiteData, epochs: int, lr: float, batc
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
     trained = model
+    model.train()
     if dp_noise is not None:
         from opacus import PrivacyEngine
 

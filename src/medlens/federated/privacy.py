@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 from medlens.errors import ConfigError
 
+# Opacus' RDP orders plus larger ones: early rounds of a large budget spend little, and their tightest bound sits
+# beyond Opacus' default orders (it then warns and reports a looser epsilon)
+ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [64, 80, 96, 128, 192, 256, 384, 512, 1024]
+
 
 @dataclass(frozen=True)
 class PrivacyBudget:
@@ -50,7 +54,7 @@ def noise_multiplier(budget: PrivacyBudget, n_images: int, batch_size: int, tota
         raise ConfigError(f"federate.dp_delta: {budget.delta} is not below 1/{n_images} (1 / the site's images); a delta that large "
                           "allows leaking whole records; use 1e-5")
     return float(get_noise_multiplier(target_epsilon=budget.epsilon, target_delta=budget.delta,
-                                      sample_rate=sample_rate(n_images, batch_size), epochs=total_epochs, accountant="rdp"))
+                                      sample_rate=sample_rate(n_images, batch_size), epochs=total_epochs, accountant="rdp", alphas=ALPHAS))
 
 
 def epsilon_spent(sigma: float, n_images: int, batch_size: int, epochs_done: int, delta: float) -> float:
@@ -60,4 +64,4 @@ def epsilon_spent(sigma: float, n_images: int, batch_size: int, epochs_done: int
     q = sample_rate(n_images, batch_size)
     accountant = RDPAccountant()
     accountant.history = [(sigma, q, int(epochs_done / q))]
-    return float(accountant.get_epsilon(delta))
+    return float(accountant.get_epsilon(delta, alphas=ALPHAS))
