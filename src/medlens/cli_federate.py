@@ -26,6 +26,7 @@ def federate(
     dp_delta: Annotated[float, typer.Option("--dp-delta")] = 1e-5,
     min_sites: Annotated[int, typer.Option("--min-sites", help="A round completes when at least this many sites answered.")] = 2,
     adapt: Annotated[bool, typer.Option("--adapt", help="Also fine-tune and test-time-adapt the global model at each site and score both.")] = False,
+    deployment: Annotated[bool, typer.Option("--deployment", help="Run as separate processes on 127.0.0.1 (Flower SuperLink + one SuperNode per site + flwr run) instead of the in-process simulation.")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     data_dir: DataDir = None,
 ) -> None:
@@ -39,7 +40,7 @@ def federate(
                          proximal_mu=mu, dp_epsilon=dp_epsilon, dp_delta=dp_delta, min_sites=min_sites, seed=seed)
     split_cfg = SiteSplitConfig(n_sites=sites, alpha=alpha, seed=seed,
                                 shifts=SiteSplitConfig().shifts if sites == 5 else ("none",) * sites)
-    result = run(cfg, out, split_cfg, split, str(data_dir) if data_dir else None, adapt=adapt)
+    result = run(cfg, out, split_cfg, split, str(data_dir) if data_dir else None, adapt=adapt, deployment=deployment)
     history = result["config"]["history"]
     print_table(["round", "train loss", "val AUC (pooled)", "sites", "epsilon"],
                 [[str(h["round"]), f"{h['train_loss']:.3f}", f"{h['val_auc']:.4f}", str(h["sites_trained"]),

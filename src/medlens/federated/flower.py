@@ -38,6 +38,7 @@ from medlens.errors import ConfigError, FederationError
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("fedavg", "fedprox")
+STATUS = "server.json"  # written by the ServerApp: {"status": "done", "bundle": ...} or {"status": "failed", "error": ...}
 TRAIN_METRICS = {"train_loss", "num-examples", "site", "epsilon", "noise"}
 EVALUATE_METRICS = {"hist-neg", "hist-pos", "num-examples", "site"}
 
@@ -105,20 +106,26 @@ def run_federation(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
     if cfg.min_sites > n_sites:
         raise ConfigError(f"federate.min_sites: {cfg.min_sites} is more than the split's {n_sites} sites")
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcome: dict[str, Any] = {}
+    (out_dir / STATUS).unlink(missing_ok=True)
     client = ClientApp()
     client.train()(_client_train(cfg, str(split_path), data_dir))
     client.evaluate()(_client_evaluate(cfg, str(split_path), data_dir))
     server = ServerApp()
-    server.main()(_server_main(cfg, n_sites, outcome, out_dir / "messages.jsonl", data_dir))
-    started = time.perf_counter()
+    server.main()(server_main(cfg, Path(split_path), out_dir, data_dir))
     run_simulation(server_app=server, client_app=client, num_supernodes=n_sites,
                    backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"logging_level": logging.WARNING}})
-    if "error" in outcome:
-        raise FederationError(outcome["error"])
-    if "state" not in outcome:
-        raise FederationError("the federation ended without a global model; see Flower's log above for the failing round")
-    return _save(cfg, split, outcome, out_dir, time.perf_counter() - started, data_dir)
+    return read_status(out_dir)
+
+
+def read_status(out_dir: Path) -> Path:
+    """The bundle the server wrote, or the server's reason for stopping as a FederationError."""
+    try:
+        status = json.loads((out_dir / STATUS).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise FederationError(f"the federation ended without a global model ({out_dir / STATUS} missing); see Flower's log above") from None
+    if status["status"] != "done":
+        raise FederationError(status["error"])
+    return Path(status["bundle"])
 
 
 def build_model(cfg: FederateConfig, data: Any) -> Any:
@@ -315,11 +322,18 @@ def _train_metrics(replies: list[Any], weight_key: str) -> Any:
     return MetricRecord(metrics)
 
 
-def _server_main(cfg: FederateConfig, n_sites: int, outcome: dict[str, Any], audit_path: Path, data_dir: str | None) -> Any:
+def server_main(cfg: FederateConfig, split_path: Path, out_dir: Path, data_dir: str | None) -> Any:
+    """The ServerApp's main: run the strategy, then write the bundle and ``OUT/server.json`` itself (in a deployment
+    it runs in a process of its own, so nothing can be handed back in memory)."""
     def main(grid: Any, context: Any) -> None:
         from flwr.app import ArrayRecord, ConfigRecord
         from flwr.serverapp.strategy import FedAvg, FedProx
 
+        from medlens.federated.sites import load_site_split
+
+        started = time.perf_counter()
+        split = load_site_split(split_path)
+        n_sites = split.config.n_sites
         model = build_model(cfg, _load(cfg, data_dir))
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         base = FedProx if cfg.strategy == "fedprox" else FedAvg
@@ -327,18 +341,19 @@ def _server_main(cfg: FederateConfig, n_sites: int, outcome: dict[str, Any], aud
                        evaluate_metrics_aggr_fn=_sum_histograms, train_metrics_aggr_fn=_train_metrics)
         if cfg.strategy == "fedprox":
             options["proximal_mu"] = cfg.proximal_mu
-        strategy = _audited(base, cfg, n_sites, expected, audit_path)(**options)
+        strategy = _audited(base, cfg, n_sites, expected, out_dir / "messages.jsonl")(**options)
         settings = ConfigRecord({"model": json.dumps(cfg.model_fingerprint())})
         try:
             result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
                                     train_config=settings, evaluate_config=settings)
         except FederationError as exc:
-            outcome["error"] = str(exc)
+            (out_dir / STATUS).write_text(json.dumps({"status": "failed", "error": str(exc)}))
             return
         best_auc, best_round, best_arrays = strategy.best
-        outcome["state"] = (best_arrays or result.arrays).to_torch_state_dict()
-        outcome["best_round"] = best_round
-        outcome["history"] = [_round_row(r, result, strategy.per_site.get(r, {})) for r in sorted(result.evaluate_metrics_clientapp)]
+        outcome = {"state": (best_arrays or result.arrays).to_torch_state_dict(), "best_round": best_round,
+                   "history": [_round_row(r, result, strategy.per_site.get(r, {})) for r in sorted(result.evaluate_metrics_clientapp)]}
+        bundle = _save(cfg, split, outcome, out_dir, time.perf_counter() - started, data_dir)
+        (out_dir / STATUS).write_text(json.dumps({"status": "done", "bundle": str(bundle)}))
     return main
 
 

@@ -18,6 +18,13 @@ from medlens.errors import DataError
 HISTOGRAM_BINS = 50  # probability histogram per class: enough for a threshold, no single case recoverable
 
 
+def histogram_edges() -> np.ndarray:
+    """Bin edges even in the logit of the probability (from 0.0003 to 0.9997), 0 and 1 at the ends: a trained model
+    puts most cases near 0 or 1, where even-width bins would tie them all and blunt the AUC that picks the round."""
+    edges = 1 / (1 + np.exp(-np.linspace(-8, 8, HISTOGRAM_BINS - 1)))
+    return np.r_[0.0, edges, 1.0]
+
+
 @dataclass
 class SiteData:
     """One site's normalised train and validation arrays (its acquisition shift already applied)."""
@@ -105,7 +112,7 @@ def probability_histograms(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tu
     from medlens.models.bundle import predict_proba
 
     probs = predict_proba(model, x, "binary")[:, 1] if len(x) else np.zeros(0)
-    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
+    edges = histogram_edges()
     return (np.histogram(probs[y == 0], edges)[0].tolist(), np.histogram(probs[y == 1], edges)[0].tolist())
 
 
@@ -116,7 +123,7 @@ def auc_and_threshold(negatives: np.ndarray, positives: np.ndarray) -> tuple[flo
     negatives, positives = np.asarray(negatives), np.asarray(positives)
     if negatives.sum() == 0 or positives.sum() == 0:
         return float("nan"), 0.5
-    lower_edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)[:-1]  # a bin's cases score as its lower edge: ties within a bin
+    lower_edges = histogram_edges()[:-1]  # a bin's cases score as its lower edge: ties within a bin
     y = np.r_[np.zeros(HISTOGRAM_BINS), np.ones(HISTOGRAM_BINS)]
     scores, weights = np.r_[lower_edges, lower_edges], np.r_[negatives, positives]
     fpr, tpr, thresholds = roc_curve(y, scores, sample_weight=weights)

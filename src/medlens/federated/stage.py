@@ -23,8 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def federate(cfg: FederateConfig, out_dir: Path, split_config: SiteSplitConfig | None = None, split_path: Path | None = None,
-             data_dir: str | None = None, adapt: bool = False, n_bootstrap: int = 500) -> dict[str, Any]:
-    """Run the whole federation and write ``OUT/federation.json``; returns its contents."""
+             data_dir: str | None = None, adapt: bool = False, n_bootstrap: int = 500, deployment: bool = False) -> dict[str, Any]:
+    """Run the whole federation and write ``OUT/federation.json``; returns its contents.
+
+    ``deployment`` runs it as separate processes (Flower's SuperLink, one SuperNode per site, ``flwr run``) on
+    127.0.0.1 instead of Flower's in-process simulation engine; the result is the same kind of bundle."""
+    from medlens.federated.deploy import run_deployment
     from medlens.evaluate.stage import evaluate_bundle
     from medlens.models.bundle import load_bundle
 
@@ -34,11 +38,13 @@ def federate(cfg: FederateConfig, out_dir: Path, split_config: SiteSplitConfig |
         split_config = split_config or SiteSplitConfig(seed=cfg.seed)
         split_path = split_sites(data.splits["train"].labels, data.splits["val"].labels, split_config).save(out_dir / "sites.json")
     split = load_site_split(split_path)
-    bundle = load_bundle(run_federation(cfg, split_path, out_dir, data_dir))
+    runner = run_deployment if deployment else run_federation
+    bundle = load_bundle(runner(cfg, split_path, out_dir, data_dir))
     report = evaluate_bundle(bundle, data, out_dir / "evaluation", split="test", n_bootstrap=n_bootstrap, seed=cfg.seed)
     federation = bundle.manifest["federation"]
     result = {
         "config": federation, "bundle": str(bundle.path), "split": str(split_path),
+        "engine": "Flower deployment (SuperLink + SuperNodes on 127.0.0.1)" if deployment else "Flower simulation (Ray)",
         "test": {k: report["metrics"][k] for k in ("auc", "accuracy", "sensitivity", "specificity")},
         "test_auc_ci": report["confidence_intervals"].get("auc"),
         "sites": site_report(bundle.model, data, split, adapt, cfg.seed),
