@@ -214,7 +214,7 @@ def test_federation_stops_with_the_reason_when_too_few_sites_answer(pneumonia, t
 
 def test_federate_command_as_separate_processes(tmp_path: Path) -> None:
     """`medlens federate --deployment`: Flower's deployment engine on 127.0.0.1 (a SuperLink, one SuperNode per site,
-    `flwr run`), then scoring and adaptation at each site; every Flower process is stopped afterwards."""
+    `flwr run`), then scoring at each site; every Flower process is stopped afterwards. (Adaptation: test_site_adaptation.)"""
     import subprocess
 
     from typer.testing import CliRunner
@@ -222,18 +222,18 @@ def test_federate_command_as_separate_processes(tmp_path: Path) -> None:
     from medlens.cli import app
 
     out = tmp_path / "fl"
-    result = CliRunner().invoke(app, ["federate", "--out", str(out), "--sites", "3", "--alpha", "1.0", "--rounds", "1",
-                                      "--adapt", "--deployment"])
+    result = CliRunner().invoke(app, ["federate", "--out", str(out), "--sites", "2", "--alpha", "1.0", "--rounds", "1",
+                                      "--deployment"])
     assert result.exit_code == 0, result.output
-    assert "test AUC" in result.output and "fine-tuned" in result.output
+    assert "test AUC" in result.output
     report = json.loads((out / "federation.json").read_text())
     assert report["engine"].startswith("Flower deployment")
-    assert len(report["sites"]) == 3 and all("tta_test_auc" in s for s in report["sites"])
+    assert len(report["sites"]) == 2 and all(s["test_auc"] > 0.7 for s in report["sites"])
     history = report["config"]["history"]
-    assert history[0]["sites_trained"] == 3 and history[0]["val_auc"] > 0.7
+    assert history[0]["sites_trained"] == 2 and history[0]["val_auc"] > 0.7
     rows = [json.loads(line) for line in (out / "messages.jsonl").read_text().splitlines()]
-    assert sorted(r["site"] for r in rows if r["stage"] == "train") == [0, 1, 2]
-    assert sorted(p.name for p in (out / "logs").iterdir()) == ["flwr-run.log", "site-0.log", "site-1.log", "site-2.log", "superlink.log"]
+    assert sorted(r["site"] for r in rows if r["stage"] == "train") == [0, 1]
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["flwr-run.log", "site-0.log", "site-1.log", "superlink.log"]
     assert (out / "sites.json").exists() and (out / "model" / "bundle.json").exists()
     leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
     assert not leftover, "Flower processes still running after the federation"
