@@ -66,8 +66,36 @@ def test_train_on_folder_dataset_and_predict(folder_dataset, tmp_path):
     assert all(abs(sum(r.probabilities.values()) - 1) < 1e-5 for r in rows)
 
 
-def test_weighted_loss_and_balanced_sampler_run(tmp_path, data_dir):
-    for imbalance in ("weighted-loss", "balanced-sampler"):
+def test_imbalance_losses_on_pneumonia_labels(pneumonia) -> None:
+    """Focal loss at gamma 0 is cross-entropy and down-weighs easy cases at gamma 2; logit adjustment is cross-entropy on
+    logits shifted by the log class prior of PneumoniaMNIST's train split (1214 normal / 3494 pneumonia)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from monai.losses import FocalLoss
+
+    from medlens.tasks.classify import _OneHotFocal, make_loss
+
+    logits = torch.tensor([[2.0, -1.0], [0.2, 0.1], [-3.0, 3.0], [0.0, 0.5]])
+    targets = torch.tensor([0, 1, 1, 0])
+    ce = torch.nn.functional.cross_entropy(logits, targets)
+    assert float(_OneHotFocal(FocalLoss(gamma=0.0, use_softmax=True), 2, "binary")(logits, targets)) == pytest.approx(float(ce))
+    focal = make_loss(pneumonia, "focal")
+    easy, hard = (torch.tensor([[4.0, -4.0]]), torch.tensor([0])), (torch.tensor([[0.1, 0.0]]), torch.tensor([0]))
+    ratio = lambda x, y: float(focal(x, y) / torch.nn.functional.cross_entropy(x, y))  # noqa: E731
+    assert ratio(*easy) < 0.01 < ratio(*hard) < 1
+    counts = np.bincount(pneumonia.splits["train"].labels)
+    shifted = logits + torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32))
+    assert float(make_loss(pneumonia, "logit-adjusted")(logits, targets)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(shifted, targets)), rel=1e-5)
+    multilabel = dataclasses.replace(pneumonia, task="multilabel")
+    with pytest.raises(ConfigError, match="one label per image"):
+        make_loss(multilabel, "logit-adjusted")
+
+
+def test_imbalance_options_train(tmp_path, data_dir):
+    for imbalance in ("weighted-loss", "balanced-sampler", "focal", "logit-adjusted"):
         cfg = TrainConfig(**{**SMALL, "epochs": 1, "max_train_samples": 200, "imbalance": imbalance})
         bundle = train_classifier(cfg, tmp_path / imbalance, data_dir=data_dir, show_progress=False)
         assert json.loads((bundle / "bundle.json").read_text())["config"]["imbalance"] == imbalance

@@ -18,7 +18,7 @@ from medlens.errors import ConfigError
 
 C = TypeVar("C")
 
-IMBALANCE_OPTIONS = ("none", "weighted-loss", "balanced-sampler")
+IMBALANCE_OPTIONS = ("none", "weighted-loss", "balanced-sampler", "focal", "logit-adjusted")
 DEVICE_OPTIONS = ("auto", "cpu", "cuda")
 
 

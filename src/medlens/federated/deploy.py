@@ -65,6 +65,9 @@ def run_deployment(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
     split = load_site_split(split_path)
     split.check_usable()
     out_dir = out_dir.resolve()
+    # Flower's processes run in OUT with their own working folders: every path they get must be absolute
+    data_dir = data_dir or os.environ.get("MEDLENS_DATA_DIR")
+    data_dir = str(Path(data_dir).resolve()) if data_dir else None
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (out_dir / "server.json").unlink(missing_ok=True)
@@ -95,11 +98,11 @@ def run_deployment(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
         for site in range(split.config.n_sites):
             node_config = f"partition-id={site} split='{Path(split_path).resolve()}'"  # TOML literal strings
             if data_dir:
-                node_config += f" data-dir='{Path(data_dir).resolve()}'"
+                node_config += f" data-dir='{data_dir}'"
             start([_tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
                    "--node-config", node_config, "--host", "127.0.0.1", "--port", str(_free_port())], f"site-{site}")
         run_config = {"federation": json.dumps(asdict(cfg)), "split": str(Path(split_path).resolve()),
-                      "data-dir": str(Path(data_dir).resolve()) if data_dir else "", "out": str(out_dir)}
+                      "data-dir": data_dir or "", "out": str(out_dir)}
         (home / "run-config.toml").write_text(tomli_w.dumps(run_config))
         submit = subprocess.run([_tool("flwr"), "run", str(APP_DIR), "medlens", "--run-config", str(home / "run-config.toml"), "--stream"],
                                 env=env, cwd=out_dir, capture_output=True, text=True, timeout=timeout_s)

@@ -89,7 +89,7 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
                           cfg.imbalance == "balanced-sampler", data.task, info)
     val = data.splits["val"]
     val_inputs = normalized_inputs(val, prep)
-    loss_fn = make_loss(data, cfg.imbalance == "weighted-loss").to(device)
+    loss_fn = make_loss(data, cfg.imbalance).to(device)
 
     def score_val(net: nn.Module) -> dict[str, float]:
         probs = predict_proba(net, val_inputs, data.task)
@@ -135,19 +135,60 @@ def make_preprocessing(cfg: TrainConfig, data: ClassificationData) -> Preprocess
     )
 
 
-def make_loss(data: ClassificationData, weighted: bool) -> nn.Module:
-    """Cross-entropy (BCE for multi-label); ``weighted`` weighs classes by inverse train frequency."""
+FOCAL_GAMMA = 2.0  # Lin et al. 2017's default
+
+
+def make_loss(data: ClassificationData, imbalance: str = "none") -> nn.Module:
+    """The training loss for ``imbalance`` (a TrainConfig choice); cross-entropy (BCE for multi-label) at heart.
+
+    - ``weighted-loss``: classes weighed by inverse train frequency;
+    - ``focal``: MONAI's FocalLoss (gamma 2), which down-weighs the easy, mostly majority-class cases;
+    - ``logit-adjusted``: cross-entropy on logits + log(class prior) (Menon et al., ICLR 2021), so the raw
+      logits used at prediction learn the balanced error; single-label only.
+    """
     labels = data.splits["train"].labels
+    n_classes = len(data.label_names)
+    if imbalance == "focal":
+        from monai.losses import FocalLoss
+
+        return _OneHotFocal(FocalLoss(gamma=FOCAL_GAMMA, use_softmax=data.task != "multilabel"), n_classes, data.task)
     if data.task == "multilabel":
+        if imbalance == "logit-adjusted":
+            raise ConfigError("train.imbalance: logit-adjusted needs one label per image; use focal or weighted-loss "
+                              "for multi-label data")
         positives = labels.sum(axis=0).clip(min=1)
+        weighted = imbalance == "weighted-loss"
         pos_weight = torch.as_tensor((len(labels) - positives) / positives, dtype=torch.float32) if weighted else None
-        bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        return _FloatTargets(bce)
-    if not weighted:
-        return nn.CrossEntropyLoss()
-    counts = np.bincount(labels, minlength=len(data.label_names)).clip(min=1)
-    weights = len(labels) / (len(counts) * counts)
-    return nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32))
+        return _FloatTargets(nn.BCEWithLogitsLoss(pos_weight=pos_weight))
+    counts = np.bincount(labels, minlength=n_classes).clip(min=1)
+    if imbalance == "logit-adjusted":
+        return _LogitAdjusted(torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32))
+    if imbalance == "weighted-loss":
+        return nn.CrossEntropyLoss(weight=torch.as_tensor(len(labels) / (n_classes * counts), dtype=torch.float32))
+    return nn.CrossEntropyLoss()
+
+
+class _OneHotFocal(nn.Module):
+    """MONAI's FocalLoss on (batch, classes) logits and integer (or multi-hot) targets, scaled so that gamma 0 is
+    exactly cross-entropy (MONAI averages over the class axis too)."""
+
+    def __init__(self, focal: nn.Module, n_classes: int, task: str) -> None:
+        super().__init__()
+        self.focal, self.n_classes, self.multilabel = focal, n_classes, task == "multilabel"
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.multilabel:
+            return self.focal(logits, targets.float())
+        return self.focal(logits, nn.functional.one_hot(targets.long(), self.n_classes).to(logits.dtype)) * self.n_classes
+
+
+class _LogitAdjusted(nn.Module):
+    def __init__(self, log_prior: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("log_prior", log_prior)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits + self.log_prior, targets)
 
 
 class _FloatTargets(nn.Module):
