@@ -14,6 +14,7 @@ from medlens import __version__
 from medlens.cli_common import DataDir, _state, user_errors
 from medlens.cli_runtime import register_runtime_commands
 from medlens.cli_federate import register_federate_commands
+from medlens.cli_label import register_label_commands
 from medlens.cli_serve import register_serve_commands
 from medlens.cli_trust import register_trust_commands
 from medlens.display import cell, exit_on_problems, make_console, print_metrics, print_predictions, print_table
@@ -43,6 +44,7 @@ def train(
     data_dir: DataDir = None,
     task: Annotated[str, typer.Option("--task", help="classify, or segment (DATASET is then an MSD folder or image,label CSV).")] = "classify",
     plan: Annotated[Path | None, typer.Option("--plan", help="Segmentation: plan.json from `medlens plan` (default: plan now).")] = None,
+    init: Annotated[str | None, typer.Option("--init", help="Start from an encoder folder (`medlens pretrain`) or 'imagenet' (efficientnet-lite0).")] = None,
 ) -> None:
     """Train a classifier or a segmentation model; select on validation; write a self-describing bundle."""
     from medlens.config import TrainConfig, load_config
@@ -59,6 +61,7 @@ def train(
     overrides = [f"dataset={dataset}", *(set_ or [])]
     overrides += [f"seed={seed}"] if seed is not None else []
     overrides += [f"device={device}"] if device is not None else []
+    overrides += [f"init={init}"] if init is not None else []
     cfg = load_config(TrainConfig, config, overrides, section="train" if config else "")
     bundle = train_classifier(cfg, out, data_dir=data_dir, show_progress=True)
     if not _is_main_process():
@@ -421,6 +424,7 @@ register_trust_commands(app)
 register_runtime_commands(app)
 register_serve_commands(app)
 register_federate_commands(app)
+register_label_commands(app)
 
 if __name__ == "__main__":
     sys.exit(app())

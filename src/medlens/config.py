@@ -18,6 +18,7 @@ from medlens.errors import ConfigError
 
 C = TypeVar("C")
 
+SEMI_SUPERVISED_OPTIONS = ("none", "fixmatch")
 IMBALANCE_OPTIONS = ("none", "weighted-loss", "balanced-sampler", "focal", "logit-adjusted")
 DEVICE_OPTIONS = ("auto", "cpu", "cuda")
 
@@ -53,10 +54,27 @@ class TrainConfig:
     mixed_precision: bool = True  # autocast on CUDA (bf16/fp16); no effect on CPU, where it measured slower
     max_train_samples: int | None = None  # subsample train (stratified) for quick runs and tests
     window: str | None = None  # CT window preset for model input (lung, mediastinum, soft-tissue, bone, brain, liver)
+    init: str | None = None  # "imagenet" (efficientnet-lite0) or an encoder folder from `medlens pretrain`
+    freeze_epochs: int = 0  # train only the head this many epochs first (the encoder keeps its init)
+    encoder_lr_scale: float = 1.0  # the encoder's learning rate = lr x this (discriminative learning rates)
+    semi_supervised: str = "none"  # "fixmatch": also learn from unlabelled images (Sohn et al. 2020)
+    unlabelled: str | None = None  # folder of unlabelled images; the train images max_train_samples left out count too
+    fixmatch_threshold: float = 0.95  # pseudo-labels only where the weakly augmented prediction is this sure
+    unlabelled_weight: float = 1.0  # weight of the unlabelled loss (FixMatch's lambda_u)
+    unlabelled_ratio: int = 3  # unlabelled images per labelled image in a step (FixMatch's mu; 7 published)
 
     def __post_init__(self) -> None:
         _check_choice("train.imbalance", self.imbalance, IMBALANCE_OPTIONS)
         _check_choice("train.device", self.device, DEVICE_OPTIONS)
+        _check_choice("train.semi_supervised", self.semi_supervised, SEMI_SUPERVISED_OPTIONS)
+        if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs:
+            raise ConfigError(f"train.freeze_epochs: must be in [0, epochs={self.epochs}), got {self.freeze_epochs}")
+        if not 0 < self.encoder_lr_scale <= 10:
+            raise ConfigError(f"train.encoder_lr_scale: expected a factor in (0, 10], got {self.encoder_lr_scale}")
+        if not 0 < self.fixmatch_threshold < 1:
+            raise ConfigError(f"train.fixmatch_threshold: expected a probability in (0, 1), got {self.fixmatch_threshold}")
+        if self.unlabelled_ratio < 1:
+            raise ConfigError(f"train.unlabelled_ratio: must be at least 1, got {self.unlabelled_ratio}")
         if self.window is not None:
             from medlens.preprocess.window import WINDOWS
 

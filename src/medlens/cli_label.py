@@ -1,0 +1,71 @@
+"""``medlens pretrain`` and ``medlens select``: learning from few labels; thin shells over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medlens.cli_common import DataDir, user_errors
+
+
+@user_errors
+def pretrain(
+    dataset: Annotated[str, typer.Argument(help="MedMNIST name or label CSV: its train images are used, never its labels.")],
+    out: Annotated[Path, typer.Option("--out", help="Encoder folder (encoder.pt, encoder.json) for `medlens train --init`.")],
+    method: Annotated[str, typer.Option("--method", help="simclr (contrastive) or masked (masked-image reconstruction).")] = "simclr",
+    unlabelled: Annotated[Path | None, typer.Option("--unlabelled", help="Folder of extra unlabelled images.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: --set model=resnet18 --set epochs=30.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Pretrain an encoder on images without labels (self-supervised); train from it with --init."""
+    from medlens.config import load_config
+    from medlens.display import print_table
+    from medlens.pretrain.stage import PretrainConfig, pretrain as run
+
+    overrides = [f"dataset={dataset}", f"method={method}", *(set_ or [])]
+    overrides += [f"unlabelled={unlabelled}"] if unlabelled else []
+    cfg = load_config(PretrainConfig, None, overrides, section="pretrain")
+    folder = run(cfg, out, data_dir=data_dir)
+    import json
+
+    meta = json.loads((folder / "encoder.json").read_text())
+    rows = [[str(h["epoch"] + 1), f"{h['loss']:.4f}", f"{h['score']:.4f}"] for h in meta["history"]]
+    typer.echo(f"{cfg.method} on {meta['data']['n_images']} unlabelled images, {meta['seconds']} s")
+    print_table(["epoch", "loss", meta["score_name"]], rows)
+    typer.echo(f"encoder written to {folder}; use it with: {meta['use']}")
+
+
+@user_errors
+def select(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder or shipped model name.")],
+    pool: Annotated[str, typer.Argument(help="Folder of unlabelled images, or a MedMNIST name (its train split).")],
+    budget: Annotated[int, typer.Option("--budget", help="How many cases the expert can label now.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV of cases to label, in order (a .json summary beside it).")] = Path("selection.csv"),
+    strategy: Annotated[str, typer.Option("--strategy", help="uncertainty, diversity, hybrid or random.")] = "hybrid",
+    method: Annotated[str | None, typer.Option("--method", help="Uncertainty method (tta, softmax, mc-dropout); default: the bundle's referral method, else tta.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Rank unlabelled cases for an expert to label next (active learning)."""
+    from medlens.display import print_table
+    from medlens.models.bundle import load_bundle
+    from medlens.tasks.select import read_pool, select_cases, write_selection
+
+    loaded = load_bundle(bundle)
+    inputs, names, skipped = read_pool(loaded, pool, str(data_dir) if data_dir else None)
+    selection = select_cases(loaded, inputs, budget, strategy, method, seed)
+    settings = {"bundle": str(loaded.path), "pool": pool, "strategy": strategy, "budget": budget, "seed": seed}
+    write_selection(out, names, selection, settings, skipped)
+    rows = [[str(r), names[i], f"{selection.uncertainty[i]:.3f}"] for r, i in enumerate(selection.index[:10], start=1)]
+    typer.echo(f"label these first ({strategy}; {len(names)} in the pool):")
+    print_table(["rank", "case", "uncertainty"], rows)
+    for item in skipped[:5]:
+        typer.echo(f"skipped {item['file']}: {item['error']}", err=True)
+    typer.echo(f"{len(selection.index)} cases written to {out}" + (f"; {len(skipped)} files skipped" if skipped else ""))
+
+
+def register_label_commands(app: typer.Typer) -> None:
+    app.command()(pretrain)
+    app.command()(select)
