@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from medlens.config import TrainConfig
 from medlens.datasets import ClassificationData, Split
-from medlens.errors import ConfigError, DataError
+from medlens.errors import ConfigError, DataError, MedlensError
 from medlens.preprocess import Preprocessing
 from medlens.preprocess.views import FIXMATCH_STRONG, random_views
 from medlens.tasks.data import ArrayDataset
@@ -92,7 +92,16 @@ def read_unlabelled_folder(folder: Path, data: ClassificationData) -> np.ndarray
         raise DataError(f"{folder}: no image files (PNG, JPEG, DICOM, NIfTI) found for unlabelled training")
     prep = Preprocessing(spatial_shape=data.image_shape, channels=data.n_channels, input_range=data.intensity_range,
                          resize=True, modality=data.modality)
-    arrays = [fit_image(read_image(f, expected_modality=data.modality), prep, adapt=True)[0] for f in files]
+    arrays, problems = [], []
+    for path in files:
+        try:
+            arrays.append(fit_image(read_image(path, expected_modality=data.modality), prep, adapt=True)[0])
+        except MedlensError as exc:
+            problems.append(f"{path.name}: {exc}")
+    if problems:  # training on a silently shrunken pool would be a different experiment: say so instead
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise DataError(f"{folder}: {len(problems)} of {len(files)} unlabelled images do not fit this dataset's "
+                        f"{data.spatial_dims}D {data.modality} images ({shown}); move them out of the folder")
     log.info("%d unlabelled images from %s", len(arrays), folder)
     return np.stack(arrays).astype(data.splits["train"].images.dtype)
 
