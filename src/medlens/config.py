@@ -53,6 +53,7 @@ class TrainConfig:
     channels_last: bool = True
     mixed_precision: bool = True  # autocast on CUDA (bf16/fp16); no effect on CPU, where it measured slower
     max_train_samples: int | None = None  # subsample train (stratified) for quick runs and tests
+    max_val_samples: int | None = None  # subsample validation too (a label budget pays for validation labels as well)
     window: str | None = None  # CT window preset for model input (lung, mediastinum, soft-tissue, bone, brain, liver)
     init: str | None = None  # "imagenet" (efficientnet-lite0) or an encoder folder from `medlens pretrain`
     freeze_epochs: int = 0  # train only the head this many epochs first (the encoder keeps its init)

@@ -38,6 +38,8 @@ def load_training_data(cfg: TrainConfig, data_dir: str | Path | None) -> tuple[C
     rest = None
     if cfg.max_train_samples and cfg.max_train_samples < len(data.splits["train"]):
         data.splits["train"], rest = subsample_with_rest(data.splits["train"], cfg.max_train_samples, cfg.seed)
+    if cfg.max_val_samples and cfg.max_val_samples < len(data.splits["val"]):
+        data.splits["val"] = subsample(data.splits["val"], cfg.max_val_samples, cfg.seed)
     return data, rest
 
 
