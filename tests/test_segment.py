@@ -216,3 +216,100 @@ def test_segment_streams_rows_and_resumes_where_it_stopped(tiny_bundle: Path, hi
     summary = json.loads((out / "volumes.json").read_text())
     assert sorted(r["input"] for r in summary["results"]) == sorted(map(str, cases)) and summary["skipped_done"] == 2
     assert (out / cases[1].name).is_file()
+
+
+def test_fixmatch_segmentation_learns_from_the_held_back_cases(hippo: Path, tmp_path: Path) -> None:
+    """Two labelled cases, the other training cases' labels held back and used as unlabelled volumes."""
+    out = tmp_path / "semi"
+    assert runner.invoke(app, ["plan", str(hippo), "--out", str(out / "plan")]).exit_code == 0
+    result = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(out), "--plan", str(out / "plan" / "plan.json"),
+                                 "--set", "epochs=1", "--set", "samples_per_epoch=16", "--set", "test_fraction=0.25",
+                                 "--set", "max_train_cases=2", "--set", "semi_supervised=fixmatch", "--set", "fixmatch_threshold=0.5"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "model" / "bundle.json").read_text())
+    split = manifest["split"]
+    assert len(split["train"]) == 2 and len(split["train_unlabelled"]) == 12 - 3 - len(split["val"]) - 2
+    assert not set(split["train_unlabelled"]) & set(split["train"] + split["val"] + split["test"])
+    fixmatch = manifest["training"]["fixmatch"]
+    assert fixmatch["unlabelled_images"] == len(split["train_unlabelled"]) and 0.0 <= fixmatch["confident_share"] <= 1.0
+
+
+def test_segmentation_strong_view_keeps_every_voxel_in_place(hippo: Path) -> None:
+    """The pseudo-label map must still fit the strong view: intensities change, positions do not."""
+    import torch
+
+    from medlens.preprocess.views import PHOTOMETRIC_STRONG, random_views
+    from medlens.segment.preprocess import preprocess_image
+
+    volume, _ = read_pair(load_seg_dataset(hippo).cases[0])
+    plan = make_plan(fingerprint(load_seg_dataset(hippo)))
+    x = torch.as_tensor(preprocess_image(volume, plan)[0][None]).float()
+    y = random_views(x, PHOTOMETRIC_STRONG, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.allclose(x, y)
+    corr = torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1]
+    assert corr > 0.8  # an affine intensity change plus noise and a box; a shifted or rotated copy correlates far less
+    shifted = torch.roll(x, 3, dims=2)
+    assert torch.corrcoef(torch.stack([shifted.flatten(), y.flatten()]))[0, 1] < corr - 0.1
+
+
+def test_fixmatch_segmentation_refuses_bad_unlabelled_volumes(hippo: Path, tmp_path: Path) -> None:
+    from medlens.errors import ConfigError
+    from medlens.segment.semi import make_seg_fixmatch_loss
+    from medlens.segment.train import SegTrainConfig
+
+    plan = make_plan(fingerprint(load_seg_dataset(hippo)))
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    case = load_seg_dataset(hippo).cases[0]
+    shutil.copy(case.image, folder / "good.nii.gz")
+    image = nib.load(case.image)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 10], np.eye(4)), folder / "a_slice.nii.gz")  # 2D
+    (folder / "broken.nii.gz").write_bytes(b"not a nifti")
+    cfg = SegTrainConfig(semi_supervised="fixmatch", unlabelled=str(folder))
+    with pytest.raises(DataError) as info:
+        make_seg_fixmatch_loss(cfg, torch_nn_identity(), torch_nn_identity(), [], plan, 1)
+    assert "2 of 3" in str(info.value) and "a_slice.nii.gz" in str(info.value) and "broken.nii.gz" in str(info.value)
+    with pytest.raises(ConfigError, match="max_train_cases"):
+        make_seg_fixmatch_loss(SegTrainConfig(semi_supervised="fixmatch"), torch_nn_identity(), torch_nn_identity(), [], plan, 1)
+    with pytest.raises(ConfigError, match="torchrun"):
+        make_seg_fixmatch_loss(cfg, torch_nn_identity(), torch_nn_identity(), [], plan, 2)
+    with pytest.raises(ConfigError, match="semi_supervised"):
+        SegTrainConfig(semi_supervised="meanteacher")
+
+
+def torch_nn_identity():
+    import torch
+
+    return torch.nn.Identity()
+
+
+def test_select_ranks_unlabelled_volumes_and_train_uses_the_selection(tiny_bundle: Path, hippo: Path, tmp_path: Path) -> None:
+    """`medlens select` on a segmentation bundle ranks a folder of volumes; `labelled_cases` trains on a given list."""
+    from medlens.errors import ConfigError
+    from medlens.segment.train import SegTrainConfig, limit_labels
+
+    manifest = json.loads((tiny_bundle / "bundle.json").read_text())
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for case in manifest["split"]["train"][:4]:
+        shutil.copy(hippo / "imagesTr" / f"{case}.nii.gz", pool / f"{case}.nii.gz")
+    (pool / "broken.nii.gz").write_bytes(b"not a volume")
+    out = tmp_path / "selection.csv"
+    result = runner.invoke(app, ["select", str(tiny_bundle), str(pool), "--budget", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = out.read_text().splitlines()
+    assert rows[0] == "rank,case,uncertainty" and len(rows) == 3
+    scores = [float(r.split(",")[2]) for r in rows[1:]]
+    assert scores[0] >= scores[1] and all(0.0 <= s <= 1.0 for s in scores)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["pool_size"] == 4 and summary["skipped"][0]["file"] == "broken.nii.gz"
+    assert runner.invoke(app, ["select", str(tiny_bundle), str(pool), "--budget", "9", "--out", str(out)]).exit_code != 0
+
+    split = {k: manifest["split"][k] for k in ("train", "val", "test")}
+    limited = limit_labels(split, SegTrainConfig(labelled_cases=str(out)))
+    chosen = [r.split(",")[1].removesuffix(".nii.gz") for r in rows[1:]]
+    assert sorted(limited["train"]) == sorted(chosen) and len(limited["train_unlabelled"]) == len(split["train"]) - 2
+    outside = tmp_path / "outside.txt"
+    outside.write_text(split["test"][0] + "\n")
+    with pytest.raises(ConfigError, match="not in this run's training split"):
+        limit_labels(split, SegTrainConfig(labelled_cases=str(outside)))

@@ -43,19 +43,27 @@ def select(
     pool: Annotated[str, typer.Argument(help="Folder of unlabelled images, or a MedMNIST name (its train split).")],
     budget: Annotated[int, typer.Option("--budget", help="How many cases the expert can label now.")],
     out: Annotated[Path, typer.Option("--out", help="CSV of cases to label, in order (a .json summary beside it).")] = Path("selection.csv"),
-    strategy: Annotated[str, typer.Option("--strategy", help="uncertainty, diversity, hybrid or random.")] = "hybrid",
+    strategy: Annotated[str, typer.Option("--strategy", help="uncertainty, diversity, hybrid or random (segmentation: uncertainty or random; hybrid means uncertainty).")] = "hybrid",
     method: Annotated[str | None, typer.Option("--method", help="Uncertainty method (tta, softmax, mc-dropout); default: the bundle's referral method, else tta.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     data_dir: DataDir = None,
 ) -> None:
     """Rank unlabelled cases for an expert to label next (active learning)."""
     from medlens.display import print_table
-    from medlens.models.bundle import load_bundle
+    from medlens.models.bundle import load_bundle, read_manifest
     from medlens.tasks.select import read_pool, select_cases, write_selection
 
-    loaded = load_bundle(bundle)
-    inputs, names, skipped = read_pool(loaded, pool, str(data_dir) if data_dir else None)
-    selection = select_cases(loaded, inputs, budget, strategy, method, seed)
+    if read_manifest(bundle)[1].get("task") == "segmentation":  # a folder of volumes, ranked by voxel uncertainty
+        from medlens.segment.evaluate import load_seg_bundle
+        from medlens.segment.uncertainty import select_volumes
+
+        loaded = load_seg_bundle(bundle)
+        names, selection, skipped = select_volumes(loaded, Path(pool), budget, "uncertainty" if strategy == "hybrid" else strategy, seed)
+        strategy = "uncertainty" if strategy == "hybrid" else strategy
+    else:
+        loaded = load_bundle(bundle)
+        inputs, names, skipped = read_pool(loaded, pool, str(data_dir) if data_dir else None)
+        selection = select_cases(loaded, inputs, budget, strategy, method, seed)
     settings = {"bundle": str(loaded.path), "pool": pool, "strategy": strategy, "budget": budget, "seed": seed}
     write_selection(out, names, selection, settings, skipped)
     rows = [[str(r), names[i], f"{selection.uncertainty[i]:.3f}"] for r, i in enumerate(selection.index[:10], start=1)]

@@ -33,6 +33,10 @@ class ViewOptions:
 
 SIMCLR_VIEWS = ViewOptions()
 FIXMATCH_STRONG = ViewOptions(zoom=(0.8, 1.0), cutout=0.5)
+# Segmentation's strong view keeps every voxel where it was (the pseudo-label map must still fit) and works on
+# z-scored MR/CT intensities (no gamma, whose [-1, 1] range they do not have): contrast, brightness, noise, cut-out.
+PHOTOMETRIC_STRONG = ViewOptions(rotate_deg=0.0, zoom=(1.0, 1.0), shift=0.0, contrast=0.3, brightness=0.3,
+                                 gamma=(1.0, 1.0), noise=0.1, cutout=0.4)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -40,6 +44,8 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None,
 
 
 def _affine(x: torch.Tensor, opts: ViewOptions, generator: torch.Generator | None) -> torch.Tensor:
+    if not (opts.rotate_deg or opts.shift or opts.flip or opts.zoom != (1.0, 1.0)):
+        return x  # no geometric change asked for: keep voxels exactly (segmentation)
     n, dims = x.shape[0], x.ndim - 2
     theta = torch.zeros(n, dims, dims + 1, device=x.device)
     zoom = _uniform(n, *opts.zoom, generator, x.device)
@@ -59,8 +65,9 @@ def _affine(x: torch.Tensor, opts: ViewOptions, generator: torch.Generator | Non
 def _intensity(x: torch.Tensor, opts: ViewOptions, generator: torch.Generator | None) -> torch.Tensor:
     n = x.shape[0]
     shape = (n,) + (1,) * (x.ndim - 1)
-    gamma = _uniform(n, *opts.gamma, generator, x.device).view(shape)
-    x = ((x.clamp(-1, 1) + 1) / 2) ** gamma * 2 - 1
+    if opts.gamma != (1.0, 1.0):  # gamma assumes the [-1, 1] range of classification inputs
+        gamma = _uniform(n, *opts.gamma, generator, x.device).view(shape)
+        x = ((x.clamp(-1, 1) + 1) / 2) ** gamma * 2 - 1
     x = x * (1 + _uniform(n, -opts.contrast, opts.contrast, generator, x.device).view(shape))
     x = x + _uniform(n, -opts.brightness, opts.brightness, generator, x.device).view(shape)
     sigma = _uniform(n, 0, opts.noise, generator, x.device).view(shape)

@@ -25,7 +25,7 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, plan: SegPlan, tt
 
     def run(inputs: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, enabled=device.type == "cuda"):  # mixed precision on a GPU, fp32 on CPU
-            logits = sliding_window_inference(inputs, roi_size=plan.patch_size, sw_batch_size=4, predictor=model,
+            logits = sliding_window_inference(inputs, roi_size=plan.patch_size, sw_batch_size=4 if plan.dims == 3 else 32, predictor=model,
                                               overlap=0.5, mode="gaussian", padding_mode="constant")
         return torch.softmax(logits.float(), dim=1).cpu()
 

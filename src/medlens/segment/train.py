@@ -43,8 +43,21 @@ class SegTrainConfig:
     device: str = "auto"
     mixed_precision: bool = True  # autocast on CUDA; CPU trains in fp32
     max_cases: int | None = None
+    max_train_cases: int | None = None  # label only this many training cases (seeded); validation and test stay whole
+    labelled_cases: str | None = None  # a file of the training cases whose labels may be used (one ID a line, or `medlens select` CSV)
+    split_seed: int | None = None  # seed of the train/validation/test split when it should not follow ``seed``
+    semi_supervised: str = "none"  # "fixmatch": also learn from unlabelled volumes (medlens.segment.semi)
+    unlabelled: str | None = None  # a folder of unlabelled volumes for semi_supervised
+    fixmatch_threshold: float = 0.95  # pseudo-label only voxels the model is this sure of
+    unlabelled_weight: float = 1.0  # weight of the pseudo-label loss
 
     def __post_init__(self) -> None:
+        if self.semi_supervised not in ("none", "fixmatch"):
+            raise ConfigError(f"train.semi_supervised: choose none or fixmatch, got {self.semi_supervised!r}")
+        if not 0 < self.fixmatch_threshold < 1:
+            raise ConfigError(f"train.fixmatch_threshold: expected a probability in (0, 1), got {self.fixmatch_threshold}")
+        if self.max_train_cases is not None and self.max_train_cases < 1:
+            raise ConfigError(f"train.max_train_cases: expected at least 1 labelled case, got {self.max_train_cases}")
         if self.folds > 1 and not 0 <= self.fold < self.folds:
             raise ConfigError(f"train.fold: must be in 0..{self.folds - 1} for {self.folds} folds, got {self.fold}")
         if not 0 <= self.test_fraction < 0.9 or not 0 < self.val_fraction < 0.9:
@@ -53,7 +66,8 @@ class SegTrainConfig:
 
 def split_cases(case_ids: list[str], cfg: SegTrainConfig) -> dict[str, list[str]]:
     """Seeded split: test first (if any), then validation by fraction or by fold; the rest trains."""
-    order = [case_ids[i] for i in np.random.default_rng(cfg.seed).permutation(len(case_ids))]
+    seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    order = [case_ids[i] for i in np.random.default_rng(seed).permutation(len(case_ids))]
     n_test = int(round(len(order) * cfg.test_fraction))
     test, rest = order[:n_test], order[n_test:]
     if cfg.folds > 1:
@@ -64,6 +78,43 @@ def split_cases(case_ids: list[str], cfg: SegTrainConfig) -> dict[str, list[str]
     if not train:
         raise ConfigError(f"only {len(case_ids)} cases: nothing left to train on after the validation/test split")
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def limit_labels(split: dict[str, list[str]], cfg: SegTrainConfig) -> dict[str, list[str]]:
+    """Train on the labels of ``labelled_cases`` (or a seeded ``max_train_cases``); the other training cases
+    become ``train_unlabelled`` (images only, for ``semi_supervised``)."""
+    train = split["train"]
+    if cfg.labelled_cases:
+        wanted = read_case_list(Path(cfg.labelled_cases))
+        outside = sorted(set(wanted) - set(train))
+        if outside:
+            raise ConfigError(f"train.labelled_cases: {len(outside)} case(s) are not in this run's training split "
+                              f"({', '.join(outside[:5])}); validation and test cases cannot be labelled for training")
+        keep = [c for c in train if c in set(wanted)]
+    elif cfg.max_train_cases and cfg.max_train_cases < len(train):
+        picked = set(np.random.default_rng(cfg.seed).permutation(len(train))[: cfg.max_train_cases].tolist())
+        keep = [c for i, c in enumerate(train) if i in picked]
+    else:
+        return split
+    return {**split, "train": keep, "train_unlabelled": [c for c in train if c not in set(keep)]}
+
+
+def read_case_list(path: Path) -> list[str]:
+    """Case IDs, one a line, or the ``case`` column of a CSV (``medlens select`` writes one)."""
+    if not path.is_file():
+        raise ConfigError(f"train.labelled_cases: {path} does not exist; give a file of case IDs, one a line")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if lines and "," in lines[0]:
+        import csv
+
+        rows = list(csv.DictReader(lines))
+        if not rows or "case" not in rows[0]:
+            raise ConfigError(f"train.labelled_cases: {path} is a CSV without a 'case' column")
+        lines = [r["case"] for r in rows]
+    ids = [Path(c).name.split(".nii")[0] for c in lines]  # a selection lists files: keep the case ID
+    if not ids:
+        raise ConfigError(f"train.labelled_cases: {path} lists no cases")
+    return ids
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -137,12 +188,18 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
     _seed(cfg.seed)
     dataset = load_seg_dataset(data)
     ids = [c.case_id for c in dataset.cases if c.label is not None][: cfg.max_cases]
-    split = split_cases(ids, cfg)
+    split = limit_labels(split_cases(ids, cfg), cfg)
     train_images, train_labels = load_cases(dataset, split["train"], plan)
     val_images, val_labels = load_cases(dataset, split["val"], plan) if info.is_main else ([], [])
     if plan.dims == 2:
         train_images, train_labels = _as_slices(train_images, train_labels)
     model = build_unet(plan)
+    loss_fn = _dice_ce()
+    if cfg.semi_supervised == "fixmatch":
+        from medlens.segment.semi import make_seg_fixmatch_loss
+
+        held_back = load_cases(dataset, split.get("train_unlabelled", []), plan)[0]
+        loss_fn = make_seg_fixmatch_loss(cfg, loss_fn, model, held_back, plan, info.world_size)
     patches = PatchDataset(train_images, train_labels, plan, cfg.samples_per_epoch // info.world_size, cfg.seed + info.rank)
     loader = torch.utils.data.DataLoader(patches, batch_size=shard_batch_size(plan.batch_size, info, "plan.batch_size"),
                                          shuffle=True, num_workers=0, drop_last=True)
@@ -156,7 +213,7 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
     options = LoopOptions(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=0, patience=cfg.patience,
                           device=device, show_progress=show_progress, schedule="poly", mixed_precision=cfg.mixed_precision)
     run_key = str(sorted({**asdict(cfg), "epochs": None, "plan": plan.to_dict()}.items()))
-    result = fit(model, _dice_ce(), loader, score_val, options, out_dir / "checkpoints", run_key)
+    result = fit(model, loss_fn, loader, score_val, options, out_dir / "checkpoints", run_key)
     if not info.is_main:
         return out_dir / "model"
     model.load_state_dict(result.best_state)
@@ -171,6 +228,10 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
                      "history": result.history, "processes": info.world_size},
         "metrics": {"validation": val_metrics},
     }
+    if cfg.semi_supervised == "fixmatch":
+        from medlens.tasks.semi import confident_share
+
+        manifest["training"]["fixmatch"] = {"unlabelled_images": loss_fn.n_unlabelled, "confident_share": confident_share(loss_fn)}
     return save_bundle(out_dir / "model", model, manifest)
 
 

@@ -23,7 +23,7 @@ from medlens.config import TrainConfig
 from medlens.datasets import ClassificationData, Split
 from medlens.errors import ConfigError, DataError, MedlensError
 from medlens.preprocess import Preprocessing
-from medlens.preprocess.views import FIXMATCH_STRONG, random_views
+from medlens.preprocess.views import FIXMATCH_STRONG, ViewOptions, random_views
 from medlens.tasks.data import ArrayDataset
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,15 @@ class FixMatchLoss(nn.Module):
 
     Called like any loss, ``loss(model(x), y)``; it runs ``model`` itself on
     the unlabelled batch (held by reference, not registered as a submodule).
+    For segmentation the same code works voxel by voxel: ``strong`` must then
+    leave the geometry alone (:data:`PHOTOMETRIC_STRONG`) so that the pseudo-label
+    map still lies on the strong view, and the confident share counts voxels.
     """
 
     def __init__(self, supervised: nn.Module, model: nn.Module, unlabelled: DataLoader, threshold: float,
-                 weight: float, seed: int) -> None:
+                 weight: float, seed: int, strong: ViewOptions = FIXMATCH_STRONG) -> None:
         super().__init__()
-        self.supervised, self.threshold, self.weight = supervised, threshold, weight
+        self.supervised, self.threshold, self.weight, self.strong = supervised, threshold, weight, strong
         self._model = [model]
         self._loader, self._batches = unlabelled, iter(())
         self._generator = torch.Generator().manual_seed(seed)
@@ -61,7 +64,7 @@ class FixMatchLoss(nn.Module):
         confidence, pseudo = probs.max(dim=1)
         mask = (confidence >= self.threshold).float()
         self.confident.append(float(mask.mean()))
-        strong = random_views(weak.cpu(), FIXMATCH_STRONG, self._generator).to(logits.device)
+        strong = random_views(weak.cpu(), self.strong, self._generator).to(logits.device)
         unsupervised = (F.cross_entropy(model(strong), pseudo, reduction="none") * mask).mean()
         return self.supervised(logits, targets) + self.weight * unsupervised
 
