@@ -27,6 +27,7 @@ def _medlens(args: list[str], data_dir: Path, processes: int = 1) -> subprocess.
     return result
 
 
+@pytest.mark.slow  # 37 s; the segmenter test below covers torchrun in the default run (kept under 10 minutes)
 def test_two_processes_train_a_classifier_as_well_as_one(data_dir: Path, tmp_path: Path) -> None:
     """The golden small recipe: 2 torchrun processes reach the same validation AUC as 1 (global batch unchanged)."""
     one = _medlens(["train", "pneumoniamnist", "--out", str(tmp_path / "one"), *SMALL], data_dir)
