@@ -48,11 +48,21 @@ class UnlabelledPatches(Dataset):
         return torch.as_tensor(self.transform(self.images[index % len(self.images)])).float(), 0
 
 
+def read_volume_for_plan(path: Path, plan: SegPlan) -> np.ndarray:
+    """One volume preprocessed like the plan's training images, or a DataError saying why it does not fit."""
+    from medlens.io.volume import load_volume
+
+    volume = load_volume(path)
+    if volume.array.ndim != 3 or min(volume.shape) < 2:
+        raise DataError(f"shape {tuple(volume.shape)} is not a 3D volume")
+    if plan.modality == "CT" and float(np.min(volume.array)) >= 0:
+        raise DataError("no negative values: not CT in Hounsfield units, as this plan's training images are")
+    return preprocess_image(volume, plan)[0]
+
+
 def read_unlabelled_volumes(folder: Path, plan: SegPlan) -> list[np.ndarray]:
     """Every volume in ``folder`` preprocessed like training images; anything that is not a 3D volume is an error
     naming each such file (training on a silently shrunken pool would be a different experiment)."""
-    from medlens.io.volume import load_volume
-
     if not folder.is_dir():
         raise ConfigError(f"train.unlabelled: {folder} is not a folder of volumes ({', '.join(VOLUME_SUFFIXES)})")
     files = sorted(p for p in folder.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES) and not p.name.startswith("."))
@@ -61,12 +71,7 @@ def read_unlabelled_volumes(folder: Path, plan: SegPlan) -> list[np.ndarray]:
     images, problems = [], []
     for path in files:
         try:
-            volume = load_volume(path)
-            if volume.array.ndim != 3 or min(volume.shape) < 2:
-                raise DataError(f"shape {tuple(volume.shape)} is not a 3D volume")
-            if plan.modality == "CT" and float(np.min(volume.array)) >= 0:
-                raise DataError("no negative values: not CT in Hounsfield units, as this plan's training images are")
-            images.append(preprocess_image(volume, plan)[0])
+            images.append(read_volume_for_plan(path, plan))
         except MedlensError as exc:
             problems.append(f"{path.name}: {exc}")
     if problems:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens.errors import ConfigError, DataError, MedlensError
+from medlens.errors import ConfigError, MedlensError
 from medlens.segment.evaluate import SegBundle
 from medlens.segment.infer import predict_probabilities
 from medlens.segment.plan import SegPlan
@@ -35,9 +35,7 @@ def select_volumes(bundle: SegBundle, pool: Path, budget: int, strategy: str = "
     rest are ranked. Diversity needs image features a U-Net does not pool into
     one vector per case, so segmentation offers uncertainty and random only.
     """
-    from medlens.io.volume import load_volume
-    from medlens.segment.preprocess import preprocess_image
-    from medlens.segment.semi import VOLUME_SUFFIXES
+    from medlens.segment.semi import VOLUME_SUFFIXES, read_volume_for_plan
 
     if strategy not in ("uncertainty", "random"):
         raise ConfigError(f"--strategy {strategy}: a segmentation bundle ranks by uncertainty or random")
@@ -47,10 +45,7 @@ def select_volumes(bundle: SegBundle, pool: Path, budget: int, strategy: str = "
     names, scores, skipped = [], [], []
     for path in files:
         try:
-            volume = load_volume(path)
-            if volume.array.ndim != 3 or min(volume.shape) < 2:
-                raise DataError(f"shape {tuple(volume.shape)} is not a 3D volume")
-            scores.append(case_uncertainty(bundle.model, preprocess_image(volume, bundle.plan)[0], bundle.plan))
+            scores.append(case_uncertainty(bundle.model, read_volume_for_plan(path, bundle.plan), bundle.plan))
             names.append(path.name)
         except MedlensError as exc:
             skipped.append({"file": path.name, "error": str(exc)})
