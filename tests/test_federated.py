@@ -164,6 +164,7 @@ def _edited_split(pneumonia, path: Path) -> Path:
 
 
 @RAY
+@pytest.mark.slow  # 40 s, moved out of the default run (kept under 10 minutes); DP training keeps a quicker test there
 def test_federation_with_dp_goes_on_past_a_failing_site(pneumonia, tmp_path: Path) -> None:
     """Five hospitals, one empty, one single-class, DP-SGD at epsilon 8: the rounds complete with four sites; every
     message that left a site is model parameters or counts; the result is an ordinary bundle with its epsilon."""
