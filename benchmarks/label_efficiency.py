@@ -227,14 +227,30 @@ def print_table(summary: dict, fractions=FRACTIONS, metric: str = "auc") -> None
         print("target at 10%:", json.dumps(summary["target_10pct"]))
 
 
-def main() -> None:
-    from medlens.datasets import load_medmnist
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+def grid_arguments(doc: str, methods: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The options both label-efficiency benchmarks share: which cells of the grid to (re)run."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(methods), choices=methods)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
     parser.add_argument("--plot-only", action="store_true")
+    return parser
+
+
+def merge(runs: list[dict], new: list[dict], show: bool = False) -> None:
+    """New rows replace saved ones of the same (method, fraction, seed), so the grid fills in pieces."""
+    for row in new:
+        key = (row["method"], row["fraction"], row["seed"])
+        runs[:] = [r for r in runs if (r["method"], r["fraction"], r["seed"]) != key]
+        runs.append(row)
+        if show:
+            print(json.dumps(row), flush=True)
+
+
+def main() -> None:
+    from medlens.datasets import load_medmnist
+
+    parser = grid_arguments(__doc__, METHODS)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "medlens-label-efficiency")
     args = parser.parse_args()
     data_dir = os.environ.get("MEDLENS_DATA_DIR", "")
@@ -261,10 +277,7 @@ def main() -> None:
                 else:
                     fractions = [f for f in args.fractions if not (method == "fixmatch" and f >= 1)]  # no unlabelled left
                     new = [run_standard(method, f, seed, data, data_dir, args.cache, pretrain_log) for f in fractions]
-                for row in new:
-                    runs[:] = [r for r in runs if (r["method"], r["fraction"], r["seed"]) != (row["method"], row["fraction"], row["seed"])]
-                    runs.append(row)
-                    print(json.dumps(row), flush=True)
+                merge(runs, new, show=True)
                 save()
     summary = save()
     plot(summary, PLOT)

@@ -21,7 +21,6 @@ on the 42 test cases from their raw files (as ``medlens segment`` reads them), n
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from label_efficiency import FRACTIONS, plot, print_table, summarise  # noqa: E402
+from label_efficiency import FRACTIONS, grid_arguments, merge, plot, print_table, summarise  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "label_efficiency_hippocampus.json"
 PLOT = RESULTS.with_suffix(".png")
@@ -136,11 +135,7 @@ def main() -> None:
     from medlens.segment.plan import fingerprint, make_plan
     from medlens.segment.train import SegTrainConfig, split_cases
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
-    parser.add_argument("--plot-only", action="store_true")
+    parser = grid_arguments(__doc__, METHODS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--samples", type=int, default=SAMPLES, help="2D patches per epoch")
     args = parser.parse_args()
@@ -180,9 +175,7 @@ def main() -> None:
                             result = train_and_test(config(method, seed, n_labelled(fraction, n_train)), data, plan, Path(tmp))
                         new.append(row(method, fraction, seed, *result))
                         print(json.dumps(new[-1]), flush=True)
-                for r in new:
-                    runs[:] = [x for x in runs if (x["method"], x["fraction"], x["seed"]) != (r["method"], r["fraction"], r["seed"])]
-                    runs.append(r)
+                merge(runs, new)
                 save()
     summary = save()
     plot(summary, PLOT, metric="dice", share=SHARE, title="MSD Hippocampus, 2D U-Net: label efficiency (mean ± SD over seeds)",
