@@ -313,3 +313,63 @@ def test_select_ranks_unlabelled_volumes_and_train_uses_the_selection(tiny_bundl
     outside.write_text(split["test"][0] + "\n")
     with pytest.raises(ConfigError, match="not in this run's training split"):
         limit_labels(split, SegTrainConfig(labelled_cases=str(outside)))
+
+
+def test_masked_pretraining_initialises_the_unet_and_guards_the_split(hippo: Path, tmp_path: Path) -> None:
+    """`medlens pretrain --task segment` learns to inpaint the training images; `--init` loads every layer but the
+    output layer, and refuses an encoder that saw this run's validation/test images or was built for another plan."""
+    import torch
+
+    from medlens.segment.plan import load_plan
+    from medlens.segment.preprocess import build_unet
+    from medlens.segment.pretrain import initialise_unet
+
+    enc = tmp_path / "enc"
+    result = runner.invoke(app, ["pretrain", str(hippo), "--task", "segment", "--out", str(enc), "--method", "masked",
+                                 "--set", "epochs=2", "--set", "samples_per_epoch=16", "--set", "test_fraction=0.25"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((enc / "encoder.json").read_text())
+    losses = [h["loss"] for h in meta["history"]]
+    assert meta["task"] == "segmentation" and losses[-1] < losses[0]  # it learned to redraw hidden blocks
+    held_out = meta["data"]["left_out"]["val"] + meta["data"]["left_out"]["test"]
+    assert len(meta["data"]["train_cases"]) == 7 and not set(held_out) & set(meta["data"]["train_cases"])
+
+    plan = load_plan(enc / "plan.json")
+    state = torch.load(enc / "encoder.pt", weights_only=True)
+    assert state and not any(k.startswith("output_block.") for k in state)
+    model = build_unet(plan)
+    output_before = model.output_block.conv.conv.weight.clone()
+    info = initialise_unet(model, plan, enc, {"val": [], "test": held_out})
+    assert info["tensors"] == len(state) and torch.equal(model.output_block.conv.conv.weight, output_before)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(run), "--plan", str(enc / "plan.json"),
+                                 "--init", str(enc), "--set", "epochs=1", "--set", "samples_per_epoch=8", "--set", "test_fraction=0.25"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "model" / "bundle.json").read_text())["init"]["method"] == "masked"
+
+    leaky = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(tmp_path / "leaky"), "--plan", str(enc / "plan.json"),
+                                "--init", str(enc), "--seed", "1", "--set", "epochs=1", "--set", "test_fraction=0.25"])
+    assert leaky.exit_code != 0 and "validation/test images" in leaky.output and "split_seed" in leaky.output
+    assert runner.invoke(app, ["plan", str(hippo), "--out", str(tmp_path / "plan2d"), "--dims", "2"]).exit_code == 0
+    other = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(tmp_path / "other"), "--plan",
+                                str(tmp_path / "plan2d" / "plan.json"), "--init", str(enc), "--set", "test_fraction=0.25"])
+    assert other.exit_code != 0 and "plan.dims=3" in other.output and "--plan" in other.output
+    classifier = runner.invoke(app, ["train", "pneumoniamnist", "--out", str(tmp_path / "cls"), "--init", str(enc)])
+    assert classifier.exit_code != 0 and "--task segment" in classifier.output
+
+
+def test_contrastive_pretraining_saves_the_encoder_path_only(hippo: Path, tmp_path: Path) -> None:
+    import torch
+
+    assert runner.invoke(app, ["plan", str(hippo), "--out", str(tmp_path / "plan"), "--dims", "2"]).exit_code == 0
+    enc = tmp_path / "enc"
+    result = runner.invoke(app, ["pretrain", str(hippo), "--task", "segment", "--out", str(enc), "--method", "simclr",
+                                 "--plan", str(tmp_path / "plan" / "plan.json"), "--set", "epochs=1", "--set", "samples_per_epoch=64"])
+    assert result.exit_code == 0, result.output
+    state = torch.load(enc / "encoder.pt", weights_only=True)
+    assert state and all(k.startswith(("input_block.", "downsamples.", "bottleneck.")) for k in state)
+    assert 0.0 <= json.loads((enc / "encoder.json").read_text())["history"][0]["score"] <= 1.0
+    bad = runner.invoke(app, ["pretrain", str(hippo), "--task", "segment", "--out", str(tmp_path / "x"), "--method", "byol"])
+    assert bad.exit_code != 0 and "byol" in bad.output

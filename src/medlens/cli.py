@@ -50,7 +50,7 @@ def train(
     from medlens.config import TrainConfig, load_config
 
     if task == "segment":
-        _train_segment(dataset, out, config, set_, seed, device, plan)
+        _train_segment(dataset, out, config, set_, seed, device, plan, init)
         return
     if task != "classify":
         from medlens.errors import ConfigError
@@ -77,12 +77,14 @@ def _is_main_process() -> bool:
     return dist_info().is_main
 
 
-def _train_segment(data: str, out: Path, config: Path | None, set_: list[str] | None, seed: int | None, device: str | None, plan: Path | None) -> None:
+def _train_segment(data: str, out: Path, config: Path | None, set_: list[str] | None, seed: int | None, device: str | None,
+                   plan: Path | None, init: str | None) -> None:
     from medlens.config import load_config
     from medlens.segment.stage import train_stage
     from medlens.segment.train import SegTrainConfig
 
     overrides = [*(set_ or [])] + ([f"seed={seed}"] if seed is not None else []) + ([f"device={device}"] if device else [])
+    overrides += [f"init={init}"] if init is not None else []
     cfg = load_config(SegTrainConfig, config, overrides, section="segment" if config else "")
     bundle = train_stage(data, out, cfg, plan)
     if not _is_main_process():

@@ -12,27 +12,44 @@ from medlens.cli_common import DataDir, user_errors
 
 @user_errors
 def pretrain(
-    dataset: Annotated[str, typer.Argument(help="MedMNIST name or label CSV: its train images are used, never its labels.")],
+    dataset: Annotated[str, typer.Argument(help="MedMNIST name or label CSV (classify); MSD folder or image,label CSV (segment). Its training images are used, never its labels.")],
     out: Annotated[Path, typer.Option("--out", help="Encoder folder (encoder.pt, encoder.json) for `medlens train --init`.")],
     method: Annotated[str, typer.Option("--method", help="simclr (contrastive) or masked (masked-image reconstruction).")] = "simclr",
-    unlabelled: Annotated[Path | None, typer.Option("--unlabelled", help="Folder of extra unlabelled images.")] = None,
+    unlabelled: Annotated[Path | None, typer.Option("--unlabelled", help="Folder of extra unlabelled images (volumes for --task segment).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: --set model=resnet18 --set epochs=30.")] = None,
+    task: Annotated[str, typer.Option("--task", help="classify (a classifier's encoder) or segment (the U-Net of a segmentation plan).")] = "classify",
+    plan: Annotated[Path | None, typer.Option("--plan", help="Segmentation: plan.json from `medlens plan` (default: plan now, in OUT).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Pretrain an encoder on images without labels (self-supervised); train from it with --init."""
-    from medlens.config import load_config
-    from medlens.display import print_table
-    from medlens.pretrain.stage import PretrainConfig, pretrain as run
-
-    overrides = [f"dataset={dataset}", f"method={method}", *(set_ or [])]
-    overrides += [f"unlabelled={unlabelled}"] if unlabelled else []
-    cfg = load_config(PretrainConfig, None, overrides, section="pretrain")
-    folder = run(cfg, out, data_dir=data_dir)
     import json
 
+    from medlens.config import load_config
+    from medlens.display import print_table
+
+    overrides = [f"method={method}", *(set_ or [])]
+    overrides += [f"unlabelled={unlabelled}"] if unlabelled else []
+    if task == "segment":
+        from medlens.segment.pretrain import SegPretrainConfig, pretrain_segmenter
+        from medlens.segment.stage import plan_stage
+        from medlens.segment.plan import load_plan
+
+        cfg = load_config(SegPretrainConfig, None, overrides, section="pretrain")
+        folder = pretrain_segmenter(dataset, load_plan(plan) if plan else plan_stage(dataset, out)[0], cfg, out)
+    elif task == "classify":
+        from medlens.pretrain.stage import PretrainConfig, pretrain as run
+
+        cfg = load_config(PretrainConfig, None, [f"dataset={dataset}", *overrides], section="pretrain")
+        folder = run(cfg, out, data_dir=data_dir)
+    else:
+        from medlens.errors import ConfigError
+
+        raise ConfigError(f"--task {task!r}: choose classify or segment")
     meta = json.loads((folder / "encoder.json").read_text())
     rows = [[str(h["epoch"] + 1), f"{h['loss']:.4f}", f"{h['score']:.4f}"] for h in meta["history"]]
-    typer.echo(f"{cfg.method} on {meta['data']['n_images']} unlabelled images, {meta['seconds']} s")
+    data = meta["data"]
+    count = f"{data['n_images']} unlabelled images" if "n_images" in data else f"patches of {data['n_volumes']} unlabelled volumes"
+    typer.echo(f"{cfg.method} on {count}, {meta['seconds']} s")
     print_table(["epoch", "loss", meta["score_name"]], rows)
     typer.echo(f"encoder written to {folder}; use it with: {meta['use']}")
 

@@ -60,6 +60,9 @@ def _load_encoder(model: nn.Module, spec: NetworkSpec, folder: Path) -> dict[str
         raise ConfigError(f"train.init: {folder} is not an encoder folder (no {', '.join(missing)}); give the --out "
                           "folder of `medlens pretrain`, or --set init=imagenet")
     meta = json.loads((folder / "encoder.json").read_text())
+    if meta.get("task") == "segmentation":
+        raise ConfigError(f"train.init: {folder} holds a U-Net encoder for segmentation; use it with `medlens train DATA "
+                          "--task segment --init ENCODER`, or pretrain a classifier encoder with `medlens pretrain DATASET`")
     theirs, ours = meta.get("network", {}), asdict(spec)
     for field in MATCHED_FIELDS:
         a, b = _comparable(theirs.get(field)), _comparable(ours[field])

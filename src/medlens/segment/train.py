@@ -3,7 +3,6 @@ poly learning rate, validation Dice every epoch; post-processing chosen on valid
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from medlens.segment.infer import keep_largest_component, predict_probabilities
 from medlens.segment.metrics import case_metrics, mean_foreground_dice
 from medlens.segment.plan import SegPlan
 from medlens.segment.preprocess import build_unet, preprocess_image, preprocess_label
+from medlens.segment.pretrain import initialise_unet
 from medlens.train import LoopOptions, fit
 from medlens.train.distributed import DistInfo, barrier, distributed_session, shard_batch_size
 
@@ -50,6 +50,7 @@ class SegTrainConfig:
     unlabelled: str | None = None  # a folder of unlabelled volumes for semi_supervised
     fixmatch_threshold: float = 0.95  # pseudo-label only voxels the model is this sure of
     unlabelled_weight: float = 1.0  # weight of the pseudo-label loss
+    init: str | None = None  # an encoder folder from `medlens pretrain DATA --task segment` (medlens.segment.pretrain)
 
     def __post_init__(self) -> None:
         if self.semi_supervised not in ("none", "fixmatch"):
@@ -185,7 +186,9 @@ def train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_di
 
 def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_dir: Path, show_progress: bool,
                      info: DistInfo, device: torch.device) -> Path:
-    _seed(cfg.seed)
+    from medlens.tasks.classify import seed_everything
+
+    seed_everything(cfg.seed)
     dataset = load_seg_dataset(data)
     ids = [c.case_id for c in dataset.cases if c.label is not None][: cfg.max_cases]
     split = limit_labels(split_cases(ids, cfg), cfg)
@@ -194,6 +197,7 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
     if plan.dims == 2:
         train_images, train_labels = _as_slices(train_images, train_labels)
     model = build_unet(plan)
+    init = initialise_unet(model, plan, cfg.init, split) if cfg.init else {"source": "random"}
     loss_fn = _dice_ce()
     if cfg.semi_supervised == "fixmatch":
         from medlens.segment.semi import make_seg_fixmatch_loss
@@ -222,7 +226,7 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
     manifest = {
         "task": "segmentation", "name": dataset.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "medlens_version": __version__, "plan": plan.to_dict(), "label_names": {str(k): v for k, v in plan.label_names.items()},
-        "postprocess_largest_component": postprocess, "config": asdict(cfg), "split": split,
+        "postprocess_largest_component": postprocess, "config": asdict(cfg), "split": split, "init": init,
         "data": {"dataset": dataset.name, "root": str(dataset.root), "licence": dataset.licence},
         "training": {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "seconds": round(time.perf_counter() - started, 1),
                      "history": result.history, "processes": info.world_size},
@@ -258,9 +262,3 @@ def _dice_ce() -> torch.nn.Module:
     from monai.losses import DiceCELoss
 
     return DiceCELoss(to_onehot_y=True, softmax=True)
-
-
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
