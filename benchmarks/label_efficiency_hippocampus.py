@@ -4,6 +4,9 @@ The 208 local cases are split once (seed 0, as ``benchmarks/segmentation.py``): 
 cases, 141 training cases; a fraction labels max(1, round(fraction x 141)) training cases, chosen by each seed.
 
 - ``scratch``: the 2D DynUNet (width 8) from random weights on the labelled cases only;
+- ``masked``: the same U-Net started from ``medlens pretrain --task segment --method masked`` (inpainting of hidden
+  blocks, Models Genesis style) on all 141 training cases' images without labels (pretrained once, seed 0,
+  EPOCHS x SAMPLES patches, reused by every seed and fraction; its cost is reported separately);
 - ``fixmatch``: the same, plus the unlabelled training cases (their labels held back) through
   ``semi_supervised=fixmatch`` (voxel-wise pseudo-labels, threshold 0.95, photometric strong views);
 - ``active``: random cases at the smallest fraction, then each round the model ranks the rest by
@@ -34,20 +37,39 @@ from label_efficiency import FRACTIONS, grid_arguments, merge, plot, print_table
 
 RESULTS = Path(__file__).parent / "results" / "label_efficiency_hippocampus.json"
 PLOT = RESULTS.with_suffix(".png")
-METHODS = ("scratch", "fixmatch", "active")
+METHODS = ("scratch", "masked", "fixmatch", "active")
 EPOCHS = 20
 SAMPLES = 1500
 RECIPE = {"epochs": EPOCHS, "samples": SAMPLES}
 SHARE = 0.95  # the issue's target: 95 % of from-scratch 100 % Dice at 10 % of the labels
 
 
-def config(method: str, seed: int, n_labelled: int | None, labelled_file: Path | None = None):
+SPLIT = {"test_fraction": 0.2, "val_fraction": 0.15, "split_seed": 0}
+
+
+def config(method: str, seed: int, n_labelled: int | None, labelled_file: Path | None = None, init: Path | None = None):
     from medlens.segment.train import SegTrainConfig
 
-    return SegTrainConfig(epochs=RECIPE["epochs"], samples_per_epoch=RECIPE["samples"], test_fraction=0.2, val_fraction=0.15, seed=seed,
-                          split_seed=0, patience=RECIPE["epochs"], max_train_cases=n_labelled,
+    return SegTrainConfig(epochs=RECIPE["epochs"], samples_per_epoch=RECIPE["samples"], seed=seed, **SPLIT,
+                          patience=RECIPE["epochs"], max_train_cases=n_labelled,
                           labelled_cases=str(labelled_file) if labelled_file else None,
-                          semi_supervised="fixmatch" if method == "fixmatch" else "none")
+                          semi_supervised="fixmatch" if method == "fixmatch" else "none", init=str(init) if init else None)
+
+
+def pretrained(data: Path, plan, cache: Path, log: dict) -> Path:
+    """The masked-inpainting encoder on the training cases' images, made once and cached (seed 0)."""
+    from medlens.segment.pretrain import SegPretrainConfig, pretrain_segmenter
+
+    folder = cache / f"hippocampus-masked-{RECIPE['epochs']}x{RECIPE['samples']}"
+    if not (folder / "encoder.json").is_file():
+        wall, cpu = time.perf_counter(), time.process_time()
+        cfg = SegPretrainConfig(method="masked", epochs=RECIPE["epochs"], samples_per_epoch=RECIPE["samples"], seed=0, **SPLIT)
+        pretrain_segmenter(data, plan, cfg, folder, show_progress=False)
+        log["masked"] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
+                         "volumes": json.loads((folder / "encoder.json").read_text())["data"]["n_volumes"],
+                         "final_hidden_voxel_mse": round(json.loads((folder / "encoder.json").read_text())["history"][-1]["loss"], 4)}
+        print("pretrained:", json.dumps(log["masked"]), flush=True)
+    return folder
 
 
 def train_and_test(cfg, data: Path, plan, work: Path) -> tuple[dict, float, float, float]:
@@ -138,15 +160,16 @@ def main() -> None:
     parser = grid_arguments(__doc__, METHODS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--samples", type=int, default=SAMPLES, help="2D patches per epoch")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "medlens-label-efficiency")
     args = parser.parse_args()
     RECIPE.update(epochs=args.epochs, samples=args.samples)
     data = Path(os.environ.get("MEDLENS_DATA_DIR", "../shared/data")).resolve() / "msd_hippocampus"
     dataset = load_seg_dataset(data)
     plan = make_plan(fingerprint(dataset), dims=2, width=8)
     ids = [c.case_id for c in dataset.cases if c.label is not None]
-    n_train = len(split_cases(ids, SegTrainConfig(test_fraction=0.2, val_fraction=0.15, split_seed=0))["train"])
+    n_train = len(split_cases(ids, SegTrainConfig(**SPLIT))["train"])
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
-    runs = saved["runs"]
+    runs, pretrain_log = saved["runs"], saved.get("pretraining", {})
 
     def save() -> dict:
         summary = summarise(runs, METHODS, FRACTIONS, metric="dice", share=SHARE)
@@ -158,7 +181,7 @@ def main() -> None:
             "recipe": {"plan": "2D, width 8", "epochs": RECIPE["epochs"], "patches_per_epoch": RECIPE["samples"], "batch": plan.batch_size,
                        "note": __doc__.split("\n\n")[2]},
             "active_costs": "active rows' wall_s/cpu_s add up every round before them and the selection",
-            **summary, "runs": runs}, indent=1))
+            "pretraining": pretrain_log, **summary, "runs": runs}, indent=1))
         return summary
 
     if not args.plot_only:
@@ -168,11 +191,12 @@ def main() -> None:
                     new = run_active(seed, data, plan, args.fractions, n_train)
                 else:
                     new = []
+                    init = pretrained(data, plan, args.cache, pretrain_log) if method == "masked" else None
                     for fraction in args.fractions:
                         if method == "fixmatch" and fraction >= 1:
                             continue  # no unlabelled cases left
                         with tempfile.TemporaryDirectory() as tmp:
-                            result = train_and_test(config(method, seed, n_labelled(fraction, n_train)), data, plan, Path(tmp))
+                            result = train_and_test(config(method, seed, n_labelled(fraction, n_train), init=init), data, plan, Path(tmp))
                         new.append(row(method, fraction, seed, *result))
                         print(json.dumps(new[-1]), flush=True)
                 merge(runs, new)
