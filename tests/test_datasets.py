@@ -103,7 +103,7 @@ def test_folder_dataset_errors(folder_dataset, tmp_path):
         load_folder_dataset(missing, image_size=(64, 64))
     no_label = tmp_path / "nolabel.csv"
     no_label.write_text("file,diagnosis\na.png,x\n")
-    with pytest.raises(DataError, match="needs a 'file' column .* and a 'label' column; found columns: file, diagnosis"):
+    with pytest.raises(DataError, match="needs a 'file' column .* and a 'label' column .*label_column=NAME.*; found columns: file, diagnosis"):
         load_folder_dataset(no_label)
     one_class_val = tmp_path / "oneclass.csv"
     rows = [r if not (",val," in r and ",normal," in r) else r.replace(",val,", ",train,") for r in text]

@@ -245,18 +245,21 @@ def predict(
     fit_input: Annotated[bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model (noted per row).")] = False,
     backend: Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when visible), cpu or cuda (runs PyTorch).")] = "auto",
+    clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns.")] = None,
 ) -> None:
     """Probabilities and a label per file, using the bundle's validation-chosen threshold."""
     from medlens.models.bundle import load_bundle
     from medlens.runtime.backends import place_on_device
+    from medlens.tabular.encode import ClinicalTable
     from medlens.tasks.predict import expand_inputs, predict_files, write_predictions
 
     loaded, backend = place_on_device(load_bundle(bundle), backend, device)
+    table = ClinicalTable(clinical) if clinical is not None else None
     inputs = expand_inputs(list(files))
     if out is not None and out.suffix.lower() in (".csv", ".jsonl"):
-        _predict_streamed(loaded, inputs, out, fit_input, backend)
+        _predict_streamed(loaded, inputs, out, fit_input, backend, table)
         return
-    rows = predict_files(loaded, inputs, adapt=fit_input, backend=backend)
+    rows = predict_files(loaded, inputs, adapt=fit_input, backend=backend, clinical=table)
     if out is not None:
         write_predictions(rows, loaded.label_names, out)
     print_predictions(rows, loaded.label_names)
@@ -268,7 +271,7 @@ def predict(
         raise typer.Exit(1)
 
 
-def _predict_streamed(loaded: Any, inputs: list[Path], out: Path, fit_input: bool, backend: str) -> None:
+def _predict_streamed(loaded: Any, inputs: list[Path], out: Path, fit_input: bool, backend: str, clinical: Any = None) -> None:
     """Append rows batch by batch (resumable); show the table only for a handful of files."""
     from rich.progress import Progress
 
@@ -277,7 +280,7 @@ def _predict_streamed(loaded: Any, inputs: list[Path], out: Path, fit_input: boo
     with Progress(transient=True, disable=len(inputs) <= 64) as progress:
         task = progress.add_task("predicting", total=len(inputs))
         report = stream_predictions(loaded, inputs, out, fit_input, backend=backend,
-                                    on_batch=lambda n: progress.advance(task, n))
+                                    on_batch=lambda n: progress.advance(task, n), clinical=clinical)
         progress.update(task, completed=len(inputs))
     if len(inputs) <= 64 and report.written:
         from medlens.tasks.predict import read_prediction_rows

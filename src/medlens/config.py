@@ -19,6 +19,7 @@ from medlens.errors import ConfigError
 C = TypeVar("C")
 
 SEMI_SUPERVISED_OPTIONS = ("none", "fixmatch")
+FUSION_OPTIONS = ("auto", "image", "intermediate", "late", "tabular")
 IMBALANCE_OPTIONS = ("none", "weighted-loss", "balanced-sampler", "focal", "logit-adjusted")
 DEVICE_OPTIONS = ("auto", "cpu", "cuda")
 
@@ -37,6 +38,12 @@ class TrainConfig:
     image_dir: str | None = None  # folder datasets: where the CSV's file paths start (default: the CSV's folder)
     image_size: tuple[int, ...] | None = None  # folder datasets: resize every image to this (part of the bundle)
     multilabel: bool = False
+    label_column: str = "label"  # folder datasets: the CSV column holding the label(s)
+    negative_label: str | None = None  # multi-label: the value meaning no finding (e.g. "No Finding"), an all-zero row
+    group_column: str | None = "auto"  # patient ID column: splits keep a patient's images together ("auto": patient_id, PatientID, Patient ID)
+    numeric_columns: tuple[str, ...] = ()  # clinical inputs from the CSV (age, ...): imputed and standardised on train
+    categorical_columns: tuple[str, ...] = ()  # clinical inputs (sex, view, ...): one-hot on train's categories
+    fusion: str = "auto"  # image | intermediate | late | tabular; auto: intermediate with clinical columns, else image
     model: str = "resnet18"
     width: float = 1.0
     dropout: float = 0.0
@@ -64,10 +71,25 @@ class TrainConfig:
     unlabelled_weight: float = 1.0  # weight of the unlabelled loss (FixMatch's lambda_u)
     unlabelled_ratio: int = 3  # unlabelled images per labelled image in a step (FixMatch's mu; 7 published)
 
+    @property
+    def clinical_columns(self) -> tuple[str, ...]:
+        return tuple(self.numeric_columns) + tuple(self.categorical_columns)
+
+    def folder_options(self) -> dict[str, Any]:
+        """How a folder dataset's CSV is read (label column, no-finding value, patient grouping)."""
+        return {"label_column": self.label_column, "negative_label": self.negative_label, "group_column": self.group_column}
+
     def __post_init__(self) -> None:
         _check_choice("train.imbalance", self.imbalance, IMBALANCE_OPTIONS)
         _check_choice("train.device", self.device, DEVICE_OPTIONS)
         _check_choice("train.semi_supervised", self.semi_supervised, SEMI_SUPERVISED_OPTIONS)
+        _check_choice("train.fusion", self.fusion, FUSION_OPTIONS)
+        if self.fusion in ("intermediate", "late", "tabular") and not self.clinical_columns:
+            raise ConfigError(f"train.fusion={self.fusion} needs clinical columns: --set numeric_columns=age "
+                              "--set categorical_columns=sex,view (columns of the dataset's CSV)")
+        both = set(self.numeric_columns) & set(self.categorical_columns)
+        if both:
+            raise ConfigError(f"train: column(s) {', '.join(sorted(both))} declared both numeric and categorical; pick one")
         if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs:
             raise ConfigError(f"train.freeze_epochs: must be in [0, epochs={self.epochs}), got {self.freeze_epochs}")
         if not 0 < self.encoder_lr_scale <= 10:
@@ -87,6 +109,13 @@ class TrainConfig:
             raise ConfigError(f"train.lr: expected a learning rate in (0, 1), got {self.lr}")
         if self.width <= 0:
             raise ConfigError(f"train.width: must be positive, got {self.width}")
+
+
+def fusion_mode(cfg: TrainConfig) -> str:
+    """What ``fusion=auto`` means for this config: intermediate when clinical columns are declared, else image only."""
+    if cfg.fusion != "auto":
+        return cfg.fusion
+    return "intermediate" if cfg.clinical_columns else "image"
 
 
 def _check_choice(field: str, value: str, options: tuple[str, ...]) -> None:

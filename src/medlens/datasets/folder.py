@@ -1,10 +1,18 @@
 """A user's own data: a folder of images (PNG/JPEG/DICOM/NIfTI) plus a CSV of labels.
 
 CSV columns: ``file`` (path relative to the CSV's folder, or to ``image_dir``),
-``label`` (a class name; several separated by ``|`` for multi-label), and
-optionally ``split`` (train/val/test). Other columns are kept as metadata.
-Without a split column the rows are split 70/15/15, stratified by label,
-with the given seed.
+``label`` (a class name; several separated by ``|`` for multi-label; another
+column with ``label_column``), and optionally ``split`` (train/val/test).
+Other columns are kept as metadata (age, sex, view: clinical inputs for fusion).
+For multi-label data ``negative_label`` names the value meaning "no finding"
+(an all-zero row, not a class of its own).
+
+Without a split column the rows are split about 70/15/15 with the given seed,
+stratified by label, and **by patient** when the CSV has a patient ID column
+(``group_column``; by default the first of ``patient_id``, ``PatientID``,
+``Patient ID``): a patient's images must never sit in both training and test,
+or the test score measures memory of the patient, not the finding. With a
+split column, a patient found in two splits is an error naming them.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from medlens.errors import DataError, MedlensError
 from medlens.io import read_image
 from medlens.preprocess import resize_image
 
-FILE_COLUMNS = ("file", "image", "path", "filename")
+FILE_COLUMNS = ("file", "image", "path", "filename", "image_file")
 SPLITS = ("train", "val", "test")
+GROUP_COLUMNS = ("patient_id", "PatientID", "Patient ID", "patient")
+AUTO = "auto"
 
 
 def load_folder_dataset(
@@ -30,13 +40,19 @@ def load_folder_dataset(
     image_size: tuple[int, ...] | None = None,
     multilabel: bool = False,
     seed: int = 0,
+    label_column: str = "label",
+    negative_label: str | None = None,
+    group_column: str | None = AUTO,
 ) -> ClassificationData:
     """Load images listed in a CSV; all must share a shape unless ``image_size`` resizes them."""
     csv_path = Path(csv_path)
-    rows, file_col = _read_rows(csv_path)
+    rows, file_col = _read_rows(csv_path, label_column)
+    if label_column != "label":
+        rows = [{**{k: v for k, v in row.items() if k != "label"}, "label": row[label_column]} for row in rows]
     root = Path(image_dir) if image_dir is not None else csv_path.parent
-    label_names = _label_names(rows, multilabel)
-    splits = _assign_splits(rows, csv_path, seed)
+    label_names = _label_names(rows, multilabel, negative_label)
+    group = _group_column(rows, csv_path, group_column)
+    splits = _assign_splits(rows, csv_path, seed, group)
     images, failures = [], []
     for line, row in enumerate(rows, start=2):
         path = root / row[file_col]
@@ -56,44 +72,61 @@ def load_folder_dataset(
         name=csv_path.stem,
         task="multilabel" if multilabel else ("binary" if len(label_names) == 2 else "multiclass"),
         label_names=tuple(label_names),
-        splits=_build_splits(np.stack(images), rows, file_col, label_names, splits, multilabel),
+        splits=_build_splits(np.stack(images), rows, file_col, label_names, splits, multilabel, negative_label),
         intensity_range=(float(min(i.min() for i in images)), float(max(i.max() for i in images))),
-        source={"file": csv_path.name, "sha256": file_sha256(csv_path), "license": "user data"},
+        source={"file": csv_path.name, "sha256": file_sha256(csv_path), "license": "user data",
+                **({"split_by": group} if group else {})},
     )
     data.validate()
     return data
 
 
-def _read_rows(csv_path: Path) -> tuple[list[dict[str, str]], str]:
+def _read_rows(csv_path: Path, label_column: str = "label") -> tuple[list[dict[str, str]], str]:
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: label CSV not found")
     with csv_path.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     columns = list(rows[0]) if rows else []
     file_col = next((c for c in FILE_COLUMNS if c in columns), None)
-    if file_col is None or "label" not in columns:
+    if file_col is None or label_column not in columns:
         raise DataError(
-            f"{csv_path}: needs a 'file' column (or one of {', '.join(FILE_COLUMNS[1:])}) and a 'label' column; "
-            f"found columns: {', '.join(columns) or 'none (empty file)'}"
+            f"{csv_path}: needs a 'file' column (or one of {', '.join(FILE_COLUMNS[1:])}) and a {label_column!r} column "
+            f"(another label column: --set label_column=NAME); found columns: {', '.join(columns) or 'none (empty file)'}"
         )
     for line, row in enumerate(rows, start=2):
-        if not (row[file_col] or "").strip() or not (row["label"] or "").strip():
+        if not (row[file_col] or "").strip() or not (row[label_column] or "").strip():
             raise DataError(f"{csv_path}: line {line} has an empty file or label")
     return rows, file_col
 
 
-def _label_names(rows: list[dict[str, str]], multilabel: bool) -> list[str]:
+def _label_names(rows: list[dict[str, str]], multilabel: bool, negative_label: str | None = None) -> list[str]:
     values = {v.strip() for row in rows for v in (row["label"].split("|") if multilabel else [row["label"]])}
+    values.discard(negative_label if multilabel else None)
     return sorted(values, key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
 
 
-def _assign_splits(rows: list[dict[str, str]], csv_path: Path, seed: int) -> list[str]:
+def _group_column(rows: list[dict[str, str]], csv_path: Path, group_column: str | None) -> str | None:
+    """The patient ID column: the one named, or the first known name present (``auto``), or none."""
+    columns = list(rows[0]) if rows else []
+    if group_column == AUTO:
+        return next((c for c in GROUP_COLUMNS if c in columns), None)
+    if group_column and group_column not in columns:
+        raise DataError(f"{csv_path}: group_column {group_column!r} is not a column (found: {', '.join(columns)}); "
+                        "name the patient ID column, or --set group_column=none to split image by image")
+    return group_column or None
+
+
+def _assign_splits(rows: list[dict[str, str]], csv_path: Path, seed: int, group: str | None = None) -> list[str]:
     if "split" in rows[0]:
         splits = [row["split"].strip().lower() for row in rows]
         bad = sorted({s for s in splits if s not in SPLITS})
         if bad:
             raise DataError(f"{csv_path}: column 'split' has value(s) {bad}; allowed: train, val, test")
+        if group:
+            _check_patients_in_one_split(rows, splits, group, csv_path)
         return splits
+    if group:
+        return _grouped_splits(rows, csv_path, seed, group)
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(rows))
@@ -108,6 +141,44 @@ def _assign_splits(rows: list[dict[str, str]], csv_path: Path, seed: int) -> lis
         for i in part:
             splits[i] = name
     return splits
+
+
+def _grouped_splits(rows: list[dict[str, str]], csv_path: Path, seed: int, group: str) -> list[str]:
+    """Folds of whole patients, stratified by the label string: one of 7 folds tests, one validates (~70/15/15)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = [row[group].strip() for row in rows]
+    empty = [i + 2 for i, g in enumerate(groups) if not g]
+    if empty:
+        raise DataError(f"{csv_path}: {len(empty)} row(s) without a {group!r} (lines {empty[:5]}); fill them in, "
+                        "or --set group_column=none to split image by image")
+    if len(set(groups)) < 7:
+        raise DataError(f"{csv_path}: only {len(set(groups))} patients in {group!r}: too few for a patient-level "
+                        "train/val/test split; add a 'split' column")
+    import warnings
+
+    folds = StratifiedGroupKFold(n_splits=7, shuffle=True, random_state=seed)
+    splits = ["train"] * len(rows)
+    with warnings.catch_warnings():  # rare label combinations cannot be in every fold; the split still holds
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        parts = [part for _, part in folds.split(np.zeros(len(rows)), [row["label"] for row in rows], groups)]
+    for fold, part in enumerate(parts):
+        for i in part:
+            splits[i] = "test" if fold == 0 else "val" if fold == 1 else "train"
+    return splits
+
+
+def _check_patients_in_one_split(rows: list[dict[str, str]], splits: list[str], group: str, csv_path: Path) -> None:
+    seen: dict[str, set[str]] = {}
+    lines: dict[str, list[int]] = {}
+    for line, (row, split) in enumerate(zip(rows, splits), start=2):
+        seen.setdefault(row[group].strip(), set()).add(split)
+        lines.setdefault(row[group].strip(), []).append(line)
+    shared = [g for g, where in seen.items() if len(where) > 1]
+    if shared:  # CSV lines, not the IDs: patient identifiers stay out of messages and logs
+        raise DataError(f"{csv_path}: {len(shared)} patient(s) in {group!r} have images in more than one split, so "
+                        f"test images would share patients with training (e.g. lines {lines[shared[0]][:4]}); put each "
+                        "patient in one split, or drop the 'split' column to split by patient")
 
 
 def _check_same_shape(images: list[np.ndarray], rows: list[dict[str, str]], file_col: str, csv_path: Path) -> None:
@@ -127,13 +198,15 @@ def _build_splits(
     label_names: list[str],
     splits: list[str],
     multilabel: bool,
+    negative_label: str | None = None,
 ) -> dict[str, Split]:
     index = {name: i for i, name in enumerate(label_names)}
     if multilabel:
         labels = np.zeros((len(rows), len(label_names)), dtype=np.int64)
         for r, row in enumerate(rows):
             for v in row["label"].split("|"):
-                labels[r, index[v.strip()]] = 1
+                if v.strip() != negative_label:
+                    labels[r, index[v.strip()]] = 1
     else:
         labels = np.array([index[row["label"].strip()] for row in rows], dtype=np.int64)
     result = {}

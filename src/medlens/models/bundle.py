@@ -37,6 +37,7 @@ class Bundle:
     manifest: dict[str, Any]
     model: nn.Module
     preprocessing: Preprocessing
+    tabular: Any = None  # the clinical-feature encoder of a fused bundle (medlens.tabular.encode.TabularEncoder)
 
     @property
     def task(self) -> str:
@@ -56,7 +57,7 @@ class Bundle:
         """Temperature fitted on validation by ``medlens calibrate`` (1.0: not calibrated)."""
         return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
 
-    def predict_proba(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict_proba(self, inputs: np.ndarray | tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
         """Class probabilities for already-normalised inputs ``(N, C, ...)``: softmax, or sigmoid for multi-label.
 
         Calibrated bundles divide the logits by their temperature first.
@@ -68,19 +69,20 @@ class Bundle:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Raw network outputs ``(N, classes)`` for normalised inputs, in eval mode, batch by batch."""
+def predict_logits(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
+    """Raw network outputs ``(N, classes)`` for normalised inputs (or ``(images, clinical features)``), batch by batch."""
     model.eval()
     device = next(model.parameters()).device
+    parts = inputs if isinstance(inputs, tuple) else (inputs,)  # (images, clinical features) for fused models
     outputs = []
-    for start in range(0, len(inputs), batch_size):
-        batch = torch.as_tensor(inputs[start : start + batch_size], dtype=torch.float32, device=device)
+    for start in range(0, len(parts[0]), batch_size):
+        batch = [torch.as_tensor(p[start : start + batch_size], dtype=torch.float32, device=device) for p in parts]
         with torch.autocast(device.type, enabled=device.type == "cuda"):  # mixed precision on a GPU; fp32 on CPU
-            outputs.append(model(batch).float().cpu().numpy())
+            outputs.append(model(*batch).float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
 
-def predict_proba(model: nn.Module, inputs: np.ndarray, task: str, batch_size: int = 256,
+def predict_proba(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...], task: str, batch_size: int = 256,
                   temperature: float = 1.0) -> np.ndarray:
     from medlens.trust.calibrate import scale_logits
 
@@ -156,10 +158,17 @@ def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") ->
     raw_spec = dict(manifest["network"])
     raw_spec["image_shape"] = tuple(raw_spec["image_shape"])
     model = build_network(NetworkSpec(**raw_spec))
+    tabular = None
+    if manifest.get("fusion") == "intermediate":
+        from medlens.models.fusion import FusionNet
+        from medlens.tabular.encode import load_tabular
+
+        tabular = load_tabular(path)
+        model = FusionNet(model, len(manifest["tabular"]["features"]), len(manifest["label_names"]))
     state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as exc:
         raise ModelError(f"{path / WEIGHTS} does not fit the network in {MANIFEST} ({exc})") from exc
     model.to(device).eval()
-    return Bundle(path, manifest, model, Preprocessing.from_dict(manifest["preprocessing"]))
+    return Bundle(path, manifest, model, Preprocessing.from_dict(manifest["preprocessing"]), tabular)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medlens.errors import ConfigError
 from medlens.models.bundle import Bundle
@@ -54,7 +55,7 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 
 def stream_predictions(bundle: Bundle, files: list[Path], out: Path, adapt: bool = False, batch_size: int = 64,
                        backend: str = "auto", workers: int | None = None,
-                       on_batch: Callable[[int], None] | None = None) -> StreamReport:
+                       on_batch: Callable[[int], None] | None = None, clinical: Any = None) -> StreamReport:
     """Predict ``files`` into ``out`` (.csv or .jsonl), appending batch by batch; resume from what ``out`` holds."""
     if out.suffix.lower() not in STREAM_SUFFIXES:
         raise ConfigError(f"streamed output must be .csv or .jsonl, got {out.name!r} (JSON cannot be appended to)")
@@ -70,7 +71,8 @@ def stream_predictions(bundle: Bundle, files: list[Path], out: Path, adapt: bool
         if writer is not None and new_csv:
             writer.writeheader()
         for chunk in _chunks(todo, batch_size):
-            rows: list[FilePrediction] = predict_files(bundle, chunk, adapt, len(chunk), backend, reader=pool.map)
+            rows: list[FilePrediction] = predict_files(bundle, chunk, adapt, len(chunk), backend, reader=pool.map,
+                                                       clinical=clinical)
             for row in rows:
                 record = prediction_record(row, names)
                 if writer is not None:

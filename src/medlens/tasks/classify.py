@@ -84,16 +84,25 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
     )
     model = build_network(spec)
     init = initialise(model, spec, cfg.init)
+    fused = _clinical_inputs(cfg, data, info)
+    if fused is not None:
+        from medlens.models.fusion import FusionNet
+
+        model = FusionNet(model, fused["encoder"].n_features, len(data.label_names))
+    features = fused["features"] if fused else {}
     augmentation = resolve_augmentation(cfg.augment, data.modality, data.spatial_dims)
     train_set = ArrayDataset(
-        data.splits["train"], prep, build_augmentation(augmentation, data.spatial_dims, cfg.seed + info.rank)
+        data.splits["train"], prep, build_augmentation(augmentation, data.spatial_dims, cfg.seed + info.rank),
+        features.get("train"),
     )
     batches = make_loader(train_set, shard_batch_size(cfg.batch_size, info), cfg.seed,
                           cfg.imbalance == "balanced-sampler", data.task, info)
     val = data.splits["val"]
-    val_inputs = normalized_inputs(val, prep)
+    val_inputs = normalized_inputs(val, prep) if not fused else (normalized_inputs(val, prep), features["val"])
     loss_fn = make_loss(data, cfg.imbalance).to(device)
     if cfg.semi_supervised == "fixmatch":
+        if fused:
+            raise ConfigError("train.semi_supervised=fixmatch does not take clinical columns yet; train image-only")
         if info.active:
             raise ConfigError("train.semi_supervised=fixmatch runs in one process; start it without torchrun")
         weak = build_augmentation(augmentation, data.spatial_dims, cfg.seed + 1)
@@ -133,10 +142,38 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
     manifest = _manifest(cfg, data, spec, prep, augmentation, thresholds, val_metrics, result, time.perf_counter() - started)
     manifest["training"]["processes"] = info.world_size
     manifest["training"]["init"] = init
+    if fused:
+        manifest["fusion"] = "intermediate"
+        manifest["tabular"] = {**fused["encoder"].describe(), "leakage_warnings": fused["leakage"]}
     if confident_share(loss_fn) is not None:
         manifest["training"]["fixmatch"] = {"unlabelled_images": loss_fn.n_unlabelled,
                                             "confident_share": round(confident_share(loss_fn), 4)}
-    return save_bundle(out_dir / "model", model.cpu(), manifest)
+    bundle = save_bundle(out_dir / "model", model.cpu(), manifest)
+    if fused:
+        fused["encoder"].save(bundle)
+    return bundle
+
+
+def _clinical_inputs(cfg: TrainConfig, data: ClassificationData, info: DistInfo) -> dict[str, Any] | None:
+    """The clinical encoder fitted on the training split, every split's features, and leakage warnings;
+    ``None`` for an image-only run. Late fusion and the tabular-only baseline live in medlens.tabular.baselines."""
+    from medlens.config import fusion_mode
+
+    mode = fusion_mode(cfg)
+    if mode == "image":
+        return None
+    if mode != "intermediate":
+        raise ConfigError(f"train.fusion={mode}: `medlens train` builds intermediate fusion (one network); late fusion and "
+                          "the tabular-only baseline are compared in benchmarks/multimodal.py for now")
+    if info.active:
+        raise ConfigError("train.fusion=intermediate runs in one process; start it without torchrun")
+    from medlens.tabular.encode import fit_tabular, leakage_report
+
+    train = data.splits["train"]
+    encoder = fit_tabular(train.metadata, cfg.numeric_columns, cfg.categorical_columns, f"{data.name}: training split")
+    features = {name: encoder.transform(split.metadata, f"{data.name}: {name} split") for name, split in data.splits.items()}
+    leakage = leakage_report(train.metadata, train.labels, cfg.numeric_columns, cfg.categorical_columns, list(data.label_names))
+    return {"encoder": encoder, "features": features, "leakage": leakage}
 
 
 def make_preprocessing(cfg: TrainConfig, data: ClassificationData) -> Preprocessing:

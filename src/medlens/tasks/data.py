@@ -24,17 +24,21 @@ def load_dataset(
     image_size: tuple[int, ...] | None = None,
     multilabel: bool = False,
     seed: int = 0,
+    folder_options: dict[str, Any] | None = None,
 ) -> ClassificationData:
-    """A MedMNIST catalog name, or the path of a label CSV (a user's folder dataset)."""
+    """A MedMNIST catalog name, or the path of a label CSV (a user's folder dataset; ``folder_options`` say how
+    to read it: see :meth:`TrainConfig.folder_options`)."""
     if dataset.lower().endswith(".csv"):
-        return load_folder_dataset(dataset, image_dir=image_dir, image_size=image_size, multilabel=multilabel, seed=seed)
+        return load_folder_dataset(dataset, image_dir=image_dir, image_size=image_size, multilabel=multilabel, seed=seed,
+                                   **(folder_options or {}))
     return load_medmnist(dataset, size=size, data_dir=data_dir)
 
 
 def load_training_data(cfg: TrainConfig, data_dir: str | Path | None) -> tuple[ClassificationData, Split | None]:
     """The data, with its train split cut to ``max_train_samples`` when set; also returns the cut-off rest
     (whose labels semi-supervised training must not see)."""
-    data = load_dataset(cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, cfg.multilabel, cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, cfg.multilabel, cfg.seed,
+                        cfg.folder_options())
     rest = None
     if cfg.max_train_samples and cfg.max_train_samples < len(data.splits["train"]):
         data.splits["train"], rest = subsample_with_rest(data.splits["train"], cfg.max_train_samples, cfg.seed)
@@ -65,8 +69,9 @@ def take(split: Split, index: np.ndarray) -> Split:
 class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Raw images -> (augmented) -> normalised float tensors; the normalisation is the bundle's."""
 
-    def __init__(self, split: Split, prep: Preprocessing, augment: Callable[[np.ndarray], np.ndarray] | None) -> None:
-        self.split, self.prep, self.augment = split, prep, augment
+    def __init__(self, split: Split, prep: Preprocessing, augment: Callable[[np.ndarray], np.ndarray] | None,
+                 tabular: np.ndarray | None = None) -> None:
+        self.split, self.prep, self.augment, self.tabular = split, prep, augment, tabular
 
     def __len__(self) -> int:
         return len(self.split)
@@ -76,6 +81,8 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self.augment is not None:
             image = np.asarray(self.augment(image), dtype=np.float32)
         x = torch.from_numpy(np.ascontiguousarray(normalize_intensity(image, self.prep)))
+        if self.tabular is not None:  # a fused model's input: (image, encoded clinical values)
+            return (x, torch.from_numpy(self.tabular[index])), torch.as_tensor(self.split.labels[index])
         return x, torch.as_tensor(self.split.labels[index])
 
 
@@ -109,5 +116,6 @@ def dataset_for_bundle(bundle: Any, data: str, size: int | None = None, data_dir
     """Load ``data`` the way ``bundle`` was trained: its MedMNIST size, image folder, resize and split seed."""
     cfg = bundle.manifest.get("config", {})
     image_size = cfg.get("image_size")
+    options = {k: cfg[k] for k in ("label_column", "negative_label", "group_column") if k in cfg}
     return load_dataset(data, size or cfg.get("size", 28), data_dir, cfg.get("image_dir"),
-                        tuple(image_size) if image_size else None, bundle.task == "multilabel", cfg.get("seed", 0))
+                        tuple(image_size) if image_size else None, bundle.task == "multilabel", cfg.get("seed", 0), options)

@@ -40,28 +40,46 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 
 
 def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_size: int = 64,
-                  backend: str = "auto", reader: Callable[..., Iterable[Any]] = map) -> list[FilePrediction]:
+                  backend: str = "auto", reader: Callable[..., Iterable[Any]] = map,
+                  clinical: Any = None) -> list[FilePrediction]:
     """Read, check and predict each file; a file that fails gets a row with its error and the batch goes on.
 
     ``backend``: ``torch``, ``onnxruntime`` (needs ``medlens export``) or ``auto`` (ONNX Runtime when exported).
     ``reader``: how files are read, e.g. a thread pool's ``map`` for parallel decoding.
+    ``clinical``: a :class:`medlens.tabular.encode.ClinicalTable`, required by a fused bundle (a file
+    without a valid clinical row gets its error, like an unreadable image).
     """
+    from medlens.errors import ConfigError
     from medlens.runtime.backends import choose_backend, predict_raw
 
-    backend = choose_backend(bundle, backend)
+    if bundle.tabular is not None and clinical is None:
+        raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
+                          "give them with --clinical CSV (a 'file' column plus those columns)")
+    backend = "torch" if bundle.tabular is not None else choose_backend(bundle, backend)
     rows = [FilePrediction(file=str(f)) for f in files]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         ready, arrays = [], []
+        features = []
         for row, (array, notes, error) in zip(chunk, reader(partial(_read_checked, bundle, adapt), chunk)):
             row.notes, row.error = notes, error
-            if not error:
+            if not error and bundle.tabular is not None:
+                try:
+                    features.append(clinical.features(bundle.tabular, row.file))
+                except MedlensError as exc:
+                    row.error = str(exc)
+            if not row.error:
                 ready.append(row)
                 arrays.append(array)
         if arrays:
             raw = np.stack(arrays)
-            referred = referral_flags(bundle, raw)
-            for i, (row, probs) in enumerate(zip(ready, predict_raw(bundle, raw, backend))):
+            referred = referral_flags(bundle, raw) if bundle.tabular is None else None
+            if bundle.tabular is not None:
+                inputs = normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing)
+                probabilities = bundle.predict_proba((inputs, np.concatenate(features)))
+            else:
+                probabilities = predict_raw(bundle, raw, backend)
+            for i, (row, probs) in enumerate(zip(ready, probabilities)):
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
                 row.label = decide_label(bundle, probs)
                 if referred is not None:

@@ -153,6 +153,13 @@ def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float
     return factor
 
 
+def _to_device(inputs: Any, options: LoopOptions) -> Any:
+    """An image batch, or (image, clinical features) for fused models: the image in the loop's memory format."""
+    if isinstance(inputs, (tuple, list)):
+        return (_to_device(inputs[0], options), *(t.to(options.device, non_blocking=True) for t in inputs[1:]))
+    return inputs.to(options.device, memory_format=options.memory_format, non_blocking=True)
+
+
 def _train_one_epoch(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -173,11 +180,11 @@ def _train_one_epoch(
     with Progress(transient=True, disable=not options.show_progress) as progress:
         task = progress.add_task(f"epoch {epoch + 1}/{options.epochs}", total=len(batches))
         for inputs, targets in batches:
-            inputs = inputs.to(options.device, memory_format=options.memory_format, non_blocking=True)
+            inputs = _to_device(inputs, options)
             targets = targets.to(options.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(options.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = loss_fn(model(inputs), targets)
+                loss = loss_fn(model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs), targets)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

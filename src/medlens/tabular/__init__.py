@@ -1,0 +1,1 @@
+"""Clinical (tabular) inputs: encoding fitted on training data, leakage checks, baselines."""

@@ -1,0 +1,135 @@
+"""Clinical inputs and image + clinical fusion on the real NIH ChestX-ray14 subset (1000 images, 264 patients)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medlens.cli import app
+from medlens.config import TrainConfig
+from medlens.datasets import load_folder_dataset
+from medlens.errors import ConfigError, DataError
+from medlens.tabular.encode import ClinicalTable, fit_tabular, leakage_report, load_tabular
+
+runner = CliRunner(env={"COLUMNS": "250"})
+NIH = {"label_column": "Finding Labels", "multilabel": True, "negative_label": "No Finding"}
+CLINICAL = ["--set", "numeric_columns=Patient Age", "--set", "categorical_columns=Patient Gender,View Position"]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def nih_csv(data_dir: Path) -> Path:
+    return data_dir / "cxr_nih14_64" / "nih1000_metadata.csv"
+
+
+@pytest.fixture(scope="module")
+def nih(nih_csv: Path):
+    return load_folder_dataset(nih_csv, **NIH)
+
+
+def test_nih_is_split_by_patient_with_fourteen_findings(nih) -> None:
+    assert len(nih.label_names) == 14 and "No Finding" not in nih.label_names and nih.task == "multilabel"
+    assert nih.source["split_by"] == "Patient ID"
+    patients = {name: {m["Patient ID"] for m in split.metadata} for name, split in nih.splits.items()}
+    assert not patients["train"] & patients["test"] and not patients["train"] & patients["val"] and not patients["val"] & patients["test"]
+    assert sum(len(s) for s in nih.splits.values()) == 1000 and 0.6 < len(nih.splits["train"]) / 1000 < 0.8
+    normal = [i for i, m in enumerate(nih.splits["train"].metadata) if m["Finding Labels"] == "No Finding"]
+    assert normal and nih.splits["train"].labels[normal].sum() == 0  # "No Finding" is no label at all
+
+
+def test_a_split_column_that_shares_patients_is_refused_without_naming_them(nih_csv: Path, tmp_path: Path) -> None:
+    rows = read_rows(nih_csv)[:60]
+    for i, row in enumerate(rows):
+        row["split"] = ("train", "val", "test")[i % 3]  # patient 1's three images land in three splits
+    path = tmp_path / "shared.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for name in ("images",):
+        (tmp_path / name).symlink_to(nih_csv.parent / name)
+    with pytest.raises(DataError, match="more than one split") as info:
+        load_folder_dataset(path, **NIH)
+    assert "lines [2, 3, 4]" in str(info.value) and "Patient ID" in str(info.value)
+    data = load_folder_dataset(path, **NIH, group_column=None)  # the user may opt out, knowingly
+    assert len(data.splits["test"]) == 20
+
+
+def test_clinical_encoding_is_fitted_on_training_rows_only(nih) -> None:
+    train, val = nih.splits["train"], nih.splits["val"]
+    encoder = fit_tabular(train.metadata, ("Patient Age",), ("Patient Gender", "View Position"))
+    x = encoder.transform(val.metadata, "val")
+    ages = np.array([float(m["Patient Age"]) for m in train.metadata])
+    fit = encoder.describe()["numeric_fit"]["Patient Age"]
+    assert fit["median"] == np.median(ages) and abs(fit["mean"] - ages.mean()) < 1e-9  # train statistics, not val's
+    assert x.shape == (len(val), 5) and set(np.unique(x[:, 1:])) <= {0.0, 1.0}
+    gaps = [dict(m, **{"Patient Age": ""}) for m in val.metadata[:3]]
+    assert np.allclose(encoder.transform(gaps)[:, 0], (fit["median"] - fit["mean"]) / fit["scale"])  # median-imputed
+    with pytest.raises(DataError, match="'Patient Gender': category 'U' was not in the training data"):
+        encoder.transform([dict(val.metadata[0], **{"Patient Gender": "U"})], "clinical.csv")
+    with pytest.raises(DataError, match="required clinical column"):
+        encoder.transform([{"Patient Age": "50"}], "clinical.csv")
+    with pytest.raises(DataError, match="'fifty' is not a number"):
+        encoder.transform([dict(val.metadata[0], **{"Patient Age": "fifty"})], "clinical.csv")
+
+
+def test_leakage_guard_names_a_column_that_gives_the_label_away(nih) -> None:
+    train = nih.splits["train"]
+    warnings = leakage_report(train.metadata, train.labels, ("Patient Age",), ("View Position", "Finding Labels"),
+                              list(nih.label_names))
+    assert len(warnings) == 1 and "'Finding Labels'" in warnings[0] and "Effusion" in warnings[0]
+
+
+def test_fusion_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="needs clinical columns"):
+        TrainConfig(fusion="intermediate")
+    with pytest.raises(ConfigError, match="both numeric and categorical"):
+        TrainConfig(numeric_columns=("age",), categorical_columns=("age",))
+
+
+def test_fused_model_trains_and_predicts_from_the_command_line(nih_csv: Path, tmp_path: Path) -> None:
+    """Intermediate fusion on the NIH subset: the bundle carries the clinical encoder, prediction reads a clinical
+    CSV, a file without a valid row gets its own error and the others are still predicted."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(nih_csv), "--out", str(out), "--set", "label_column=Finding Labels",
+                                 "--set", "multilabel=true", "--set", "negative_label=No Finding", *CLINICAL,
+                                 "--set", "model=cnn", "--set", "epochs=2"])
+    assert result.exit_code == 0, result.output
+    bundle = out / "model"
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["fusion"] == "intermediate" and manifest["data"]["split_by"] == "Patient ID"
+    assert manifest["tabular"]["features"][0] == "Patient Age" and not manifest["tabular"]["leakage_warnings"]
+    assert load_tabular(bundle).columns == ("Patient Age", "Patient Gender", "View Position")
+
+    images = sorted((nih_csv.parent / "images").glob("*.png"))[:3]
+    rows = {r["Image Index"]: r for r in read_rows(nih_csv)}
+    clinical = tmp_path / "clinical.csv"
+    with clinical.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "Patient Age", "Patient Gender", "View Position"])
+        for image, age in zip(images[:2], ("30", "90")):
+            writer.writerow([image.name, age, rows[image.name]["Patient Gender"], rows[image.name]["View Position"]])
+    shutil.copy(images[0], tmp_path / "same.png")  # the same image, another age: the prediction must change
+    with clinical.open("a", newline="") as f:
+        csv.writer(f).writerow(["same.png", "90", rows[images[0].name]["Patient Gender"], rows[images[0].name]["View Position"]])
+    predictions = tmp_path / "pred.csv"
+    result = runner.invoke(app, ["predict", str(bundle), *map(str, images), str(tmp_path / "same.png"),
+                                 "--clinical", str(clinical), "--out", str(predictions)])
+    assert result.exit_code == 1  # one file had no clinical row
+    out_rows = read_rows(predictions)
+    assert [bool(r["error"]) for r in out_rows] == [False, False, True, False]
+    assert "no row for" in out_rows[2]["error"]
+    assert out_rows[0]["Effusion"] != out_rows[3]["Effusion"]  # same pixels, age 30 vs 90
+    missing = runner.invoke(app, ["predict", str(bundle), str(images[0])])
+    assert missing.exit_code != 0 and "--clinical" in missing.output
+    assert ClinicalTable(clinical).by_name["same.png"]["Patient Age"] == "90"
