@@ -42,7 +42,7 @@ def train(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
     data_dir: DataDir = None,
-    task: Annotated[str, typer.Option("--task", help="classify, or segment (DATASET is then an MSD folder or image,label CSV).")] = "classify",
+    task: Annotated[str, typer.Option("--task", help="classify; segment (DATASET: an MSD folder or image,label CSV); survival (DATASET: a folder with an .npz of images, times, events and a clinical CSV).")] = "classify",
     plan: Annotated[Path | None, typer.Option("--plan", help="Segmentation: plan.json from `medlens plan` (default: plan now).")] = None,
     init: Annotated[str | None, typer.Option("--init", help="Start from an encoder folder (`medlens pretrain`) or 'imagenet' (efficientnet-lite0).")] = None,
 ) -> None:
@@ -52,10 +52,13 @@ def train(
     if task == "segment":
         _train_segment(dataset, out, config, set_, seed, device, plan, init)
         return
+    if task == "survival":
+        _train_survival(dataset, out, config, set_, seed, device)
+        return
     if task != "classify":
         from medlens.errors import ConfigError
 
-        raise ConfigError(f"--task {task!r}: choose classify or segment")
+        raise ConfigError(f"--task {task!r}: choose classify, segment or survival")
     from medlens.tasks.classify import train_classifier
 
     overrides = [f"dataset={dataset}", *(set_ or [])]
@@ -75,6 +78,24 @@ def _is_main_process() -> bool:
     from medlens.train.distributed import dist_info
 
     return dist_info().is_main
+
+
+def _train_survival(data: str, out: Path, config: Path | None, set_: list[str] | None, seed: int | None, device: str | None) -> None:
+    from medlens.config import load_config
+    from medlens.survival.train import SurvivalConfig, train_survival
+
+    overrides = [*(set_ or [])] + ([f"seed={seed}"] if seed is not None else []) + ([f"device={device}"] if device else [])
+    cfg = load_config(SurvivalConfig, config, overrides, section="survival" if config else "")
+    folder = train_survival(data, cfg, out)
+    report = json.loads((folder / "survival_report.json").read_text())
+    for split in ("validation", "test"):
+        if split in report:
+            metrics = {k: v for k, v in report[split].items() if isinstance(v, (int, float))}
+            ci = report[split].get("c_index_ci", {})
+            print_metrics(f"{split} (C-index 95% CI {ci.get('low', float('nan')):.3f}-{ci.get('high', float('nan')):.3f})", metrics)
+    km = report["kaplan_meier_test"]
+    typer.echo(f"Kaplan-Meier by predicted risk group (test split): {folder / km['plot']}, log-rank p = {km['logrank_p']:.3g}")
+    typer.echo(f"bundle written to {folder / 'model'}")
 
 
 def _train_segment(data: str, out: Path, config: Path | None, set_: list[str] | None, seed: int | None, device: str | None,
@@ -248,13 +269,16 @@ def predict(
     clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns.")] = None,
 ) -> None:
     """Probabilities and a label per file, using the bundle's validation-chosen threshold."""
-    from medlens.models.bundle import load_bundle
+    from medlens.models.bundle import load_bundle, read_manifest
     from medlens.runtime.backends import place_on_device
     from medlens.tabular.encode import ClinicalTable
     from medlens.tasks.predict import expand_inputs, predict_files, write_predictions
 
-    loaded, backend = place_on_device(load_bundle(bundle), backend, device)
     table = ClinicalTable(clinical) if clinical is not None else None
+    if read_manifest(bundle)[1].get("task") == "survival":
+        _predict_survival(bundle, files, out, table)
+        return
+    loaded, backend = place_on_device(load_bundle(bundle), backend, device)
     inputs = expand_inputs(list(files))
     if out is not None and out.suffix.lower() in (".csv", ".jsonl"):
         _predict_streamed(loaded, inputs, out, fit_input, backend, table)
@@ -266,6 +290,35 @@ def predict(
     failed = [r for r in rows if r.error]
     if out is not None:
         typer.echo(f"{len(rows)} rows written to {out}")
+    if failed:
+        make_console(stderr=True).print(f"[red]error:[/red] {len(failed)} of {len(rows)} files could not be predicted (see the error column)", highlight=False)
+        raise typer.Exit(1)
+
+
+def _predict_survival(bundle: str, files: list[Path], out: Path | None, clinical: Any) -> None:
+    """Risk, risk group and survival at 1 and 2 years per file (CSV or JSON with --out)."""
+    import csv
+
+    from medlens.display import print_table
+    from medlens.models.bundle import read_manifest
+    from medlens.survival.predict import predict_survival_files
+    from medlens.tasks.predict import expand_inputs
+
+    path, manifest = read_manifest(bundle)
+    rows = predict_survival_files(path, manifest, expand_inputs(list(files)), clinical)
+    fields = ["file", "risk", "risk_group", "survival_365d", "survival_730d", "error"]
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".json":
+            out.write_text(json.dumps(rows, indent=1))
+        else:
+            with out.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+    print_table(fields, [[Path(r["file"]).name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in fields[1:])]
+                         for r in rows])
+    failed = [r for r in rows if r["error"]]
     if failed:
         make_console(stderr=True).print(f"[red]error:[/red] {len(failed)} of {len(rows)} files could not be predicted (see the error column)", highlight=False)
         raise typer.Exit(1)

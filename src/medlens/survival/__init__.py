@@ -1,0 +1,1 @@
+"""Prognosis: time-to-event (survival) models from images and clinical values."""

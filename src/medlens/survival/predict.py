@@ -1,0 +1,75 @@
+"""Risk score, risk group and survival probabilities for new patients from a survival bundle.
+
+Each image is read like any medlens input, checked against the training
+image shape, scaled with the training intensity window, and (for fused
+models) joined with its row of the clinical CSV. A file that fails gets its
+error in its row and the others are still predicted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlens.errors import DataError, MedlensError, ModelError
+from medlens.survival.heads import HEADS
+from medlens.survival.metrics import HORIZONS_DAYS, risk_groups
+
+
+def load_survival_model(path: Path, manifest: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+    from medlens.models.bundle import WEIGHTS
+    from medlens.models.networks import NetworkSpec, build_network
+
+    if manifest["inputs"] == "clinical":
+        raise ModelError(f"{path}: a clinical-only Cox baseline holds no network to predict with; train with "
+                         "--set inputs=fused or inputs=image for a model that predicts")
+    raw = dict(manifest["settings"]["network"])
+    raw["image_shape"] = tuple(raw["image_shape"])
+    model = build_network(NetworkSpec(**raw))
+    encoder = None
+    if manifest["inputs"] == "fused":
+        from medlens.models.fusion import FusionNet
+        from medlens.tabular.encode import load_tabular
+
+        encoder = load_tabular(path)
+        model = FusionNet(model, len(manifest["tabular"]["features"]), raw["num_classes"])
+    model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+    return model.eval(), encoder
+
+
+def predict_survival_files(path: Path, manifest: dict[str, Any], files: list[Path], clinical: Any = None) -> list[dict[str, Any]]:
+    """One row per file: ``risk``, ``risk_group``, ``survival_<days>d`` at each horizon, ``error``."""
+    from medlens.io import read_image
+    from medlens.models.bundle import predict_logits
+
+    model, encoder = load_survival_model(path, manifest)
+    if encoder is not None and clinical is None:
+        raise DataError(f"{path} predicts from the image and clinical values ({', '.join(encoder.columns)}): give them "
+                        "with --clinical CSV (a 'file' column plus those columns)")
+    settings, head = manifest["settings"], HEADS.get(manifest["head"])
+    shape = tuple(settings["network"]["image_shape"])
+    low, high = settings["intensity"]["low"], settings["intensity"]["high"]
+    rows: list[dict[str, Any]] = []
+    for file in files:
+        row: dict[str, Any] = {"file": str(file), "error": ""}
+        rows.append(row)
+        try:
+            image = read_image(file)
+            if tuple(image.shape[1:]) != shape or image.shape[0] != settings["network"]["in_channels"]:
+                raise DataError(f"{file.name}: image of shape {tuple(image.shape)}, the model was trained on "
+                                f"({settings['network']['in_channels']}, {', '.join(map(str, shape))}); crop or resize it the same way")
+            x = np.clip((image[None] - low) / max(high - low, 1e-6) * 2 - 1, -1, 1).astype(np.float32)
+            inputs = (x, clinical.features(encoder, str(file))) if encoder is not None else x
+            output = predict_logits(model, inputs)
+        except MedlensError as exc:
+            row["error"] = str(exc)
+            continue
+        risk = head.risk(output, settings)
+        row["risk"] = float(risk[0])
+        row["risk_group"] = manifest["risk_group_names"][int(risk_groups(risk, manifest["risk_cutoffs"])[0])]
+        curve = head.survival(output, settings, np.asarray(HORIZONS_DAYS))
+        row |= {f"survival_{int(h)}d": float(p) for h, p in zip(HORIZONS_DAYS, curve[0])}
+    return rows
