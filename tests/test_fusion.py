@@ -133,3 +133,27 @@ def test_fused_model_trains_and_predicts_from_the_command_line(nih_csv: Path, tm
     missing = runner.invoke(app, ["predict", str(bundle), str(images[0])])
     assert missing.exit_code != 0 and "--clinical" in missing.output
     assert ClinicalTable(clinical).by_name["same.png"]["Patient Age"] == "90"
+
+
+def test_clinical_baseline_and_late_fusion_weight_chosen_on_validation(nih) -> None:
+    """Gradient boosting on age/sex/view, and the late-fusion weight picked by validation AUC (never test)."""
+    from sklearn.metrics import roc_auc_score
+
+    from medlens.tabular.baselines import fit_tabular_model, late_fusion_weight, tabular_proba
+
+    train, val = nih.splits["train"], nih.splits["val"]
+    encoder = fit_tabular(train.metadata, ("Patient Age",), ("Patient Gender", "View Position"))
+    model = fit_tabular_model(encoder.transform(train.metadata), train.labels, nih.task)
+    assert isinstance(model[7], float)  # Hernia: one positive in training, so its prevalence, not a fitted model
+    p_clinical = tabular_proba(model, encoder.transform(val.metadata))
+    assert p_clinical.shape == val.labels.shape and ((0 <= p_clinical) & (p_clinical <= 1)).all()
+    keep = [k for k in range(14) if 0 < val.labels[:, k].sum() < len(val)]
+
+    def auc(y: np.ndarray, p: np.ndarray) -> float:
+        return float(roc_auc_score(y[:, keep], p[:, keep], average="macro"))
+
+    informative = val.labels.astype(float) * 0.5 + 0.25  # a stand-in image model that knows the answer
+    weight, curve = late_fusion_weight(informative, p_clinical, val.labels, auc)
+    assert weight == 1.0 and len(curve) == 11 and curve[-1]["score"] == 1.0
+    weight, _ = late_fusion_weight(np.full_like(p_clinical, 0.5), p_clinical, val.labels, auc)
+    assert weight < 1.0  # an uninformative image model gets less weight than the clinical one
