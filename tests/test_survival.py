@@ -83,7 +83,7 @@ def test_heads_prefer_the_true_order_of_real_survival_times(lung1: Path) -> None
 
 def test_survival_model_trains_writes_km_plot_and_predicts_from_cli(lung1: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(lung1), "--task", "survival", "--out", str(out), "--set", "epochs=2", *CLINICAL])
+    result = runner.invoke(app, ["train", str(lung1), "--task", "survival", "--out", str(out), "--set", "epochs=2", "--set", "n_bootstrap=50", *CLINICAL])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "survival_report.json").read_text())
     assert 0 <= report["test"]["c_index"] <= 1 and 0 < report["test"]["ibs"] < 0.5 and report["test"]["n"] == 63
@@ -110,7 +110,8 @@ def test_survival_model_trains_writes_km_plot_and_predicts_from_cli(lung1: Path,
 def test_clinical_only_cox_baseline(lung1: Path, tmp_path: Path) -> None:
     from medlens.survival.train import train_survival
 
-    cfg = SurvivalConfig(inputs="clinical", numeric_columns=("age",), categorical_columns=("Overall.Stage", "Histology"))
+    cfg = SurvivalConfig(inputs="clinical", numeric_columns=("age",), categorical_columns=("Overall.Stage", "Histology"),
+                         n_bootstrap=50)
     out = train_survival(lung1, cfg, tmp_path / "clinical", show_progress=False)
     report = json.loads((out / "survival_report.json").read_text())
     manifest = json.loads((out / "model" / "bundle.json").read_text())

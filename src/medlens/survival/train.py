@@ -52,6 +52,7 @@ class SurvivalConfig:
     patience: int = 10
     penalizer: float = 0.1  # clinical-only Cox (lifelines): L2 penalty
     risk_groups: int = 2  # 2 (median) or 3 (tertiles) of the training risk
+    n_bootstrap: int = 500  # resamples for the C-index confidence interval
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -227,7 +228,7 @@ def _score(head: Any, settings: dict[str, Any], scores: dict[str, np.ndarray], p
         grid = time_grid(part.time)
         curves = head.survival(scores["val" if split == "validation" else split], settings, grid)
         report[split] = {**survival_metrics(risk, part.time, part.event, curves, grid),
-                         "c_index_ci": c_index_interval(risk, part.time, part.event, seed=cfg.seed)}
+                         "c_index_ci": c_index_interval(risk, part.time, part.event, cfg.n_bootstrap, seed=cfg.seed)}
     test = parts["test"]
     groups = risk_groups(head.risk(scores["test"], settings), cutoffs)
     out.mkdir(parents=True, exist_ok=True)
