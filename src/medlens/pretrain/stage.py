@@ -114,16 +114,24 @@ def _unlabelled_images(cfg: PretrainConfig, data_dir: str | Path | None) -> tupl
 def _one_epoch(encoder: nn.Module, objective: nn.Module, images: torch.Tensor, batch_size: int,
                optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device, generator: torch.Generator,
                title: str, show_progress: bool) -> tuple[float, float]:
-    from rich.progress import Progress
-
     encoder.train(), objective.train()
     order = torch.randperm(len(images), generator=generator)
     batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)] or [order]
+    return optimise_epoch(batches, lambda index: objective(encoder, images[index].to(device)), optimizer, scheduler,
+                          title, show_progress)
+
+
+def optimise_epoch(batches: Any, loss_of: Any, optimizer: torch.optim.Optimizer, scheduler: Any, title: str,
+                   show_progress: bool) -> tuple[float, float]:
+    """One pass of a self-supervised objective: ``loss_of(batch) -> (loss, score)`` per batch, a step after each;
+    returns the epoch's mean loss and score (shared by classifier and U-Net pretraining)."""
+    from rich.progress import Progress
+
     losses, scores = [], []
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task(title, total=len(batches))
-        for index in batches:
-            loss, score = objective(encoder, images[index].to(device))
+        for batch in batches:
+            loss, score = loss_of(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -30,7 +30,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -185,22 +184,10 @@ def pretrain_segmenter(data: str | Path, plan: SegPlan, cfg: SegPretrainConfig, 
 
 def _one_epoch(objective: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device,
                title: str, show_progress: bool) -> tuple[float, float]:
-    from rich.progress import Progress
+    from medlens.pretrain.stage import optimise_epoch
 
     objective.train()
-    losses, scores = [], []
-    with Progress(transient=True, disable=not show_progress) as progress:
-        task = progress.add_task(title, total=len(loader))
-        for batch, _ in loader:
-            loss, score = objective(batch.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            scores.append(score)
-            progress.advance(task)
-    return float(np.mean(losses)), float(np.mean(scores))
+    return optimise_epoch(loader, lambda item: objective(item[0].to(device)), optimizer, scheduler, title, show_progress)
 
 
 def _save(out_dir: Path, objective: nn.Module, plan: SegPlan, cfg: SegPretrainConfig, source: dict[str, Any],
