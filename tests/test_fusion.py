@@ -110,6 +110,11 @@ def test_fused_model_trains_and_predicts_from_the_command_line(nih_csv: Path, tm
     assert manifest["fusion"] == "intermediate" and manifest["data"]["split_by"] == "Patient ID"
     assert manifest["tabular"]["features"][0] == "Patient Age" and not manifest["tabular"]["leakage_warnings"]
     assert load_tabular(bundle).columns == ("Patient Age", "Patient Gender", "View Position")
+    evaluated = runner.invoke(app, ["evaluate", str(bundle), "--data", str(nih_csv), "--out", str(tmp_path / "eval"),
+                                    "--bootstrap", "20"])
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 139 and "auc/Effusion" in metrics["metrics"]  # the same patient-level test split, per finding
 
     images = sorted((nih_csv.parent / "images").glob("*.png"))[:3]
     rows = {r["Image Index"]: r for r in read_rows(nih_csv)}

@@ -23,7 +23,11 @@ def evaluate_bundle(
     """Score a bundle on one split with its own thresholds and write the report to ``out_dir``."""
     _check_compatible(bundle, data)
     part = data.split(split)
-    probs = bundle.predict_proba(normalized_inputs(part, bundle.preprocessing))
+    images = normalized_inputs(part, bundle.preprocessing)
+    if bundle.tabular is not None:  # a fused model reads each image's clinical values from the dataset's CSV
+        probs = bundle.predict_proba((images, bundle.tabular.transform(part.metadata, f"{data.name}: {split} split")))
+    else:
+        probs = bundle.predict_proba(images)
     labels = bundle.label_names
     metric_fn = partial(classification_metrics, bundle.task, label_names=labels, thresholds=bundle.thresholds)
     metrics = metric_fn(part.labels, probs)
