@@ -213,6 +213,7 @@ def test_federation_stops_with_the_reason_when_too_few_sites_answer(pneumonia, t
         run_federation(FederateConfig(rounds=1), tmp_path / "bad.json", tmp_path / "run2", os.environ["MEDLENS_DATA_DIR"])
 
 
+@pytest.mark.slow  # 81 s in the fresh-clone run; in-process federation tests cover rounds, DP and failing sites by default
 def test_federate_command_as_separate_processes(tmp_path: Path) -> None:
     """`medlens federate --deployment`: Flower's deployment engine on 127.0.0.1 (a SuperLink, one SuperNode per site,
     `flwr run`), then scoring at each site; every Flower process is stopped afterwards. (Adaptation: test_site_adaptation.)"""

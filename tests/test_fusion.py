@@ -56,8 +56,7 @@ def test_a_split_column_that_shares_patients_is_refused_without_naming_them(nih_
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    for name in ("images",):
-        (tmp_path / name).symlink_to(nih_csv.parent / name)
+    (tmp_path / "images").symlink_to((nih_csv.parent / "images").resolve())  # $MEDLENS_DATA_DIR may be relative
     with pytest.raises(DataError, match="more than one split") as info:
         load_folder_dataset(path, **NIH)
     assert "lines [2, 3, 4]" in str(info.value) and "Patient ID" in str(info.value)
@@ -103,7 +102,7 @@ def test_fused_model_trains_and_predicts_from_the_command_line(nih_csv: Path, tm
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", str(nih_csv), "--out", str(out), "--set", "label_column=Finding Labels",
                                  "--set", "multilabel=true", "--set", "negative_label=No Finding", *CLINICAL,
-                                 "--set", "model=cnn", "--set", "epochs=2"])
+                                 "--set", "model=cnn", "--set", "epochs=1"])
     assert result.exit_code == 0, result.output
     bundle = out / "model"
     manifest = json.loads((bundle / "bundle.json").read_text())
