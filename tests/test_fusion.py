@@ -15,6 +15,10 @@ from medlens.cli import app
 from medlens.config import TrainConfig
 from medlens.datasets import load_folder_dataset
 from medlens.errors import ConfigError, DataError
+from medlens.explain.clinical import clinical_effects
+from medlens.io import read_image
+from medlens.models.bundle import load_bundle
+from medlens.preprocess import prepare_image
 from medlens.tabular.encode import ClinicalTable, fit_tabular, leakage_report, load_tabular
 
 runner = CliRunner(env={"COLUMNS": "250"})
@@ -137,6 +141,29 @@ def test_fused_model_trains_and_predicts_from_the_command_line(nih_csv: Path, tm
     missing = runner.invoke(app, ["predict", str(bundle), str(images[0])])
     assert missing.exit_code != 0 and "--clinical" in missing.output
     assert ClinicalTable(clinical).by_name["same.png"]["Patient Age"] == "90"
+
+    # explain: a heatmap with the patient's values held fixed, and what each value did to the probability
+    explained = runner.invoke(app, ["explain", str(bundle), str(images[0]), str(tmp_path / "same.png"),
+                                    "--clinical", str(clinical), "--out", str(tmp_path / "explain")])
+    assert explained.exit_code == 0, explained.output
+    report = json.loads((tmp_path / "explain" / "explain.json").read_text())
+    for r in report["files"]:
+        assert Path(r["outputs"][0]).is_file() and not r["error"]
+        assert not r["label"] or r["explained"] in r["label"].split("|")  # a finding the bundle reported
+        assert [e["column"] for e in sorted(r["clinical_effects"], key=lambda e: e["column"])] == \
+            ["Patient Age", "Patient Gender", "View Position"]
+        for e in r["clinical_effects"]:  # p(as given) = p(value unknown) + effect, for the class explained
+            assert abs(e["p_without"] + e["effect"] - r["probabilities"][r["explained"]]) < 2e-3
+    assert "clinical effect" in explained.output
+    loaded = load_bundle(bundle)
+    x = np.stack([prepare_image(read_image(p), loaded.preprocessing)[0] for p in (images[0], tmp_path / "same.png")])
+    table = ClinicalTable(clinical)
+    young, old = (clinical_effects(loaded, x[i], table.row(name), 0, "test") for i, name in enumerate([images[0].name, "same.png"]))
+    age = [next(e for e in effects if e["column"] == "Patient Age") for effects in (young, old)]
+    assert age[0]["p_without"] == age[1]["p_without"]  # same pixels and other values: "age unknown" is one answer
+    assert age[0]["effect"] != age[1]["effect"]  # ages 30 and 90 move it differently
+    no_clinical = runner.invoke(app, ["explain", str(bundle), str(images[0]), "--out", str(tmp_path / "e2")])
+    assert no_clinical.exit_code != 0 and "--clinical" in no_clinical.output
 
 
 def test_clinical_baseline_and_late_fusion_weight_chosen_on_validation(nih) -> None:

@@ -22,18 +22,28 @@ def explain(
     method: Annotated[str, typer.Option("--method", help="gradcam, gradcam++, occlusion or integrated-gradients.")] = "gradcam",
     layer: Annotated[str | None, typer.Option("--layer", help="Grad-CAM layer (default: the last spatial feature map).")] = None,
     fit_input: Annotated[bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model.")] = False,
+    clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns.")] = None,
 ) -> None:
-    """Heatmaps of where the model looked, over each image: PNG, and a Secondary Capture beside DICOM input."""
+    """Heatmaps of where the model looked, over each image: PNG, and a Secondary Capture beside DICOM input.
+
+    For a fused model, also what each clinical value did to the probability (explain.json, overlay title)."""
     from medlens.explain.maps import EXPLAINERS
     from medlens.explain.stage import explain_files
     from medlens.models.bundle import load_bundle
+    from medlens.tabular.encode import ClinicalTable
     from medlens.tasks.predict import expand_inputs
 
     EXPLAINERS.get(method)  # an unknown method fails before any work
-    report = explain_files(load_bundle(bundle), expand_inputs(list(files)), out, method, layer, fit_input)
+    table = ClinicalTable(clinical) if clinical is not None else None
+    report = explain_files(load_bundle(bundle), expand_inputs(list(files)), out, method, layer, fit_input, table)
     rows = [[Path(r["file"]).name, r.get("label", ""), ", ".join(Path(o).name for o in r["outputs"]), r["error"]]
             for r in report["files"]]
-    print_table(["file", "label", "written", "error"], rows)
+    if table is not None:
+        from medlens.explain.clinical import describe_effects
+
+        for row, r in zip(rows, report["files"]):
+            row.insert(2, describe_effects(r.get("clinical_effects", []), top=2))
+    print_table(["file", "label", *(["clinical effect (vs unknown)"] if table is not None else []), "written", "error"], rows)
     typer.echo(f"report: {out / 'explain.json'}")
     if report["n_failed"]:
         make_console(stderr=True).print(f"[red]error:[/red] {report['n_failed']} of {len(rows)} files could not be "

@@ -60,7 +60,7 @@ def write_overlay_png(image: np.ndarray, heat: np.ndarray, path: Path, title: st
     import matplotlib.pyplot as plt
 
     views = planes(image, heat)
-    fig, axes = plt.subplots(len(views), 2, figsize=(6, 3 * len(views)), squeeze=False)
+    fig, axes = plt.subplots(len(views), 2, figsize=(6, 3 * len(views)), squeeze=False, layout="constrained")
     for row, (name, plane, hplane) in zip(axes, views):
         row[0].imshow(_grey(plane), cmap="gray")
         row[1].imshow(blend(plane, hplane))

@@ -1,7 +1,10 @@
 """The explain stage: a bundle and image files -> heatmap overlays (PNG; DICOM Secondary Capture for DICOM input).
 
 Each file is read and checked exactly as ``medlens predict`` does. A file that
-fails gets its error in ``explain.json`` and the rest still run.
+fails gets its error in ``explain.json`` and the rest still run. A fused bundle
+(image + clinical values) needs each image's clinical row: its heatmap is drawn
+with those values held fixed, and ``clinical_effects`` in the report says what
+each value did to the probability (:mod:`medlens.explain.clinical`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.errors import MedlensError
+from medlens.errors import ConfigError, MedlensError
 from medlens.explain.maps import ExplainOptions, explain
 from medlens.explain.overlay import write_overlay_png, write_secondary_capture
 from medlens.io import read_image
@@ -29,8 +32,15 @@ def black_level(bundle: Bundle) -> float:
 
 
 def explain_files(bundle: Bundle, files: list[Path], out_dir: Path, method: str = "gradcam", layer: str | None = None,
-                  adapt: bool = False) -> dict[str, Any]:
-    """Overlays for each file in ``out_dir``; returns (and writes) the ``explain.json`` report."""
+                  adapt: bool = False, clinical: Any = None) -> dict[str, Any]:
+    """Overlays for each file in ``out_dir``; returns (and writes) the ``explain.json`` report.
+
+    ``clinical``: a :class:`medlens.tabular.encode.ClinicalTable`, required by a fused bundle."""
+    from medlens.explain.clinical import WithClinical, clinical_effects, describe_effects
+
+    if bundle.tabular is not None and clinical is None:
+        raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
+                          "give them with --clinical CSV (a 'file' column plus those columns)")
     opts = ExplainOptions(layer=layer, baseline=black_level(bundle))
     rows = []
     for path in files:
@@ -38,12 +48,20 @@ def explain_files(bundle: Bundle, files: list[Path], out_dir: Path, method: str 
         try:
             raw = read_image(path, expected_modality=bundle.preprocessing.modality)
             x, row["notes"] = prepare_image(raw, bundle.preprocessing, adapt=adapt)
-            probs = bundle.predict_proba(x[None])[0]
+            model, inputs = bundle.model, x[None]
+            if bundle.tabular is not None:
+                features = clinical.features(bundle.tabular, str(path))
+                model, inputs = WithClinical(bundle.model, features), (x[None], features)
+            probs = bundle.predict_proba(inputs)[0]
             row["label"] = decide_label(bundle, probs)
             row["probabilities"] = {n: float(p) for n, p in zip(bundle.label_names, probs)}
-            cls = int(np.argmax(probs)) if bundle.task != "binary" else bundle.label_names.index(row["label"])
-            heat = explain(bundle.model, x[None], method, [cls], opts)[0]
+            cls = explained_class(bundle, probs, row["label"])
+            row["explained"] = bundle.label_names[cls]
+            heat = explain(model, x[None], method, [cls], opts)[0]
             title = f"{path.name}: {method} for '{bundle.label_names[cls]}' (p={probs[cls]:.2f})"
+            if bundle.tabular is not None:
+                row["clinical_effects"] = clinical_effects(bundle, x, clinical.row(str(path)), cls, clinical.where(str(path)))
+                title += f"\neffect on p of each clinical value (vs unknown): {describe_effects(row['clinical_effects'])}"
             row["outputs"].append(str(write_overlay_png(x, heat, out_dir / f"{_stem(path)}_{method}.png", title)))
             if _is_dicom(path) and heat.ndim == 2:
                 sc = write_secondary_capture(path, heat, out_dir / f"{_stem(path)}_{method}_sc.dcm",
@@ -59,6 +77,17 @@ def explain_files(bundle: Bundle, files: list[Path], out_dir: Path, method: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "explain.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def explained_class(bundle: Bundle, probs: np.ndarray, label: str) -> int:
+    """The class a map explains: the decided label (binary); the likeliest finding that passed its threshold
+    (multi-label: arg-max could be a finding the bundle did not report), arg-max when none did or otherwise."""
+    if bundle.task == "binary":
+        return bundle.label_names.index(label)
+    if bundle.task == "multilabel" and label:
+        found = [bundle.label_names.index(name) for name in label.split("|")]
+        return max(found, key=lambda k: probs[k])
+    return int(np.argmax(probs))
 
 
 def _is_dicom(path: Path) -> bool:

@@ -216,9 +216,17 @@ class ClinicalTable:
                 raise DataError(f"--clinical {path}: line {line}: a second row for {Path(key).name!r}; one row per image")
             self.by_path[key] = self.by_name[Path(key).name] = row
 
-    def features(self, encoder: TabularEncoder, image: str) -> np.ndarray:
-        """One image's encoded clinical values ``(1, n_features)``, or a DataError saying what is wrong."""
+    def row(self, image: str) -> dict[str, str]:
+        """One image's raw clinical values, found by its path as given or its file name."""
         row = self.by_path.get(image) or self.by_name.get(Path(image).name)
         if row is None:
             raise DataError(f"--clinical {self.path}: no row for {Path(image).name!r}; add one (file column = that name)")
-        return encoder.transform([row], f"--clinical {self.path} ({Path(image).name})")
+        return row
+
+    def where(self, image: str) -> str:
+        """How error messages name this image's row."""
+        return f"--clinical {self.path} ({Path(image).name})"
+
+    def features(self, encoder: TabularEncoder, image: str) -> np.ndarray:
+        """One image's encoded clinical values ``(1, n_features)``, or a DataError saying what is wrong."""
+        return encoder.transform([self.row(image)], self.where(image))
