@@ -165,6 +165,21 @@ def test_fused_model_trains_and_predicts_from_the_command_line(nih_csv: Path, tm
     no_clinical = runner.invoke(app, ["explain", str(bundle), str(images[0]), "--out", str(tmp_path / "e2")])
     assert no_clinical.exit_code != 0 and "--clinical" in no_clinical.output
 
+    # ONNX: the graph takes the raw image and the encoded clinical values, and agrees with PyTorch
+    exported = runner.invoke(app, ["export", str(bundle)])  # checks on the bundle's own CSV's validation split
+    assert exported.exit_code == 0, exported.output
+    assert json.loads((bundle / "bundle.json").read_text())["onnx"]["clinical_input"].startswith("clinical: (N, n_features)")
+    by_backend = {}
+    for backend in ("onnxruntime", "torch"):
+        target = tmp_path / f"pred-{backend}.csv"
+        runner.invoke(app, ["predict", str(bundle), str(images[0]), str(tmp_path / "same.png"), "--clinical", str(clinical),
+                            "--backend", backend, "--out", str(target)])
+        by_backend[backend] = np.array([[float(r[n]) for n in loaded.label_names] for r in read_rows(target)])
+    assert by_backend["onnxruntime"].shape == (2, 14)
+    np.testing.assert_allclose(by_backend["onnxruntime"], by_backend["torch"], atol=1e-4)
+    refused = runner.invoke(app, ["export", str(bundle), "--quantize", "dynamic"])
+    assert refused.exit_code != 0 and "fused" in refused.output
+
 
 def test_clinical_baseline_and_late_fusion_weight_chosen_on_validation(nih) -> None:
     """Gradient boosting on age/sex/view, and the late-fusion weight picked by validation AUC (never test)."""

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from medlens.cli_common import DataDir, user_errors
+from medlens.errors import ConfigError
 
 
 @user_errors
@@ -20,7 +21,6 @@ def export(
     data_dir: DataDir = None,
 ) -> None:
     """Write model.onnx into the bundle (classifiers: preprocessing in the graph), checked against PyTorch on real images."""
-    from medlens.errors import ConfigError
     from medlens.models.bundle import load_bundle, read_manifest
 
     if fmt != "onnx":
@@ -34,11 +34,15 @@ def export(
         from medlens.tasks.data import dataset_for_bundle
 
         loaded = load_bundle(bundle)
-        name = data or manifest.get("data", {}).get("dataset") or manifest.get("config", {}).get("dataset")
-        if not name:
-            raise ConfigError("the bundle does not name its training data: pass --data with real images to check on")
-        dataset = dataset_for_bundle(loaded, name, None, data_dir)
-        record = export_onnx(loaded, dataset.split("val").images[:check_images].astype("float32"))
+        if quantize and loaded.tabular is not None:
+            raise ConfigError("--quantize: int8 graphs of fused (image + clinical) bundles are not supported yet; "
+                              "export without --quantize")
+        dataset = dataset_for_bundle(loaded, data or training_data(manifest), None, data_dir)
+        val = dataset.split("val")
+        clinical = None
+        if loaded.tabular is not None:
+            clinical = loaded.tabular.transform(val.metadata[:check_images], f"{dataset.name}: validation split")
+        record = export_onnx(loaded, val.images[:check_images].astype("float32"), check_clinical=clinical)
         where = f"on {record['checked_images']} real validation images"
         if quantize:
             typer.echo(f"{path / record['file']}: ONNX opset {record['opset']}, matches PyTorch within "
@@ -50,6 +54,21 @@ def export(
                           "segmentation bundles")
     typer.echo(f"{path / record['file']}: ONNX opset {record['opset']}, matches PyTorch within "
                f"{record['max_abs_difference']:.1e} {where}")
+
+
+def training_data(manifest: dict) -> str:
+    """What the bundle was trained on, as ``--data`` would name it: the path it was given for a folder or CSV
+    (the manifest's short name would be read as a MedMNIST name), else the MedMNIST name."""
+    given = manifest.get("config", {}).get("dataset")
+    name = manifest.get("data", {}).get("dataset")
+    if given and Path(given).exists():
+        return str(given)
+    if given and (Path(given).suffix or "/" in str(given)):
+        raise ConfigError(f"the bundle was trained on {given}, which is not there from here; pass --data with that "
+                          "dataset (its validation split is what the export is checked on)")
+    if not (name or given):
+        raise ConfigError("the bundle does not name its training data: pass --data with real images to check on")
+    return str(name or given)
 
 
 def _quantize(loaded: object, dataset: object, kind: str) -> None:

@@ -244,7 +244,9 @@ class FeatureExtractor(nn.Module):
     A forward hook reads the head's input, so no network needs rebuilding
     (MONAI's ``cnn`` reshapes after its head, which a swapped-in ``Identity``
     would break); the head's own output is computed and discarded (one small
-    matrix product).
+    matrix product). The hook lives for one call and keeps what it saw in a
+    local list, not on the module: torch.export (ONNX) refuses modules that
+    gain tensor attributes while they run.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -254,10 +256,14 @@ class FeatureExtractor(nn.Module):
         if not linears:
             raise ConfigError(f"{type(model).__name__} has no Linear classifier head to split off")
         self.feature_dim = linears[-1].in_features
-        self._seen: list[torch.Tensor] = []
-        linears[-1].register_forward_hook(lambda _m, inputs, _out: self._seen.append(inputs[0]))
+        self._head_index = len(linears) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._seen.clear()
-        self.model(x)
-        return self._seen[-1].flatten(1)
+        seen: list[torch.Tensor] = []
+        head = [m for m in self.model.modules() if isinstance(m, nn.Linear)][self._head_index]
+        handle = head.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return seen[-1].flatten(1)

@@ -64,13 +64,20 @@ def _session(path: str, mtime: float) -> Any:
     return cpu_session(Path(path))
 
 
-def predict_raw(bundle: Bundle, raw: np.ndarray, backend: str = "auto") -> np.ndarray:
-    """Calibrated probabilities for raw, checked images ``(N, C, ...)`` with the chosen backend."""
+def predict_raw(bundle: Bundle, raw: np.ndarray, backend: str = "auto", clinical: np.ndarray | None = None) -> np.ndarray:
+    """Calibrated probabilities for raw, checked images ``(N, C, ...)`` with the chosen backend; a fused bundle
+    also takes their encoded clinical values ``(N, n_features)``."""
+    if (bundle.tabular is not None) != (clinical is not None):
+        raise ModelError(f"{bundle.path.name}: encoded clinical values are needed exactly when the bundle fuses them")
     if choose_backend(bundle, backend) == "onnxruntime":
         path = onnx_path(bundle) or bundle.path  # choose_backend has checked that the file exists
         session = _session(str(path), path.stat().st_mtime)
-        return session.run(None, {"image": np.ascontiguousarray(raw, dtype=np.float32)})[0]
-    return bundle.predict_proba(normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing))
+        feeds = {"image": np.ascontiguousarray(raw, dtype=np.float32)}
+        if clinical is not None:
+            feeds["clinical"] = np.ascontiguousarray(clinical, dtype=np.float32)
+        return session.run(None, feeds)[0]
+    inputs = normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing)
+    return bundle.predict_proba(inputs if clinical is None else (inputs, clinical))
 
 
 def with_backend(seg_bundle: Any, requested: str = "auto") -> Any:

@@ -55,7 +55,7 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
     if bundle.tabular is not None and clinical is None:
         raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
                           "give them with --clinical CSV (a 'file' column plus those columns)")
-    backend = "torch" if bundle.tabular is not None else choose_backend(bundle, backend)
+    backend = choose_backend(bundle, backend)
     rows = [FilePrediction(file=str(f)) for f in files]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -74,11 +74,7 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
         if arrays:
             raw = np.stack(arrays)
             referred = referral_flags(bundle, raw) if bundle.tabular is None else None
-            if bundle.tabular is not None:
-                inputs = normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing)
-                probabilities = bundle.predict_proba((inputs, np.concatenate(features)))
-            else:
-                probabilities = predict_raw(bundle, raw, backend)
+            probabilities = predict_raw(bundle, raw, backend, np.concatenate(features) if features else None)
             for i, (row, probs) in enumerate(zip(ready, probabilities)):
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
                 row.label = decide_label(bundle, probs)
