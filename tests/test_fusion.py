@@ -19,6 +19,7 @@ from medlens.explain.clinical import clinical_effects
 from medlens.io import read_image
 from medlens.models.bundle import load_bundle
 from medlens.preprocess import prepare_image
+from medlens.tabular.dicom import dicom_age_years, dicom_fields
 from medlens.tabular.encode import ClinicalTable, fit_tabular, leakage_report, load_tabular
 
 runner = CliRunner(env={"COLUMNS": "250"})
@@ -100,15 +101,22 @@ def test_fusion_settings_are_checked() -> None:
         TrainConfig(numeric_columns=("age",), categorical_columns=("age",))
 
 
-def test_fused_model_trains_and_predicts_from_the_command_line(nih_csv: Path, tmp_path: Path) -> None:
-    """Intermediate fusion on the NIH subset: the bundle carries the clinical encoder, prediction reads a clinical
-    CSV, a file without a valid row gets its own error and the others are still predicted."""
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def fused_bundle(nih_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An intermediate-fusion bundle trained from the command line (one epoch: these tests check plumbing)."""
+    out = tmp_path_factory.mktemp("fused")
     result = runner.invoke(app, ["train", str(nih_csv), "--out", str(out), "--set", "label_column=Finding Labels",
                                  "--set", "multilabel=true", "--set", "negative_label=No Finding", *CLINICAL,
                                  "--set", "model=cnn", "--set", "epochs=1"])
     assert result.exit_code == 0, result.output
-    bundle = out / "model"
+    return out / "model"
+
+
+def test_fused_model_trains_and_predicts_from_the_command_line(fused_bundle: Path, nih_csv: Path, tmp_path: Path) -> None:
+    """Intermediate fusion on the NIH subset: the bundle carries the clinical encoder, prediction reads a clinical
+    CSV, a file without a valid row gets its own error and the others are still predicted."""
+    bundle = tmp_path / "model"
+    shutil.copytree(fused_bundle, bundle)  # export writes into it
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert manifest["fusion"] == "intermediate" and manifest["data"]["split_by"] == "Patient ID"
     assert manifest["tabular"]["features"][0] == "Patient Age" and not manifest["tabular"]["leakage_warnings"]
@@ -203,3 +211,67 @@ def test_clinical_baseline_and_late_fusion_weight_chosen_on_validation(nih) -> N
     assert weight == 1.0 and len(curve) == 11 and curve[-1]["score"] == 1.0
     weight, _ = late_fusion_weight(np.full_like(p_clinical, 0.5), p_clinical, val.labels, auc)
     assert weight < 1.0  # an uninformative image model gets less weight than the clinical one
+
+
+def test_dicom_header_fields_map_to_clinical_columns() -> None:
+    assert [dicom_age_years(v, "x.dcm") for v in ("045Y", "006M", "026W", "", "090Y")] == ["45", "0.5", "0.4983", "", "90"]
+    with pytest.raises(DataError, match="x.dcm: PatientAge '45 years'"):
+        dicom_age_years("45 years", "x.dcm")
+    columns = ("Patient Age", "Patient Gender", "View Position")
+    assert dicom_fields({}, columns) == {"Patient Age": "PatientAge", "Patient Gender": "PatientSex", "View Position": "ViewPosition"}
+    with pytest.raises(ConfigError, match="'smoker' have no DICOM header field.*clinical_from_dicom"):
+        dicom_fields({}, ("age", "smoker"))
+    declared = {"routing": {"clinical_from_dicom": {"smoker": "SmokingStatus"}}}
+    assert dicom_fields(declared, ("age", "smoker")) == {"age": "PatientAge", "smoker": "SmokingStatus"}
+    with pytest.raises(ConfigError, match="'Smoking' .* is not a DICOM keyword"):
+        dicom_fields({"routing": {"clinical_from_dicom": {"smoker": "Smoking"}}}, ("smoker",))
+
+
+def test_fused_model_reads_clinical_values_from_dicom_headers_and_serves(fused_bundle: Path, nih_csv: Path,
+                                                                         tmp_path: Path) -> None:
+    """Real NIH radiographs wrapped as CR studies with their own age, sex and view in the header: ``--clinical dicom``
+    gives what a CSV with the same values gives; a sex the training data never had is that image's error; the
+    service runs the fused bundle on the study (findings, SR, heatmap, drift reference) from the headers alone."""
+    from medlens.serve.models import load_models
+    from medlens.serve.monitor import build_reference
+    from medlens.serve.process import run_classification
+    from medlens.serve.samples import write_cr_study
+
+    rows = {r["Image Index"]: r for r in read_rows(nih_csv)}
+    images = sorted((nih_csv.parent / "images").glob("*.png"))[3:5]
+    dicoms, table = [], [["file", "Patient Age", "Patient Gender", "View Position"]]
+    for i, image in enumerate(images):
+        meta = rows[image.name]
+        dicoms.append(write_cr_study(image, tmp_path / "study" / f"{i}.dcm", f"P{i}", age=f"{int(meta['Patient Age']):03d}Y",
+                                     sex=meta["Patient Gender"], view=meta["View Position"]))
+        table.append([dicoms[-1].name, meta["Patient Age"], meta["Patient Gender"], meta["View Position"]])
+    odd = write_cr_study(images[0], tmp_path / "odd" / "odd.dcm", "P9", age="045Y", sex="O", view="PA")
+    clinical = tmp_path / "clinical.csv"
+    with clinical.open("w", newline="") as f:
+        csv.writer(f).writerows(table)
+    results = {}
+    for source in ("dicom", str(clinical)):
+        target = tmp_path / f"pred-{len(results)}.csv"
+        runner.invoke(app, ["predict", str(fused_bundle), *map(str, dicoms), str(odd), "--clinical", source, "--out", str(target)])
+        results[source] = read_rows(target)
+    header_rows, csv_rows = results["dicom"], results[str(clinical)]
+    for a, b in zip(header_rows[:2], csv_rows[:2]):
+        assert not a["error"] and float(a["Effusion"]) == pytest.approx(float(b["Effusion"]), abs=1e-6)
+    assert "DICOM header of odd.dcm" in header_rows[2]["error"] and "'O' was not in the training data" in header_rows[2]["error"]
+    png = runner.invoke(app, ["predict", str(fused_bundle), str(images[0]), "--clinical", "dicom"])
+    assert png.exit_code == 1 and "not a readable DICOM file" in png.output
+
+    models = tmp_path / "models"
+    shutil.copytree(fused_bundle, models / "nih-fused")
+    served = load_models(models)["nih-fused"]
+    state, urgency, result = run_classification(served, dicoms + [odd], tmp_path / "job", 1, "job-1")
+    assert state in ("done", "referred") and len(result["findings"]) == 14 and result["images_used"] == 2
+    assert "'O' was not in the training data" in result["skipped_instances"][0]["reason"]
+    assert Path(result["outputs"]["sr"]).is_file() and Path(result["outputs"]["heatmap"]).is_file()
+    assert len(result["observation"]["embedding"]) == served.bundle.model.image.feature_dim  # the image branch
+    assert build_reference(served, window=20) is not None  # drift alarms: the bundle's own CSV's validation split
+    manifest = json.loads((models / "nih-fused" / "bundle.json").read_text())
+    manifest["routing"] = {"clinical_from_dicom": {"View Position": "NotAKeyword"}}
+    (models / "nih-fused" / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="nih-fused: bundle.json routing.clinical_from_dicom: 'NotAKeyword'"):
+        load_models(models)

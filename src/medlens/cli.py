@@ -266,19 +266,20 @@ def predict(
     fit_input: Annotated[bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model (noted per row).")] = False,
     backend: Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when visible), cpu or cuda (runs PyTorch).")] = "auto",
-    clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns.")] = None,
+    clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns, or 'dicom' to read them from each DICOM header.")] = None,
 ) -> None:
     """Probabilities and a label per file, using the bundle's validation-chosen threshold."""
     from medlens.models.bundle import load_bundle, read_manifest
     from medlens.runtime.backends import place_on_device
+    from medlens.tabular.dicom import clinical_source
     from medlens.tabular.encode import ClinicalTable
     from medlens.tasks.predict import expand_inputs, predict_files, write_predictions
 
-    table = ClinicalTable(clinical) if clinical is not None else None
     if read_manifest(bundle)[1].get("task") == "survival":
-        _predict_survival(bundle, files, out, table)
+        _predict_survival(bundle, files, out, ClinicalTable(clinical) if clinical is not None else None)
         return
     loaded, backend = place_on_device(load_bundle(bundle), backend, device)
+    table = clinical_source(clinical, loaded)
     inputs = expand_inputs(list(files))
     if out is not None and out.suffix.lower() in (".csv", ".jsonl"):
         _predict_streamed(loaded, inputs, out, fit_input, backend, table)

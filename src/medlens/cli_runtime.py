@@ -31,7 +31,7 @@ def export(
         where = f"on the validation case {record['checked_on']}"
     elif manifest.get("task") in ("binary", "multiclass", "multilabel"):
         from medlens.runtime.onnx_export import export_onnx
-        from medlens.tasks.data import dataset_for_bundle
+        from medlens.tasks.data import dataset_for_bundle, training_data
 
         loaded = load_bundle(bundle)
         if quantize and loaded.tabular is not None:
@@ -54,21 +54,6 @@ def export(
                           "segmentation bundles")
     typer.echo(f"{path / record['file']}: ONNX opset {record['opset']}, matches PyTorch within "
                f"{record['max_abs_difference']:.1e} {where}")
-
-
-def training_data(manifest: dict) -> str:
-    """What the bundle was trained on, as ``--data`` would name it: the path it was given for a folder or CSV
-    (the manifest's short name would be read as a MedMNIST name), else the MedMNIST name."""
-    given = manifest.get("config", {}).get("dataset")
-    name = manifest.get("data", {}).get("dataset")
-    if given and Path(given).exists():
-        return str(given)
-    if given and (Path(given).suffix or "/" in str(given)):
-        raise ConfigError(f"the bundle was trained on {given}, which is not there from here; pass --data with that "
-                          "dataset (its validation split is what the export is checked on)")
-    if not (name or given):
-        raise ConfigError("the bundle does not name its training data: pass --data with real images to check on")
-    return str(name or given)
 
 
 def _quantize(loaded: object, dataset: object, kind: str) -> None:

@@ -22,7 +22,7 @@ def explain(
     method: Annotated[str, typer.Option("--method", help="gradcam, gradcam++, occlusion or integrated-gradients.")] = "gradcam",
     layer: Annotated[str | None, typer.Option("--layer", help="Grad-CAM layer (default: the last spatial feature map).")] = None,
     fit_input: Annotated[bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model.")] = False,
-    clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns.")] = None,
+    clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns, or 'dicom' (each DICOM header).")] = None,
 ) -> None:
     """Heatmaps of where the model looked, over each image: PNG, and a Secondary Capture beside DICOM input.
 
@@ -30,12 +30,13 @@ def explain(
     from medlens.explain.maps import EXPLAINERS
     from medlens.explain.stage import explain_files
     from medlens.models.bundle import load_bundle
-    from medlens.tabular.encode import ClinicalTable
+    from medlens.tabular.dicom import clinical_source
     from medlens.tasks.predict import expand_inputs
 
     EXPLAINERS.get(method)  # an unknown method fails before any work
-    table = ClinicalTable(clinical) if clinical is not None else None
-    report = explain_files(load_bundle(bundle), expand_inputs(list(files)), out, method, layer, fit_input, table)
+    loaded = load_bundle(bundle)
+    table = clinical_source(clinical, loaded)
+    report = explain_files(loaded, expand_inputs(list(files)), out, method, layer, fit_input, table)
     rows = [[Path(r["file"]).name, r.get("label", ""), ", ".join(Path(o).name for o in r["outputs"]), r["error"]]
             for r in report["files"]]
     if table is not None:

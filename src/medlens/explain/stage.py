@@ -35,12 +35,13 @@ def explain_files(bundle: Bundle, files: list[Path], out_dir: Path, method: str 
                   adapt: bool = False, clinical: Any = None) -> dict[str, Any]:
     """Overlays for each file in ``out_dir``; returns (and writes) the ``explain.json`` report.
 
-    ``clinical``: a :class:`medlens.tabular.encode.ClinicalTable`, required by a fused bundle."""
+    ``clinical``: a :class:`medlens.tabular.encode.ClinicalTable` or :class:`medlens.tabular.dicom.DicomClinical`,
+    required by a fused bundle."""
     from medlens.explain.clinical import WithClinical, clinical_effects, describe_effects
 
     if bundle.tabular is not None and clinical is None:
         raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
-                          "give them with --clinical CSV (a 'file' column plus those columns)")
+                          "give them with --clinical CSV (a 'file' column plus those columns) or --clinical dicom (each DICOM header)")
     opts = ExplainOptions(layer=layer, baseline=black_level(bundle))
     rows = []
     for path in files:

@@ -9,7 +9,10 @@ Routing reads what each bundle says it expects. A bundle may add a
 Without it, a classifier takes its expected modality (``CR`` and ``DX`` count
 as the same projection radiography) and a segmenter the modalities in its
 plan; severity defaults to 1.0. A study that matches no bundle is recorded
-with the reason, never dropped silently.
+with the reason, never dropped silently. A fused (image + clinical) bundle may
+say which header field feeds which clinical column,
+``"clinical_from_dicom": {"Patient Age": "PatientAge"}``; see
+:mod:`medlens.tabular.dicom` for the defaults.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ class ServedModel:
         """The labels that are findings: every label but the first (normal) of a binary model; all others otherwise."""
         names = list(self.bundle.label_names) if self.task != "segmentation" else []
         return names[1:] if self.task == "binary" else names
+
+    def clinical(self) -> Any:
+        """Where a fused bundle's clinical values come from here: each instance's DICOM header; None otherwise."""
+        if self.task == "segmentation" or self.bundle.tabular is None:
+            return None
+        from medlens.tabular.dicom import DicomClinical
+
+        return DicomClinical.for_bundle(self.bundle)
 
     def route(self, study: dict[str, Any]) -> str | None:
         """None if the study should go to this model, else the reason it does not."""
@@ -81,7 +92,7 @@ def _load(path: Path) -> ServedModel:
         bundle = load_bundle(path)
         default = {(manifest.get("expected_input", {}).get("modality") or "").upper()}
     try:
-        return ServedModel(
+        served = ServedModel(
             name=path.name, path=path, task=manifest.get("task", ""), bundle=bundle,
             modalities={m.upper() for m in routing.get("modalities", default)},
             body_parts={b.upper() for b in routing.get("body_parts", [])},
@@ -90,3 +101,8 @@ def _load(path: Path) -> ServedModel:
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise ModelError(f"{path / 'bundle.json'}: the routing block is malformed ({exc}); see medlens.serve.models") from exc
+    try:
+        served.clinical()  # a fused bundle whose clinical columns have no header field fails here, at start-up
+    except ConfigError as exc:
+        raise ConfigError(f"{path.name}: {exc}") from exc
+    return served

@@ -44,25 +44,36 @@ def observe(model: Any, files: list[Path], probabilities: np.ndarray) -> dict[st
     raw = np.stack([fit_image(read_image(f, expected_modality=bundle.preprocessing.modality), bundle.preprocessing, adapt=True)[0]
                     for f in files]).astype(np.float32)
     return {"input_mean": float(raw.mean()), "probabilities": np.asarray(probabilities).mean(axis=0).tolist(),
-            "embedding": embeddings(bundle.model, normalize_intensity(raw, bundle.preprocessing)).mean(axis=0).round(5).tolist()}
+            "embedding": embeddings(image_network(bundle.model), normalize_intensity(raw, bundle.preprocessing)).mean(axis=0).round(5).tolist()}
+
+
+def image_network(model: Any) -> Any:
+    """The network whose embedding drift is watched: a fused model's image branch (its clinical half has no image
+    to drift), else the model itself."""
+    from medlens.models.fusion import FusionNet
+
+    return model.image.model if isinstance(model, FusionNet) else model
 
 
 def build_reference(model: Any, window: int, data_dir: str | Path | None = None, seed: int = 0) -> Reference | None:
     """Scores of random validation windows give the alarm levels; None when the validation data is not available."""
     from medlens.errors import MedlensError
     from medlens.models.bundle import predict_proba
-    from medlens.tasks.data import dataset_for_bundle, normalized_inputs
+    from medlens.tasks.data import dataset_for_bundle, normalized_inputs, training_data
     from medlens.trust.shift import BatchShiftScorer, batch_indices, embeddings
 
     bundle = model.bundle
     try:
-        data = dataset_for_bundle(bundle, bundle.manifest["data"]["dataset"], data_dir=data_dir)
+        data = dataset_for_bundle(bundle, training_data(bundle.manifest), data_dir=data_dir)
+        val = data.splits["val"]
+        clinical = bundle.tabular.transform(val.metadata, "validation split") if bundle.tabular is not None else None
     except (MedlensError, KeyError, OSError) as exc:
         log.warning("model %s: no validation data for drift alarms (%s)", model.name, type(exc).__name__)
         return None
-    inputs = normalized_inputs(data.splits["val"], bundle.preprocessing)
-    probs = predict_proba(bundle.model, inputs, bundle.task, temperature=bundle.temperature)
-    emb = embeddings(bundle.model, inputs)
+    inputs = normalized_inputs(val, bundle.preprocessing)
+    probs = predict_proba(bundle.model, inputs if clinical is None else (inputs, clinical), bundle.task,
+                          temperature=bundle.temperature)
+    emb = embeddings(image_network(bundle.model), inputs)
     scorer = BatchShiftScorer(probs, emb)
     windows = batch_indices(len(inputs), window, CALIBRATION_WINDOWS, seed)
     confidence = [scorer.confidence_score(probs[w]) for w in windows]

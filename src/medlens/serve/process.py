@@ -6,6 +6,8 @@ threshold. Urgency = max over findings of probability x severity (severity
 set per finding in the bundle's routing block, 1.0 by default). A study any of
 whose images the bundle's referral rule calls uncertain is ``referred``: it
 stays in the worklist, marked for a human read, like every other study.
+A fused (image + clinical) bundle takes its clinical values from each
+instance's DICOM header (:mod:`medlens.tabular.dicom`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
 
     from medlens.tasks.predict import predict_files
 
-    rows = predict_files(model.bundle, files, adapt=True)
+    clinical = model.clinical()  # a fused bundle reads age, sex, view... from each instance's header
+    rows = predict_files(model.bundle, files, adapt=True, clinical=clinical)
     good = [(i, r) for i, r in enumerate(rows) if not r.error]
     skipped = [{"instance": i, "reason": r.error} for i, r in enumerate(rows) if r.error]
     if not good:
@@ -48,7 +51,7 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"sr": str(write_sr(sources, findings, model.name, job_key, out_dir / "sr.dcm"))}
     key_image = sources[findings[0]["image_index"]] if findings else sources[0]  # the image the first finding rests on
-    heat = _heatmap(model, key_image, out_dir, job_key)
+    heat = _heatmap(model, key_image, out_dir, job_key, clinical)
     if heat:
         outputs["heatmap"] = heat
     header = pydicom.dcmread(sources[0], stop_before_pixels=True)
@@ -96,11 +99,11 @@ def _fix_uids(path: Path, job_key: str, what: str, target: Path) -> Path:
     return target
 
 
-def _heatmap(model: ServedModel, source: Path, out_dir: Path, job_key: str) -> str | None:
+def _heatmap(model: ServedModel, source: Path, out_dir: Path, job_key: str, clinical: Any = None) -> str | None:
     """Grad-CAM as an RGB Secondary Capture in the source study, with UIDs fixed by the job (idempotent)."""
     from medlens.explain.stage import explain_files
 
-    report = explain_files(model.bundle, [source], out_dir / "explain", method="gradcam", adapt=True)
+    report = explain_files(model.bundle, [source], out_dir / "explain", method="gradcam", adapt=True, clinical=clinical)
     made = [Path(o) for o in report["files"][0]["outputs"] if o.endswith(".dcm")]
     if not made:
         return None

@@ -17,8 +17,12 @@ import numpy as np
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
-def write_cr_study(image_path: Path, out: Path, patient_id: str, accession: str = "") -> Path:
-    """One-image CR study (PA chest) from a real grey image file; returns the DICOM file written."""
+def write_cr_study(image_path: Path, out: Path, patient_id: str, accession: str = "", age: str = "", sex: str = "O",
+                   view: str = "PA") -> Path:
+    """One-image CR study (chest) from a real grey image file; returns the DICOM file written.
+
+    ``age`` (a DICOM age string such as ``058Y``), ``sex`` and ``view`` fill the header fields a fused model reads,
+    e.g. from the NIH metadata that comes with the image."""
     import pydicom
     from PIL import Image
     from pydicom.dataset import FileMetaDataset
@@ -34,12 +38,13 @@ def write_cr_study(image_path: Path, out: Path, patient_id: str, accession: str 
     now = datetime.now()
     ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"Test^{patient_id}", patient_id, "", "O"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"Test^{patient_id}", patient_id, "", sex
+    ds.PatientAge = age
     ds.StudyDate = ds.SeriesDate = now.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = now.strftime("%H%M%S")
     ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = accession, "1", ""
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-    ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "Chest PA", 1, 1
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", view
+    ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = f"Chest {view}", 1, 1
     ds.PatientOrientation = ["L", "F"]
     ds.Manufacturer = "medlens sample (Kermany et al. 2018, CC BY 4.0)"
     ds.Rows, ds.Columns = pixels.shape

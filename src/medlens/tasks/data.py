@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, W
 
 from medlens.config import TrainConfig
 from medlens.datasets import ClassificationData, Split, load_folder_dataset, load_medmnist
+from medlens.errors import ConfigError
 from medlens.preprocess import Preprocessing, normalize_intensity
 from medlens.train.distributed import DistInfo
 
@@ -119,3 +120,18 @@ def dataset_for_bundle(bundle: Any, data: str, size: int | None = None, data_dir
     options = {k: cfg[k] for k in ("label_column", "negative_label", "group_column") if k in cfg}
     return load_dataset(data, size or cfg.get("size", 28), data_dir, cfg.get("image_dir"),
                         tuple(image_size) if image_size else None, bundle.task == "multilabel", cfg.get("seed", 0), options)
+
+
+def training_data(manifest: dict[str, Any]) -> str:
+    """What the bundle was trained on, as ``--data`` would name it: the path it was given for a folder or CSV
+    (the manifest's short name would be read as a MedMNIST name), else the MedMNIST name."""
+    given = manifest.get("config", {}).get("dataset")
+    name = manifest.get("data", {}).get("dataset")
+    if given and Path(given).exists():
+        return str(given)
+    if given and (Path(given).suffix or "/" in str(given)):
+        raise ConfigError(f"the bundle was trained on {given}, which is not there from here; pass --data with that "
+                          "dataset")
+    if not (name or given):
+        raise ConfigError("the bundle does not name its training data: pass --data with real images to check on")
+    return str(name or given)

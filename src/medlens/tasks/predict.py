@@ -46,7 +46,8 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
 
     ``backend``: ``torch``, ``onnxruntime`` (needs ``medlens export``) or ``auto`` (ONNX Runtime when exported).
     ``reader``: how files are read, e.g. a thread pool's ``map`` for parallel decoding.
-    ``clinical``: a :class:`medlens.tabular.encode.ClinicalTable`, required by a fused bundle (a file
+    ``clinical``: a :class:`medlens.tabular.encode.ClinicalTable` or :class:`medlens.tabular.dicom.DicomClinical`,
+    required by a fused bundle (a file
     without a valid clinical row gets its error, like an unreadable image).
     """
     from medlens.errors import ConfigError
@@ -54,7 +55,7 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
 
     if bundle.tabular is not None and clinical is None:
         raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
-                          "give them with --clinical CSV (a 'file' column plus those columns)")
+                          "give them with --clinical CSV (a 'file' column plus those columns) or --clinical dicom (each DICOM header)")
     backend = choose_backend(bundle, backend)
     rows = [FilePrediction(file=str(f)) for f in files]
     for start in range(0, len(rows), batch_size):
