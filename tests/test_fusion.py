@@ -213,6 +213,29 @@ def test_clinical_baseline_and_late_fusion_weight_chosen_on_validation(nih) -> N
     assert weight < 1.0  # an uninformative image model gets less weight than the clinical one
 
 
+def test_a_fused_bundle_is_calibrated_and_refers_its_uncertain_cases(fused_bundle: Path, nih_csv: Path, tmp_path: Path) -> None:
+    """Temperature and referral point fitted on the validation images *with* their clinical values; the calibrated
+    bundle keeps its clinical encoder and flags cases at prediction."""
+    out = tmp_path / "calibrated"
+    result = runner.invoke(app, ["calibrate", str(fused_bundle), "--data", str(nih_csv), "--out", str(out), "--refer", "0.5"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["calibration"]["temperature"] > 0 and manifest["referral"]["chosen_on"] == "validation split (141 cases)"
+    assert load_tabular(out).columns == load_tabular(fused_bundle).columns
+    test_names = {m["Image Index"] for m in load_folder_dataset(nih_csv, **NIH).splits["test"].metadata}
+    rows = [r for r in read_rows(nih_csv) if r["Image Index"] in test_names][:30]
+    clinical = tmp_path / "clinical.csv"
+    with clinical.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "Patient Age", "Patient Gender", "View Position"])
+        writer.writerows([r["Image Index"], r["Patient Age"], r["Patient Gender"], r["View Position"]] for r in rows)
+    target = tmp_path / "pred.csv"
+    images = [str(nih_csv.parent / "images" / r["Image Index"]) for r in rows]
+    result = runner.invoke(app, ["predict", str(out), *images, "--clinical", str(clinical), "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    assert {r["refer"] for r in read_rows(target)} == {"True", "False"}  # half of validation's uncertainty is referred
+
+
 def test_dicom_header_fields_map_to_clinical_columns() -> None:
     assert [dicom_age_years(v, "x.dcm") for v in ("045Y", "006M", "026W", "", "090Y")] == ["45", "0.5", "0.4983", "", "90"]
     with pytest.raises(DataError, match="x.dcm: PatientAge '45 years'"):

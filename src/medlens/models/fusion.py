@@ -28,7 +28,7 @@ class FusionNet(nn.Module):
     def forward(self, image: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
         if tabular is None:
             raise ModelError("this model fuses the image with clinical values: give them too (medlens predict or "
-                             "explain --clinical CSV or --clinical dicom); calibration and audit do not take fused models yet")
+                             "explain --clinical CSV or --clinical dicom); `medlens audit` does not take fused models yet")
         if tabular.shape[-1] != self.n_tabular:
             raise ModelError(f"clinical features: expected {self.n_tabular} encoded values, got {tabular.shape[-1]}")
         return self.head(torch.cat([self.image(image), self.tabular(tabular.to(image.dtype))], dim=1))

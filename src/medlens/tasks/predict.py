@@ -74,8 +74,9 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
                 arrays.append(array)
         if arrays:
             raw = np.stack(arrays)
-            referred = referral_flags(bundle, raw) if bundle.tabular is None else None
-            probabilities = predict_raw(bundle, raw, backend, np.concatenate(features) if features else None)
+            clinical_features = np.concatenate(features) if features else None
+            referred = referral_flags(bundle, raw, clinical_features)
+            probabilities = predict_raw(bundle, raw, backend, clinical_features)
             for i, (row, probs) in enumerate(zip(ready, probabilities)):
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
                 row.label = decide_label(bundle, probs)
@@ -96,8 +97,9 @@ def _read_checked(bundle: Bundle, adapt: bool, row: FilePrediction) -> tuple[np.
     return array, notes, ""
 
 
-def referral_flags(bundle: Bundle, raw: np.ndarray) -> np.ndarray | None:
-    """True where a (raw, checked) case is less certain than the bundle's referral point (``medlens calibrate``)."""
+def referral_flags(bundle: Bundle, raw: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray | None:
+    """True where a (raw, checked) case is less certain than the bundle's referral point (``medlens calibrate``);
+    ``clinical``: the cases' encoded clinical values, for a fused bundle."""
     referral = bundle.manifest.get("referral")
     if not referral:
         return None
@@ -105,7 +107,8 @@ def referral_flags(bundle: Bundle, raw: np.ndarray) -> np.ndarray | None:
 
     opts = SampleOptions(modality=bundle.preprocessing.modality, temperature=bundle.temperature)
     inputs = normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing)
-    samples = probability_samples(referral["method"], [bundle.model], inputs, bundle.task, opts)
+    samples = probability_samples(referral["method"], [bundle.model], inputs if clinical is None else (inputs, clinical),
+                                  bundle.task, opts)
     return uncertainty_scores(samples, bundle.task, bundle.thresholds) >= float(referral["threshold"])
 
 

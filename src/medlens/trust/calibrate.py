@@ -76,7 +76,9 @@ def calibrate_bundle(bundle: Bundle, data: ClassificationData, out: Path, referr
     from medlens.trust.uncertainty import SampleOptions, probability_samples, referral_threshold, uncertainty_scores
 
     val = data.split("val")
-    inputs = normalized_inputs(val, bundle.preprocessing)
+    inputs: Any = normalized_inputs(val, bundle.preprocessing)
+    if bundle.tabular is not None:  # a fused bundle: each validation image with its own clinical values
+        inputs = (inputs, bundle.tabular.transform(val.metadata, f"{data.name}: validation split"))
     logits = bundle.predict_logits(inputs)
     raw_thresholds = bundle.manifest.get("calibration", {}).get("uncalibrated_thresholds", bundle.manifest.get("thresholds", []))
     temperature = fit_temperature(logits, val.labels, bundle.task)
@@ -95,6 +97,8 @@ def calibrate_bundle(bundle: Bundle, data: ClassificationData, out: Path, referr
     manifest = {k: v for k, v in bundle.manifest.items() if k != "format"}
     manifest.update({"thresholds": thresholds, "calibration": calibration, "referral": referral})
     save_bundle(out, bundle.model, manifest, half=_weights_are_half(bundle.path))
+    if bundle.tabular is not None:
+        bundle.tabular.save(out)
     return {"calibration": calibration, "referral": referral, "bundle": str(out)}
 
 

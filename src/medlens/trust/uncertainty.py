@@ -28,7 +28,7 @@ from torch import nn
 from medlens.errors import ConfigError, DataError, ModelError
 from medlens.registry import Registry
 
-SampleFn = Callable[[Sequence[nn.Module], np.ndarray, str, "SampleOptions"], np.ndarray]
+SampleFn = Callable[[Sequence[nn.Module], "np.ndarray | tuple[np.ndarray, ...]", str, "SampleOptions"], np.ndarray]
 UNCERTAINTY_METHODS: Registry[SampleFn] = Registry("uncertainty method")
 NO_LR_FLIP_MODALITIES = {"CR", "DX", "DR", "XR", "MG"}  # projection images: laterality matters
 REFERRAL_FRACTIONS = tuple(round(f, 2) for f in np.arange(0.0, 0.51, 0.05))
@@ -49,13 +49,16 @@ def _logits_to_probs(logits: torch.Tensor, task: str, temperature: float) -> np.
 
 
 @torch.no_grad()
-def _passes(model: nn.Module, inputs: np.ndarray, transform: Callable[[torch.Tensor], torch.Tensor], task: str,
-            temperature: float, batch_size: int = 256) -> np.ndarray:
+def _passes(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...], transform: Callable[[torch.Tensor], torch.Tensor],
+            task: str, temperature: float, batch_size: int = 256) -> np.ndarray:
+    """Probabilities of ``model`` on transformed inputs; a fused model's inputs are (images, clinical features), and
+    only the images are transformed."""
     device = next(model.parameters()).device
+    parts = inputs if isinstance(inputs, tuple) else (inputs,)
     out = []
-    for start in range(0, len(inputs), batch_size):
-        batch = torch.as_tensor(inputs[start : start + batch_size], dtype=torch.float32, device=device)
-        out.append(_logits_to_probs(model(transform(batch)), task, temperature))
+    for start in range(0, len(parts[0]), batch_size):
+        batch = [torch.as_tensor(p[start : start + batch_size], dtype=torch.float32, device=device) for p in parts]
+        out.append(_logits_to_probs(model(transform(batch[0]), *batch[1:]), task, temperature))
     return np.concatenate(out)
 
 
@@ -83,7 +86,7 @@ def tta_transforms(spatial_dims: int, modality: str) -> list[Callable[[torch.Ten
 
 def _tta(models: Sequence[nn.Module], inputs: np.ndarray, task: str, opts: SampleOptions) -> np.ndarray:
     models[0].eval()
-    spatial_dims = inputs.ndim - 2
+    spatial_dims = (inputs[0] if isinstance(inputs, tuple) else inputs).ndim - 2
     transforms = tta_transforms(spatial_dims, opts.modality)[: max(opts.samples, 1)]
     return np.stack([_passes(models[0], inputs, t, task, opts.temperature) for t in transforms])
 
@@ -116,9 +119,10 @@ UNCERTAINTY_METHODS.add("mc-dropout", _mc_dropout)
 UNCERTAINTY_METHODS.add("ensemble", _ensemble)
 
 
-def probability_samples(method: str, models: Sequence[nn.Module], inputs: np.ndarray, task: str,
+def probability_samples(method: str, models: Sequence[nn.Module], inputs: np.ndarray | tuple[np.ndarray, ...], task: str,
                         opts: SampleOptions = SampleOptions()) -> np.ndarray:
-    """``(S, N, classes)`` probabilities from a registered method."""
+    """``(S, N, classes)`` probabilities from a registered method; ``inputs`` is (images, clinical features) for a
+    fused model (augmentations touch the images only)."""
     return UNCERTAINTY_METHODS.get(method)(models, inputs, task, opts)
 
 
