@@ -236,6 +236,25 @@ def test_a_fused_bundle_is_calibrated_and_refers_its_uncertain_cases(fused_bundl
     assert {r["refer"] for r in read_rows(target)} == {"True", "False"}  # half of validation's uncertainty is referred
 
 
+def test_a_fused_bundle_gets_a_full_audit_with_each_cases_clinical_values(fused_bundle: Path, nih: object,
+                                                                          tmp_path: Path) -> None:
+    """Every audit section runs on a fused bundle (corruptions, augmentations and maps touch the image only), and the
+    clinical columns are the subgroups of the model card."""
+    from medlens.trust.audit import AuditConfig, audit_bundle
+
+    cfg = AuditConfig(corruptions=("gaussian-noise", "contrast"), severities=(3,), uncertainty_methods=("softmax", "tta", "mc-dropout"),
+                      explain_cases=3, shift_batch_size=16, shift_batches=5, group_columns=("Patient Gender", "View Position"),
+                      max_cases=60, n_bootstrap=50)
+    result = audit_bundle(load_bundle(fused_bundle), nih, tmp_path / "audit", cfg)
+    assert result["performance"]["n"] == 60 and "auc/Effusion" in result["performance"]["metrics"]
+    assert {m for m, r in result["referral"]["methods"].items() if "curve" in r} == {"softmax", "tta", "mc-dropout"}
+    assert [r["corruption"] for r in result["robustness"]["rows"]] == ["gaussian-noise", "contrast"]
+    assert result["explanations"]["n"] == 3 and result["explanations"]["randomisation"]["n"] == 3
+    assert {g["group"] for g in result["subgroups"]["Patient Gender"]["groups"]} == {"F", "M"}
+    card = (tmp_path / "audit" / "model_card.md").read_text()
+    assert "## Subgroups" in card and "clinical values Patient Age, Patient Gender, View Position" in card
+
+
 def test_dicom_header_fields_map_to_clinical_columns() -> None:
     assert [dicom_age_years(v, "x.dcm") for v in ("045Y", "006M", "026W", "", "090Y")] == ["45", "0.5", "0.4983", "", "90"]
     with pytest.raises(DataError, match="x.dcm: PatientAge '45 years'"):

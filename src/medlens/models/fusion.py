@@ -28,7 +28,13 @@ class FusionNet(nn.Module):
     def forward(self, image: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
         if tabular is None:
             raise ModelError("this model fuses the image with clinical values: give them too (medlens predict or "
-                             "explain --clinical CSV or --clinical dicom); `medlens audit` does not take fused models yet")
+                             "explain --clinical CSV or --clinical dicom)")
         if tabular.shape[-1] != self.n_tabular:
             raise ModelError(f"clinical features: expected {self.n_tabular} encoded values, got {tabular.shape[-1]}")
         return self.head(torch.cat([self.image(image), self.tabular(tabular.to(image.dtype))], dim=1))
+
+
+def image_network(model: nn.Module) -> nn.Module:
+    """The image network inside a fused model (its embedding is the image's; shift and drift are watched there),
+    or the model itself."""
+    return model.image.model if isinstance(model, FusionNet) else model

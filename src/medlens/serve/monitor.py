@@ -37,6 +37,7 @@ class Reference:
 def observe(model: Any, files: list[Path], probabilities: np.ndarray) -> dict[str, Any]:
     """One study's observation: mean raw intensity and mean embedding over its images, with the job's mean probabilities."""
     from medlens.io import read_image
+    from medlens.models.fusion import image_network
     from medlens.preprocess.pipeline import fit_image, normalize_intensity
     from medlens.trust.shift import embeddings
 
@@ -47,18 +48,11 @@ def observe(model: Any, files: list[Path], probabilities: np.ndarray) -> dict[st
             "embedding": embeddings(image_network(bundle.model), normalize_intensity(raw, bundle.preprocessing)).mean(axis=0).round(5).tolist()}
 
 
-def image_network(model: Any) -> Any:
-    """The network whose embedding drift is watched: a fused model's image branch (its clinical half has no image
-    to drift), else the model itself."""
-    from medlens.models.fusion import FusionNet
-
-    return model.image.model if isinstance(model, FusionNet) else model
-
-
 def build_reference(model: Any, window: int, data_dir: str | Path | None = None, seed: int = 0) -> Reference | None:
     """Scores of random validation windows give the alarm levels; None when the validation data is not available."""
     from medlens.errors import MedlensError
     from medlens.models.bundle import predict_proba
+    from medlens.models.fusion import image_network
     from medlens.tasks.data import dataset_for_bundle, normalized_inputs, training_data
     from medlens.trust.shift import BatchShiftScorer, batch_indices, embeddings
 

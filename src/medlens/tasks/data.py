@@ -49,14 +49,19 @@ def load_training_data(cfg: TrainConfig, data_dir: str | Path | None) -> tuple[C
 
 
 def subsample(split: Split, n: int, seed: int) -> Split:
-    """A stratified subset (by label; multi-label rows by their first positive label)."""
+    """A stratified subset (by label; multi-label rows by their first positive label, rows with none apart)."""
     return subsample_with_rest(split, n, seed)[0]
 
 
 def subsample_with_rest(split: Split, n: int, seed: int) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
-    strata = split.labels if split.labels.ndim == 1 else split.labels.argmax(axis=1)
+    labels = split.labels
+    strata = labels if labels.ndim == 1 else np.where(labels.any(axis=1), labels.argmax(axis=1), -1)
+    values, counts = np.unique(strata, return_counts=True)
+    strata = np.where(np.isin(strata, values[counts < 2]), -2, strata)  # one-case classes cannot be stratified: pooled
+    if (strata == -2).sum() == 1:
+        strata = np.where(strata == -2, values[np.argmax(counts)], strata)  # a lone rare case joins the commonest
     index, rest = train_test_split(np.arange(len(split)), train_size=n, stratify=strata, random_state=seed)
     return take(split, np.sort(index)), take(split, np.sort(rest))
 

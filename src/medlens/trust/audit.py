@@ -6,7 +6,9 @@ uncertainty method, runs the corruption suite with shift detection and
 batch-norm adaptation, checks the explanations (randomisation, deletion /
 insertion) and, when the data has metadata, per-group performance. It writes
 ``audit.json`` and the plots; :mod:`medlens.trust.model_card` turns them into
-the model card.
+the model card. A fused (image + clinical) bundle is audited with each case's
+own clinical values: corruptions, augmentations and explanations touch the
+image only, and shift is watched on the image branch's embedding.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import numpy as np
 from medlens.datasets import ClassificationData
 from medlens.evaluate.metrics import classification_metrics
 from medlens.models.bundle import Bundle, json_default
-from medlens.tasks.data import normalized_inputs
 from medlens.trust import plots
 from medlens.trust.calibrate import fit_temperature, map_threshold, scale_logits
 from medlens.trust.corruptions import CORRUPTIONS, SEVERITIES, corrupt
@@ -62,6 +63,14 @@ class _Ctx:
     temperature: float = 1.0
     thresholds: list[float] = field(default_factory=list)
 
+    def inputs(self, part: Any, images: np.ndarray | None = None) -> Any:
+        """What the network takes for ``part`` (or its ``images`` replaced, e.g. corrupted): normalised images, and
+        for a fused bundle the cases' encoded clinical values beside them."""
+        x = normalize_raw(part.images if images is None else images, self.bundle.preprocessing)
+        if self.bundle.tabular is None:
+            return x
+        return x, self.bundle.tabular.transform(part.metadata, f"{self.data.name}: audited cases")
+
     def metrics(self, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         return classification_metrics(self.bundle.task, labels, probs, self.bundle.label_names, self.thresholds)
 
@@ -99,7 +108,8 @@ def audit_bundle(bundle: Bundle, data: ClassificationData, out_dir: Path, cfg: A
     result = {
         "bundle": {"path": str(bundle.path), "name": bundle.manifest.get("name", bundle.path.name), "task": bundle.task,
                    "label_names": bundle.label_names, "network": bundle.manifest.get("network", {}),
-                   "data": bundle.manifest.get("data", {}), "training": _training_summary(bundle)},
+                   "data": bundle.manifest.get("data", {}), "training": _training_summary(bundle),
+                   "clinical_inputs": list(bundle.tabular.columns) if bundle.tabular is not None else []},
         "data": {"dataset": data.name, "split": cfg.split, **data.source},
         "config": asdict(cfg),
         "performance": {k: performance[k] for k in ("n", "metrics", "confidence_intervals", "prevalence", "thresholds")},
@@ -136,7 +146,7 @@ def audit_calibration(ctx: _Ctx) -> dict[str, Any]:
     logits = {}
     for name in ("val", ctx.cfg.split):
         part = ctx.split(name)
-        logits[name] = (part.labels, ctx.bundle.predict_logits(normalized_inputs(part, bundle.preprocessing)))
+        logits[name] = (part.labels, ctx.bundle.predict_logits(ctx.inputs(part)))
     if "temperature" in stored:
         temperature, source = float(stored["temperature"]), "stored in the bundle (medlens calibrate)"
     else:
@@ -170,9 +180,8 @@ def audit_referral(ctx: _Ctx) -> dict[str, Any]:
     """Per uncertainty method: the referral curve on the audited split and the validation-chosen operating point."""
     from medlens.errors import MedlensError
 
-    prep = ctx.bundle.preprocessing
     val, test = ctx.split("val"), ctx.split(ctx.cfg.split)
-    x_val, x_test = normalized_inputs(val, prep), normalized_inputs(test, prep)
+    x_val, x_test = ctx.inputs(val), ctx.inputs(test)
     results: dict[str, Any] = {}
     for method in ctx.cfg.uncertainty_methods:
         models = [ctx.bundle.model] + [m.model for m in ctx.members]
@@ -207,18 +216,20 @@ def audit_robustness(ctx: _Ctx) -> dict[str, Any]:
     """Metrics under each corruption and severity; shift-detection AUROC; batch-norm adaptation gain."""
     from medlens.errors import ModelError
     from medlens.models.bundle import predict_logits
+    from medlens.models.fusion import image_network
     from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc, embeddings
 
-    prep, model, task = ctx.bundle.preprocessing, ctx.bundle.model, ctx.bundle.task
+    model, task = ctx.bundle.model, ctx.bundle.task
     val, test = ctx.split("val"), ctx.split(ctx.cfg.split)
-    x_val = normalized_inputs(val, prep)
-    scorer = BatchShiftScorer(scale_logits(predict_logits(model, x_val), task, ctx.temperature), embeddings(model, x_val))
+    x_val = ctx.inputs(val)
+    scorer = BatchShiftScorer(scale_logits(predict_logits(model, x_val), task, ctx.temperature),
+                              embeddings(image_network(model), _images(x_val)))
     batches = batch_indices(len(test), ctx.cfg.shift_batch_size, ctx.cfg.shift_batches, ctx.cfg.seed)
 
     def score(images: np.ndarray) -> tuple[dict[str, Any], list[float], list[float]]:
-        x = normalize_raw(images, prep)
+        x = ctx.inputs(test, images)
         probs = scale_logits(predict_logits(model, x), task, ctx.temperature)
-        emb = embeddings(model, x)
+        emb = embeddings(image_network(model), _images(x))
         row: dict[str, Any] = _pick(ctx.metrics(test.labels, probs))
         try:
             adapted = scale_logits(predict_logits(bn_adapted(model, x), x), task, ctx.temperature)
@@ -233,7 +244,7 @@ def audit_robustness(ctx: _Ctx) -> dict[str, Any]:
     rows = []
     for name in ctx.cfg.corruptions:
         for severity in ctx.cfg.severities:
-            images = corrupt(test.images, name, severity, prep.input_range, ctx.cfg.seed)
+            images = corrupt(test.images, name, severity, ctx.bundle.preprocessing.input_range, ctx.cfg.seed)
             row, conf, embs = score(images)
             row.update({"corruption": name, "severity": severity,
                         "detection_auroc": {"confidence": detection_auroc(clean_conf, conf),
@@ -243,6 +254,10 @@ def audit_robustness(ctx: _Ctx) -> dict[str, Any]:
     plot = plots.robustness(ctx.out / "robustness.png", clean, rows)
     return {"clean": clean, "rows": rows, "batch_size": ctx.cfg.shift_batch_size, "batches": ctx.cfg.shift_batches,
             "plot": plot.name}
+
+
+def _images(inputs: Any) -> np.ndarray:
+    return inputs[0] if isinstance(inputs, tuple) else inputs
 
 
 def normalize_raw(images: np.ndarray, prep: Any) -> np.ndarray:
@@ -264,7 +279,13 @@ def audit_explanations(ctx: _Ctx) -> dict[str, Any]:
     x = normalize_raw(test.images[index], ctx.bundle.preprocessing)
     method, model = ctx.cfg.explain_method, ctx.bundle.model
     opts = ExplainOptions(baseline=black_level(ctx.bundle))
-    maps = explain(model, x, method, opts=opts)
+    if ctx.bundle.tabular is None:
+        maps = explain(model, x, method, opts=opts)
+        randomisation = randomisation_correlation(model, x, method, opts)
+        faithfulness = deletion_insertion(model, x, maps, baseline=opts.baseline, seed=ctx.cfg.seed)
+    else:
+        clinical = ctx.bundle.tabular.transform([test.metadata[i] for i in index], f"{ctx.data.name}: explained cases")
+        maps, randomisation, faithfulness = _explain_fused(model, x, clinical, method, opts, ctx.cfg.seed)
     examples = []
     for k in range(min(4, len(index))):
         name = f"explain_{method}_{test.ids[index[k]]}".replace("/", "_").replace(":", "_")
@@ -272,9 +293,27 @@ def audit_explanations(ctx: _Ctx) -> dict[str, Any]:
             else ctx.bundle.label_names[int(test.labels[index[k]])]
         examples.append(write_overlay_png(x[k], maps[k], ctx.out / "examples" / f"{name}.png",
                                           f"{test.ids[index[k]]} (truth: {label}), {method}").relative_to(ctx.out).as_posix())
-    return {"method": method, "n": int(len(index)), "randomisation": randomisation_correlation(model, x, method, opts),
-            "faithfulness": deletion_insertion(model, x, maps, baseline=opts.baseline, seed=ctx.cfg.seed),
+    return {"method": method, "n": int(len(index)), "randomisation": randomisation, "faithfulness": faithfulness,
             "examples": examples}
+
+
+def _explain_fused(model: Any, x: np.ndarray, clinical: np.ndarray, method: str, opts: Any,
+                   seed: int) -> tuple[np.ndarray, dict[str, float], dict[str, float]]:
+    """The explanation checks case by case, each with its own clinical values held fixed (the maps and checks
+    perturb the image alone); the same summaries as for an image-only bundle."""
+    from medlens.explain.clinical import WithClinical
+    from medlens.explain.maps import explain
+    from medlens.explain.sanity import deletion_insertion, randomisation_correlation
+
+    per_case = [WithClinical(model, clinical[i]) for i in range(len(x))]
+    maps = np.concatenate([explain(m, x[i : i + 1], method, opts=opts) for i, m in enumerate(per_case)])
+    rhos = [randomisation_correlation(m, x[i : i + 1], method, opts)["spearman_mean"] for i, m in enumerate(per_case)]
+    curves = [deletion_insertion(m, x[i : i + 1], maps[i : i + 1], baseline=opts.baseline, seed=seed + i)
+              for i, m in enumerate(per_case)]
+    faithfulness = {k: float(np.mean([c[k] for c in curves]))
+                    for k in ("deletion", "insertion", "deletion_random", "insertion_random")}
+    return (maps, {"spearman_mean": float(np.mean(rhos)), "spearman_sd": float(np.std(rhos)), "n": len(rhos)},
+            faithfulness | {"n": len(curves)})
 
 
 def audit_subgroups(ctx: _Ctx) -> dict[str, Any]:
@@ -291,6 +330,6 @@ def audit_subgroups(ctx: _Ctx) -> dict[str, Any]:
         if not columns:
             return {"skipped": f"no metadata column of {ctx.data.name} ({', '.join(candidates)}) has 2-20 groups "
                                "in this split; name columns with --groups"}
-    probs = _with_temperature(ctx.bundle, ctx).predict_proba(normalized_inputs(test, ctx.bundle.preprocessing))
+    probs = _with_temperature(ctx.bundle, ctx).predict_proba(ctx.inputs(test))
     return subgroup_metrics(ctx.metrics, test.labels, probs, test.metadata, columns, ctx.bundle.task,
                             n_bootstrap=min(ctx.cfg.n_bootstrap, 500), seed=ctx.cfg.seed)

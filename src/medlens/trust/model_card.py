@@ -16,6 +16,8 @@ Block = tuple[str, Any]
 
 
 def _f(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"  # e.g. accuracy of a multi-label model
     try:
         return f"{float(value):.{digits}f}"
     except (TypeError, ValueError):
@@ -39,7 +41,9 @@ def card_blocks(a: dict[str, Any]) -> list[Block]:
     blocks += [("h2", "Training data"), ("p", (
         f"{data.get('dataset', '?')} (file {data.get('file', '?')}, licence {data.get('license', '?')}); "
         f"{data.get('n_train', '?')} training and {data.get('n_val', '?')} validation cases. "
-        f"Network {b['network'].get('name', '?')}; best epoch {b['training'].get('best_epoch')} chosen on validation."))]
+        f"Network {b['network'].get('name', '?')}; best epoch {b['training'].get('best_epoch')} chosen on validation."
+        + (f" Inputs: the image and the clinical values {', '.join(b['clinical_inputs'])} (intermediate fusion); every "
+           "section below uses each case's own values, and perturbs the image only." if b.get("clinical_inputs") else "")))]
     blocks += _performance(a, perf)
     blocks += _calibration(a["calibration"])
     blocks += _referral(a["referral"])
@@ -80,8 +84,8 @@ def _referral(r: dict[str, Any]) -> list[Block]:
             continue
         by_f = {round(c["referred_fraction"], 2): c for c in res["curve"]}
         op = res["operating_point"]
-        rows.append([method] + [f"{_f(by_f[f]['accuracy'])} / {_f(by_f[f].get('auc'))}" for f in (0.0, 0.1, 0.2)]
-                    + [f"{_f(op['referred_fraction'], 2)} referred, accuracy {_f(op['accuracy'])}"])
+        rows.append([method] + [f"{_f(by_f[f].get('accuracy'))} / {_f(by_f[f].get('auc'))}" for f in (0.0, 0.1, 0.2)]
+                    + [f"{_f(op['referred_fraction'], 2)} referred, accuracy {_f(op.get('accuracy'))}, AUC {_f(op.get('auc'))}"])
     return [("h2", "Uncertainty and referral"),
             ("p", "Accuracy / AUC on the cases the model keeps when the most uncertain are referred to a radiologist. "
                   "The operating point is the validation quantile for the stated fraction, applied to the test cases."),

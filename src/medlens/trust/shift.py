@@ -83,7 +83,7 @@ def detection_auroc(clean_scores: Sequence[float], shifted_scores: Sequence[floa
 
 
 @torch.no_grad()
-def bn_adapted(model: nn.Module, inputs: np.ndarray) -> nn.Module:
+def bn_adapted(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...]) -> nn.Module:
     """A copy of ``model`` whose batch-norm statistics are re-estimated on ``inputs`` (one shifted batch or set)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -94,6 +94,7 @@ def bn_adapted(model: nn.Module, inputs: np.ndarray) -> nn.Module:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the adaptation batches
             m.train()
-    for start in range(0, len(inputs), 256):
-        adapted(torch.as_tensor(inputs[start : start + 256], dtype=torch.float32))
+    parts = inputs if isinstance(inputs, tuple) else (inputs,)  # (images, clinical features) for a fused model
+    for start in range(0, len(parts[0]), 256):
+        adapted(*(torch.as_tensor(p[start : start + 256], dtype=torch.float32) for p in parts))
     return adapted.eval()
