@@ -200,9 +200,15 @@ def test_federation_with_dp_goes_on_past_a_failing_site(pneumonia, tmp_path: Pat
 
 @RAY
 def test_federation_stops_with_the_reason_when_too_few_sites_answer(pneumonia, tmp_path: Path) -> None:
+    """One round with an empty site: it goes on with the other four when four are enough (the quick default-run
+    version of the DP test above), and stops with each site's reason when all five are needed."""
     split_path = _edited_split(pneumonia, tmp_path / "sites.json")
     from medlens.federated.flower import run_federation
 
+    bundle = run_federation(FederateConfig(rounds=1, min_sites=4), split_path, tmp_path / "ok", os.environ["MEDLENS_DATA_DIR"])
+    rows = [json.loads(line) for line in (tmp_path / "ok" / "messages.jsonl").read_text().splitlines()]
+    assert (bundle / "bundle.json").is_file() and sum("error" in r for r in rows) == 2  # site 2, train and evaluate
+    assert json.loads((bundle / "bundle.json").read_text())["federation"]["history"][0]["sites_trained"] == 4
     with pytest.raises(FederationError, match=r"round 1 \(train\): 4 of 5 sites answered, 5 needed.*site 2 has no training images"):
         run_federation(FederateConfig(rounds=1, min_sites=5), split_path, tmp_path / "run", os.environ["MEDLENS_DATA_DIR"])
     assert not (tmp_path / "run" / "model").exists()
