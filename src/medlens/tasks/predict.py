@@ -16,6 +16,7 @@ from medlens.errors import MedlensError
 from medlens.io import IMAGE_SUFFIXES, read_image
 from medlens.models.bundle import Bundle
 from medlens.preprocess.pipeline import fit_image, normalize_intensity
+from medlens.tabular.encode import encode_rows
 
 
 @dataclass
@@ -60,21 +61,26 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
     rows = [FilePrediction(file=str(f)) for f in files]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        ready, arrays = [], []
-        features = []
+        ready, arrays, clinical_rows = [], [], []
         for row, (array, notes, error) in zip(chunk, reader(partial(_read_checked, bundle, adapt), chunk)):
             row.notes, row.error = notes, error
             if not error and bundle.tabular is not None:
                 try:
-                    features.append(clinical.features(bundle.tabular, row.file))
+                    clinical_rows.append(clinical.row(row.file))
                 except MedlensError as exc:
                     row.error = str(exc)
             if not row.error:
                 ready.append(row)
                 arrays.append(array)
+        clinical_features = None
+        if arrays and bundle.tabular is not None:
+            clinical_features, bad = encode_rows(bundle.tabular, clinical, [r.file for r in ready], clinical_rows)
+            keep = [i for i in range(len(ready)) if i not in bad]
+            for i, message in bad.items():
+                ready[i].error = message
+            ready, arrays, clinical_features = [ready[i] for i in keep], [arrays[i] for i in keep], clinical_features[keep]
         if arrays:
             raw = np.stack(arrays)
-            clinical_features = np.concatenate(features) if features else None
             referred = referral_flags(bundle, raw, clinical_features)
             probabilities = predict_raw(bundle, raw, backend, clinical_features)
             for i, (row, probs) in enumerate(zip(ready, probabilities)):
