@@ -117,3 +117,27 @@ def test_clinical_only_cox_baseline(lung1: Path, tmp_path: Path) -> None:
     manifest = json.loads((out / "model" / "bundle.json").read_text())
     assert manifest["settings"]["model"] == "lifelines CoxPHFitter" and len(manifest["settings"]["coefficients"]) > 3
     assert 0.3 < report["validation"]["c_index"] < 0.8 and report["validation"]["c_index_ci"]["low"] < report["validation"]["c_index"]
+
+    # it predicts from a CSV alone: the test patients' rows give back the risks the report was scored on
+    test = load_survival_folder(lung1, cfg.seed, cfg.val_fraction, cfg.test_fraction).subset("test")
+    columns = ["PatientID", "age", "Overall.Stage", "Histology"]
+    lines = [",".join(columns)] + [",".join([pid] + [row[c] for c in columns[1:]]) for pid, row in zip(test.ids, test.metadata)]
+    (tmp_path / "patients.csv").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["predict", str(out / "model"), "--clinical", str(tmp_path / "patients.csv"),
+                                 "--out", str(tmp_path / "risk.json")])
+    assert result.exit_code == 0, result.output
+    assert test.ids[0] not in result.output  # the console names rows by line; the IDs stay in --out
+    rows = json.loads((tmp_path / "risk.json").read_text())
+    assert [r["case"] for r in rows] == list(test.ids) and all(0 < r["survival_365d"] <= 1 for r in rows)
+    again = survival_metrics(np.array([r["risk"] for r in rows]), test.time, test.event)
+    assert again["c_index"] == pytest.approx(report["test"]["c_index"], abs=1e-6)
+
+    # a stage the training split never had is that row's error; the other rows are still predicted
+    lines[1] = lines[1].replace(test.metadata[0]["Overall.Stage"], "IX", 1) if test.metadata[0]["Overall.Stage"] else lines[1]
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+    bad = runner.invoke(app, ["predict", str(out / "model"), "--clinical", str(tmp_path / "bad.csv")])
+    assert bad.exit_code != 0 and "1 of" in bad.output and "'IX'" in bad.output
+    missing = runner.invoke(app, ["predict", str(out / "model")])
+    assert missing.exit_code != 0 and "--clinical" in missing.output
+    export = runner.invoke(app, ["export", str(out / "model")])
+    assert export.exit_code != 0 and "survival bundle" in export.output

@@ -261,7 +261,7 @@ def _evaluate_segment(bundle: str, data: str, out: Path, split: str, bootstrap: 
 @user_errors
 def predict(
     bundle: Annotated[str, typer.Argument(help="Bundle folder or shipped model name (see `medlens models`).")],
-    files: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG/JPEG, DICOM, NIfTI).")],
+    files: Annotated[list[Path] | None, typer.Argument(help="Image files or folders (PNG/JPEG, DICOM, NIfTI); none for a clinical-only survival model.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write rows to .csv, .json or .jsonl.")] = None,
     fit_input: Annotated[bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model (noted per row).")] = False,
     backend: Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")] = "auto",
@@ -269,13 +269,20 @@ def predict(
     clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns, or 'dicom' to read them from each DICOM header.")] = None,
 ) -> None:
     """Probabilities and a label per file, using the bundle's validation-chosen threshold."""
+    from medlens.errors import DataError
     from medlens.models.bundle import load_bundle, read_manifest
     from medlens.runtime.backends import place_on_device
     from medlens.tabular.dicom import clinical_source
     from medlens.tabular.encode import ClinicalTable
     from medlens.tasks.predict import expand_inputs, predict_files, write_predictions
 
-    if read_manifest(bundle)[1].get("task") == "survival":
+    manifest = read_manifest(bundle)[1]
+    if manifest.get("task") == "survival" and manifest.get("inputs") == "clinical" and not files:
+        _predict_survival_clinical(bundle, clinical, out)
+        return
+    if not files:
+        raise DataError("give the image files or folders to predict (after the bundle)")
+    if manifest.get("task") == "survival":
         _predict_survival(bundle, files, out, ClinicalTable(clinical) if clinical is not None else None)
         return
     loaded, backend = place_on_device(load_bundle(bundle), backend, device)
@@ -298,16 +305,35 @@ def predict(
 
 def _predict_survival(bundle: str, files: list[Path], out: Path | None, clinical: Any) -> None:
     """Risk, risk group and survival at 1 and 2 years per file (CSV or JSON with --out)."""
-    import csv
-
-    from medlens.display import print_table
     from medlens.models.bundle import read_manifest
     from medlens.survival.predict import predict_survival_files
     from medlens.tasks.predict import expand_inputs
 
     path, manifest = read_manifest(bundle)
     rows = predict_survival_files(path, manifest, expand_inputs(list(files)), clinical)
-    fields = ["file", "risk", "risk_group", "survival_365d", "survival_730d", "error"]
+    _show_survival(rows, ["file", "risk", "risk_group", "survival_365d", "survival_730d", "error"], out, "files")
+
+
+def _predict_survival_clinical(bundle: str, clinical: Path | None, out: Path | None) -> None:
+    """A clinical-only Cox model: one row per patient of the --clinical CSV, no images."""
+    from medlens.errors import DataError
+    from medlens.models.bundle import read_manifest
+    from medlens.survival.predict import predict_survival_clinical
+
+    path, manifest = read_manifest(bundle)
+    if clinical is None:
+        raise DataError(f"{path} is a clinical-only survival model: give --clinical CSV (one row per patient with "
+                        f"{', '.join(manifest['tabular']['numeric'] + manifest['tabular']['categorical'])})")
+    rows = predict_survival_clinical(path, manifest, clinical)
+    # the console names rows by CSV line (the ID column may be a patient identifier); --out keeps the 'case' column
+    _show_survival(rows, ["line", "case", "risk", "risk_group", "survival_365d", "survival_730d", "error"], out, "rows")
+
+
+def _show_survival(rows: list[dict[str, Any]], fields: list[str], out: Path | None, what: str) -> None:
+    import csv
+
+    from medlens.display import print_table
+
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".json":
@@ -317,11 +343,12 @@ def _predict_survival(bundle: str, files: list[Path], out: Path | None, clinical
                 writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(rows)
-    print_table(fields, [[Path(r["file"]).name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in fields[1:])]
-                         for r in rows])
+    shown = [f for f in fields if f != "case"]
+    print_table(shown, [[Path(str(r[shown[0]])).name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in shown[1:])]
+                        for r in rows])
     failed = [r for r in rows if r["error"]]
     if failed:
-        make_console(stderr=True).print(f"[red]error:[/red] {len(failed)} of {len(rows)} files could not be predicted (see the error column)", highlight=False)
+        make_console(stderr=True).print(f"[red]error:[/red] {len(failed)} of {len(rows)} {what} could not be predicted (see the error column)", highlight=False)
         raise typer.Exit(1)
 
 

@@ -139,12 +139,15 @@ def read_manifest(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
     """A bundle's folder and checked ``bundle.json``, without building the network (cheap: for listings)."""
     path = resolve_bundle_path(name_or_path)
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file() or not (path / WEIGHTS).is_file():
+    if not manifest_path.is_file():
         raise ModelError(f"{path} is not a medlens bundle: it needs {MANIFEST} and {WEIGHTS} (made by `medlens train`)")
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    networkless = manifest.get("task") == "survival" and manifest.get("inputs") == "clinical"  # a Cox model's coefficients
+    if not networkless and not (path / WEIGHTS).is_file():
+        raise ModelError(f"{path} is not a medlens bundle: it needs {MANIFEST} and {WEIGHTS} (made by `medlens train`)")
     if manifest.get("format") != BUNDLE_FORMAT:
         raise ModelError(f"{manifest_path}: format {manifest.get('format')!r}, this medlens reads {BUNDLE_FORMAT!r}")
     return path, manifest
@@ -155,6 +158,9 @@ def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") ->
     path, manifest = read_manifest(name_or_path)
     if manifest.get("task") == "segmentation":
         raise ModelError(f"{path} is a segmentation bundle: use `medlens segment {name_or_path} IMAGES --out DIR`")
+    if manifest.get("task") == "survival":
+        raise ModelError(f"{path} is a survival bundle: `medlens predict` gives its risks and risk groups; export, explain, "
+                         "calibrate and audit take classification bundles for now")
     raw_spec = dict(manifest["network"])
     raw_spec["image_shape"] = tuple(raw_spec["image_shape"])
     model = build_network(NetworkSpec(**raw_spec))

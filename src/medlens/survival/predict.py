@@ -4,6 +4,10 @@ Each image is read like any medlens input, checked against the training
 image shape, scaled with the training intensity window, and (for fused
 models) joined with its row of the clinical CSV. A file that fails gets its
 error in its row and the others are still predicted.
+
+A clinical-only Cox model (``inputs=clinical``) reads no image: every row of
+the clinical CSV is a patient. On Lung1 it was the best of the survival
+models (README), so it must be usable, not only a line in a benchmark.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ def load_survival_model(path: Path, manifest: dict[str, Any]) -> tuple[torch.nn.
     from medlens.models.networks import NetworkSpec, build_network
 
     if manifest["inputs"] == "clinical":
-        raise ModelError(f"{path}: a clinical-only Cox baseline holds no network to predict with; train with "
-                         "--set inputs=fused or inputs=image for a model that predicts")
+        raise ModelError(f"{path}: a clinical-only Cox model holds no network and reads no image; predict with "
+                         "`medlens predict BUNDLE --clinical CSV` (one row per patient, no image files)")
     raw = dict(manifest["settings"]["network"])
     raw["image_shape"] = tuple(raw["image_shape"])
     model = build_network(NetworkSpec(**raw))
@@ -67,6 +71,47 @@ def predict_survival_files(path: Path, manifest: dict[str, Any], files: list[Pat
         except MedlensError as exc:
             row["error"] = str(exc)
             continue
+        risk = head.risk(output, settings)
+        row["risk"] = float(risk[0])
+        row["risk_group"] = manifest["risk_group_names"][int(risk_groups(risk, manifest["risk_cutoffs"])[0])]
+        curve = head.survival(output, settings, np.asarray(HORIZONS_DAYS))
+        row |= {f"survival_{int(h)}d": float(p) for h, p in zip(HORIZONS_DAYS, curve[0])}
+    return rows
+
+
+def predict_survival_clinical(path: Path, manifest: dict[str, Any], csv_path: Path) -> list[dict[str, Any]]:
+    """One row per CSV row for a clinical-only Cox bundle: ``case`` (the row's ID or file column, else its line),
+    ``line``, ``risk``, ``risk_group``, ``survival_<days>d``, ``error``. A bad row gets its error; the rest go on."""
+    import csv
+
+    from medlens.datasets.folder import FILE_COLUMNS
+    from medlens.survival.data import ID_COLUMNS
+    from medlens.tabular.encode import check_columns, load_tabular
+
+    if manifest["inputs"] != "clinical":
+        raise DataError(f"{path} predicts from images: give image files as well as --clinical {csv_path}")
+    if not csv_path.is_file():
+        raise DataError(f"--clinical {csv_path}: no such file; give a CSV with one row per patient and the model's "
+                        f"clinical columns")
+    encoder = load_tabular(path)
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        table = list(csv.DictReader(f))
+    if not table:
+        raise DataError(f"--clinical {csv_path}: no rows; give one row per patient with {', '.join(encoder.columns)}")
+    check_columns(table, encoder.columns, f"--clinical {csv_path}")  # a missing column is the whole file's error
+    key = next((c for c in ID_COLUMNS + FILE_COLUMNS if c in table[0]), None)
+    settings, head = manifest["settings"], HEADS.get(manifest["head"])
+    beta, means = np.asarray(settings["coefficients"]), np.asarray(settings["feature_means"])
+    rows: list[dict[str, Any]] = []
+    for line, values in enumerate(table, start=2):
+        row: dict[str, Any] = {"case": values[key] if key else f"line {line}", "line": line, "error": ""}
+        rows.append(row)
+        try:
+            x = encoder.transform([values], f"--clinical {csv_path} line {line}")
+        except MedlensError as exc:
+            row["error"] = str(exc)
+            continue
+        output = ((x - means) @ beta)[:, None]  # lifelines' log partial hazard, as in training
         risk = head.risk(output, settings)
         row["risk"] = float(risk[0])
         row["risk_group"] = manifest["risk_group_names"][int(risk_groups(risk, manifest["risk_cutoffs"])[0])]

@@ -132,8 +132,11 @@ def train_survival(data_path: str | Path, cfg: SurvivalConfig, out_dir: str | Pa
         if encoder is not None:
             encoder.save(bundle)
     else:
+        from medlens.models.bundle import BUNDLE_FORMAT, MANIFEST
+
         (out / "model").mkdir(parents=True, exist_ok=True)
-        (out / "model" / "bundle.json").write_text(json.dumps(manifest, indent=1, default=float))
+        (out / "model" / MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, **manifest}, indent=1, default=float))
+        encoder.save(out / "model")  # the clinical-only model predicts from a CSV alone (survival/predict.py)
     return out
 
 
@@ -212,6 +215,7 @@ def _fit_clinical_cox(cfg: SurvivalConfig, parts: dict[str, SurvivalData],
               for k in parts}
     head = HEADS.get("cox")
     settings = {"head": "cox", "model": "lifelines CoxPHFitter", "coefficients": cph.params_.tolist(),
+                "feature_means": cph._norm_mean.tolist(),  # lifelines centres X on its training means: risk = (x - mean) . beta
                 "baseline": head.fit_baseline(scores["train"][:, 0], train.time, train.event)}
     return None, settings, scores
 
