@@ -7,7 +7,9 @@ with ``image`` and ``clinical`` inputs, checked against PyTorch), then on the te
 - the whole ``medlens predict`` path (read and check each PNG, look up and encode its clinical row, predict)
   in images/s, PyTorch vs ONNX Runtime;
 - the network alone: images/s at batch 64 and latency p50/p95 at batch 1, with the macro AUC of each path;
-- the clinical encoder (scikit-learn, in Python on both paths): per row, as prediction calls it, and per batch.
+- the clinical encoder (scikit-learn, in Python on both paths): per row, as prediction calls it, and per batch;
+- static int8 (``medlens export --quantize static``), calibrated with the validation images' clinical values: its
+  speed and AUC against fp32, and whether medlens keeps it.
 
     MEDLENS_DATA_DIR=../shared/data python benchmarks/fused_speed.py [--epochs N] [--out FILE]
 """
@@ -60,6 +62,7 @@ def main() -> None:
     from medlens.models.bundle import load_bundle
     from medlens.runtime.backends import predict_raw
     from medlens.runtime.onnx_export import export_onnx
+    from medlens.runtime.quantize import quantize_bundle
     from medlens.tabular.encode import ClinicalTable
     from medlens.tasks.classify import train_classifier
     from medlens.tasks.predict import predict_files
@@ -111,6 +114,10 @@ def main() -> None:
             seconds = timed(lambda: predict_files(bundle, files, backend=backend, clinical=clinical), 3)
             paths[backend]["predict_files_images_per_s"] = round(len(files) / float(np.median(seconds)), 1)
         result["paths"] = paths
+        # int8 (static QDQ), calibrated on validation images with their clinical values; kept or not by medlens' rule
+        q = quantize_bundle(bundle, "static", (val.images, val.labels), (test.images, test.labels),
+                            clinical=(encoder.transform(val.metadata), features))
+        result["int8_static"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in q.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"{result['data']}; {result['model']}; {torch.get_num_threads()} threads")
@@ -120,6 +127,10 @@ def main() -> None:
               f"{p['network_latency_ms_p50']:>12} {p['network_latency_ms_p95']:>8} {p['test_macro_auc']:>10}")
     print(f"clinical encoder: {result['clinical_encoder']['ms_per_row_one_at_a_time']} ms per row one at a time, "
           f"{result['clinical_encoder']['ms_per_row_in_one_batch']} ms per row in one batch")
+    q = result["int8_static"]
+    print(f"int8 static: {q['fp32_images_per_s']:.0f} -> {q['int8_images_per_s']:.0f} img/s (batch 64), validation AUC "
+          f"{q['val_fp32']:.4f} -> {q['val_int8']:.4f}, test {q['test_fp32']:.4f} -> {q['test_int8']:.4f}; "
+          f"{'kept' if q['kept'] else 'not kept'}")
     print(f"written: {args.out}")
 
 

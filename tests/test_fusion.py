@@ -185,8 +185,15 @@ def test_fused_model_trains_and_predicts_from_the_command_line(fused_bundle: Pat
         by_backend[backend] = np.array([[float(r[n]) for n in loaded.label_names] for r in read_rows(target)])
     assert by_backend["onnxruntime"].shape == (2, 14)
     np.testing.assert_allclose(by_backend["onnxruntime"], by_backend["torch"], atol=1e-4)
-    refused = runner.invoke(app, ["export", str(bundle), "--quantize", "dynamic"])
-    assert refused.exit_code != 0 and "fused" in refused.output
+    # int8: calibrated and scored with each validation image's clinical values; kept only if AUC holds and it is faster
+    quantized = runner.invoke(app, ["export", str(bundle), "--quantize", "static"])
+    assert quantized.exit_code == 0, quantized.output
+    q = json.loads((bundle / "bundle.json").read_text())["onnx"]["int8"]
+    assert q["inputs"] == ["clinical", "image"] and q["calibration_images"] > 0 and 0.3 < q["val_int8"] < 1
+    assert q["kept"] == (q["val_fp32"] - q["val_int8"] <= q["max_auc_drop"] and q["int8_images_per_s"] > q["fp32_images_per_s"])
+    assert (bundle / "model.int8.onnx").is_file() == q["kept"]
+    int8 = runner.invoke(app, ["predict", str(bundle), str(images[0]), "--clinical", str(clinical), "--backend", "onnxruntime"])
+    assert int8.exit_code == 0, int8.output
 
 
 def test_clinical_baseline_and_late_fusion_weight_chosen_on_validation(nih) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,9 +34,6 @@ def export(
         from medlens.tasks.data import dataset_for_bundle, training_data
 
         loaded = load_bundle(bundle)
-        if quantize and loaded.tabular is not None:
-            raise ConfigError("--quantize: int8 graphs of fused (image + clinical) bundles are not supported yet; "
-                              "export without --quantize")
         dataset = dataset_for_bundle(loaded, data or training_data(manifest), None, data_dir)
         val = dataset.split("val")
         clinical = None
@@ -56,11 +53,15 @@ def export(
                f"{record['max_abs_difference']:.1e} {where}")
 
 
-def _quantize(loaded: object, dataset: object, kind: str) -> None:
+def _quantize(loaded: Any, dataset: Any, kind: str) -> None:
     from medlens.runtime.quantize import quantize_bundle
 
-    val, test = dataset.split("val"), dataset.split("test")  # type: ignore[attr-defined]
-    q = quantize_bundle(loaded, kind, (val.images, val.labels), (test.images, test.labels))  # type: ignore[arg-type]
+    val, test = dataset.split("val"), dataset.split("test")
+    clinical = None
+    if loaded.tabular is not None:  # a fused graph is calibrated and scored with each image's own clinical values
+        clinical = (loaded.tabular.transform(val.metadata, f"{dataset.name}: validation split"),
+                    loaded.tabular.transform(test.metadata, f"{dataset.name}: test split"))
+    q = quantize_bundle(loaded, kind, (val.images, val.labels), (test.images, test.labels), clinical=clinical)
     verdict = "kept (used by --backend onnxruntime)" if q["kept"] else "NOT kept (AUC bound or no speed-up)"
     typer.echo(f"{kind} int8: validation AUC {q['val_fp32']:.4f} -> {q['val_int8']:.4f}, test {q['test_fp32']:.4f} -> "
                f"{q['test_int8']:.4f}; {q['fp32_images_per_s']:.0f} -> {q['int8_images_per_s']:.0f} images/s; {verdict}")
