@@ -30,6 +30,8 @@ def test_predict_by_name_writes_one_row_per_file(test_pngs, tmp_path):
         assert abs(float(row["normal"]) + float(row["pneumonia"]) - 1) < 1e-5 and row["error"] == ""
     correct = sum(row["label"] == truth for row, (_, truth) in zip(rows, test_pngs))
     assert correct >= 5  # the shipped model on real test images
+    nothing = runner.invoke(app, ["predict", "pneumonia"])  # files are optional only for clinical-only survival models
+    assert nothing.exit_code != 0 and "give the image files" in nothing.output
 
 
 def test_predict_refuses_mismatched_input_but_goes_on(test_pngs, kermany_files, tmp_path):
