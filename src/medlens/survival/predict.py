@@ -44,6 +44,16 @@ def load_survival_model(path: Path, manifest: dict[str, Any]) -> tuple[torch.nn.
     return model.eval(), encoder
 
 
+def _risk_fields(output: np.ndarray, manifest: dict[str, Any]) -> dict[str, Any]:
+    """One case's ``risk``, ``risk_group`` (cut at the training-risk quantiles) and ``survival_<days>d``."""
+    settings, head = manifest["settings"], HEADS.get(manifest["head"])
+    risk = head.risk(output, settings)
+    curve = head.survival(output, settings, np.asarray(HORIZONS_DAYS))
+    return {"risk": float(risk[0]),
+            "risk_group": manifest["risk_group_names"][int(risk_groups(risk, manifest["risk_cutoffs"])[0])],
+            **{f"survival_{int(h)}d": float(p) for h, p in zip(HORIZONS_DAYS, curve[0])}}
+
+
 def predict_survival_files(path: Path, manifest: dict[str, Any], files: list[Path], clinical: Any = None) -> list[dict[str, Any]]:
     """One row per file: ``risk``, ``risk_group``, ``survival_<days>d`` at each horizon, ``error``."""
     from medlens.io import read_image
@@ -53,7 +63,7 @@ def predict_survival_files(path: Path, manifest: dict[str, Any], files: list[Pat
     if encoder is not None and clinical is None:
         raise DataError(f"{path} predicts from the image and clinical values ({', '.join(encoder.columns)}): give them "
                         "with --clinical CSV (a 'file' column plus those columns)")
-    settings, head = manifest["settings"], HEADS.get(manifest["head"])
+    settings = manifest["settings"]
     shape = tuple(settings["network"]["image_shape"])
     low, high = settings["intensity"]["low"], settings["intensity"]["high"]
     rows: list[dict[str, Any]] = []
@@ -71,11 +81,7 @@ def predict_survival_files(path: Path, manifest: dict[str, Any], files: list[Pat
         except MedlensError as exc:
             row["error"] = str(exc)
             continue
-        risk = head.risk(output, settings)
-        row["risk"] = float(risk[0])
-        row["risk_group"] = manifest["risk_group_names"][int(risk_groups(risk, manifest["risk_cutoffs"])[0])]
-        curve = head.survival(output, settings, np.asarray(HORIZONS_DAYS))
-        row |= {f"survival_{int(h)}d": float(p) for h, p in zip(HORIZONS_DAYS, curve[0])}
+        row |= _risk_fields(output, manifest)
     return rows
 
 
@@ -100,7 +106,7 @@ def predict_survival_clinical(path: Path, manifest: dict[str, Any], csv_path: Pa
         raise DataError(f"--clinical {csv_path}: no rows; give one row per patient with {', '.join(encoder.columns)}")
     check_columns(table, encoder.columns, f"--clinical {csv_path}")  # a missing column is the whole file's error
     key = next((c for c in ID_COLUMNS + FILE_COLUMNS if c in table[0]), None)
-    settings, head = manifest["settings"], HEADS.get(manifest["head"])
+    settings = manifest["settings"]
     beta, means = np.asarray(settings["coefficients"]), np.asarray(settings["feature_means"])
     rows: list[dict[str, Any]] = []
     for line, values in enumerate(table, start=2):
@@ -112,9 +118,5 @@ def predict_survival_clinical(path: Path, manifest: dict[str, Any], csv_path: Pa
             row["error"] = str(exc)
             continue
         output = ((x - means) @ beta)[:, None]  # lifelines' log partial hazard, as in training
-        risk = head.risk(output, settings)
-        row["risk"] = float(risk[0])
-        row["risk_group"] = manifest["risk_group_names"][int(risk_groups(risk, manifest["risk_cutoffs"])[0])]
-        curve = head.survival(output, settings, np.asarray(HORIZONS_DAYS))
-        row |= {f"survival_{int(h)}d": float(p) for h, p in zip(HORIZONS_DAYS, curve[0])}
+        row |= _risk_fields(output, manifest)
     return rows
