@@ -276,14 +276,14 @@ def predict(
     from medlens.tabular.encode import ClinicalTable
     from medlens.tasks.predict import expand_inputs, predict_files, write_predictions
 
-    manifest = read_manifest(bundle)[1]
+    path, manifest = read_manifest(bundle)
     if manifest.get("task") == "survival" and manifest.get("inputs") == "clinical" and not files:
-        _predict_survival_clinical(bundle, clinical, out)
+        _predict_survival_clinical(path, manifest, clinical, out)
         return
     if not files:
         raise DataError("give the image files or folders to predict (after the bundle)")
     if manifest.get("task") == "survival":
-        _predict_survival(bundle, files, out, ClinicalTable(clinical) if clinical is not None else None)
+        _predict_survival(path, manifest, files, out, ClinicalTable(clinical) if clinical is not None else None)
         return
     loaded, backend = place_on_device(load_bundle(bundle), backend, device)
     table = clinical_source(clinical, loaded)
@@ -303,24 +303,20 @@ def predict(
         raise typer.Exit(1)
 
 
-def _predict_survival(bundle: str, files: list[Path], out: Path | None, clinical: Any) -> None:
+def _predict_survival(path: Path, manifest: dict[str, Any], files: list[Path], out: Path | None, clinical: Any) -> None:
     """Risk, risk group and survival at 1 and 2 years per file (CSV or JSON with --out)."""
-    from medlens.models.bundle import read_manifest
     from medlens.survival.predict import predict_survival_files
     from medlens.tasks.predict import expand_inputs
 
-    path, manifest = read_manifest(bundle)
     rows = predict_survival_files(path, manifest, expand_inputs(list(files)), clinical)
     _show_survival(rows, ["file", "risk", "risk_group", "survival_365d", "survival_730d", "error"], out, "files")
 
 
-def _predict_survival_clinical(bundle: str, clinical: Path | None, out: Path | None) -> None:
+def _predict_survival_clinical(path: Path, manifest: dict[str, Any], clinical: Path | None, out: Path | None) -> None:
     """A clinical-only Cox model: one row per patient of the --clinical CSV, no images."""
     from medlens.errors import DataError
-    from medlens.models.bundle import read_manifest
     from medlens.survival.predict import predict_survival_clinical
 
-    path, manifest = read_manifest(bundle)
     if clinical is None:
         raise DataError(f"{path} is a clinical-only survival model: give --clinical CSV (one row per patient with "
                         f"{', '.join(manifest['tabular']['numeric'] + manifest['tabular']['categorical'])})")

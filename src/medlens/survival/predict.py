@@ -92,7 +92,7 @@ def predict_survival_clinical(path: Path, manifest: dict[str, Any], csv_path: Pa
 
     from medlens.datasets.folder import FILE_COLUMNS
     from medlens.survival.data import ID_COLUMNS
-    from medlens.tabular.encode import check_columns, load_tabular
+    from medlens.tabular.encode import check_columns, encode_rows, load_tabular
 
     if manifest["inputs"] != "clinical":
         raise DataError(f"{path} predicts from images: give image files as well as --clinical {csv_path}")
@@ -107,16 +107,13 @@ def predict_survival_clinical(path: Path, manifest: dict[str, Any], csv_path: Pa
     check_columns(table, encoder.columns, f"--clinical {csv_path}")  # a missing column is the whole file's error
     key = next((c for c in ID_COLUMNS + FILE_COLUMNS if c in table[0]), None)
     settings = manifest["settings"]
-    beta, means = np.asarray(settings["coefficients"]), np.asarray(settings["feature_means"])
+    lines = range(2, len(table) + 2)
+    features, bad = encode_rows(encoder, table, [f"--clinical {csv_path} line {line}" for line in lines])
+    log_hazard = (features - np.asarray(settings["feature_means"])) @ np.asarray(settings["coefficients"])  # as lifelines
     rows: list[dict[str, Any]] = []
-    for line, values in enumerate(table, start=2):
-        row: dict[str, Any] = {"case": values[key] if key else f"line {line}", "line": line, "error": ""}
+    for i, (line, values) in enumerate(zip(lines, table)):
+        row: dict[str, Any] = {"case": values[key] if key else f"line {line}", "line": line, "error": bad.get(i, "")}
+        if not row["error"]:
+            row |= _risk_fields(log_hazard[i : i + 1, None], manifest)
         rows.append(row)
-        try:
-            x = encoder.transform([values], f"--clinical {csv_path} line {line}")
-        except MedlensError as exc:
-            row["error"] = str(exc)
-            continue
-        output = ((x - means) @ beta)[:, None]  # lifelines' log partial hazard, as in training
-        row |= _risk_fields(output, manifest)
     return rows

@@ -193,18 +193,19 @@ def leakage_report(rows: list[dict[str, str]], labels: np.ndarray, numeric: tupl
     return messages
 
 
-def encode_rows(encoder: TabularEncoder, source: Any, images: list[str], rows: list[dict[str, str]]) -> tuple[np.ndarray, dict[int, str]]:
+def encode_rows(encoder: TabularEncoder, rows: list[dict[str, str]], wheres: list[str]) -> tuple[np.ndarray, dict[int, str]]:
     """Encoded features for a batch's clinical rows in one scikit-learn call (measured about 100x faster than row
     by row, which cost as much as the network: benchmarks/results/fused_speed.json). If any row is bad, row by row
-    so each error names its own image; returns the features and {index: error} for the bad rows."""
+    so each error names its own row (``wheres[i]``: where row i came from); returns the features and
+    {index: error} for the bad rows."""
     try:
         return encoder.transform(rows, "clinical values"), {}
     except DataError:
         pass
     out, bad = np.zeros((len(rows), encoder.n_features), dtype=np.float32), {}
-    for i, (image, row) in enumerate(zip(images, rows)):
+    for i, (where, row) in enumerate(zip(wheres, rows)):
         try:
-            out[i] = encoder.transform([row], source.where(image))[0]
+            out[i] = encoder.transform([row], where)[0]
         except DataError as exc:
             bad[i] = str(exc)
     return out, bad

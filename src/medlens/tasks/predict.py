@@ -74,7 +74,7 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
                 arrays.append(array)
         clinical_features = None
         if arrays and bundle.tabular is not None:
-            clinical_features, bad = encode_rows(bundle.tabular, clinical, [r.file for r in ready], clinical_rows)
+            clinical_features, bad = encode_rows(bundle.tabular, clinical_rows, [clinical.where(r.file) for r in ready])
             keep = [i for i in range(len(ready)) if i not in bad]
             for i, message in bad.items():
                 ready[i].error = message
