@@ -78,7 +78,7 @@ class Service:
         return httpx.post(f"{self.base}/dicomweb/studies", content=body, timeout=120, headers={**self.sender, "Content-Type": content_type}).status_code
 
     def counts(self) -> dict[str, int]:
-        return httpx.get(f"{self.base}/health", timeout=10).json()["jobs"]
+        return httpx.get(f"{self.base}/api/status", timeout=10, headers=self.viewer).json()["jobs"]
 
     def wait_idle(self, seconds: float) -> bool:
         deadline = time.time() + seconds

@@ -50,14 +50,14 @@ def main() -> None:
         with TestClient(create_app(config)) as client:
             deadline = time.time() + 120
             while time.time() < deadline:
-                counts = client.get("/health").json()["jobs"]
+                counts = client.get("/api/status", headers={"Authorization": f"Bearer {token}"}).json()["jobs"]
                 if counts["done"] + counts["referred"] + counts["failed"] >= len(studies) and counts["queued"] + counts["running"] == 0:
                     break
                 time.sleep(0.5)
             worklist = client.get("/api/worklist", headers={"Authorization": f"Bearer {token}"}).json()
         with TestClient(create_app(config)) as client:  # a restart: the stored poll cursor means nothing is fetched twice
             time.sleep(1.5)
-            result["jobs_after_restart"] = client.get("/health").json()["jobs"]
+            result["jobs_after_restart"] = client.get("/api/status", headers={"Authorization": f"Bearer {token}"}).json()["jobs"]
         result["worklist"] = worklist
         result["orthanc"] = {}
         for study_id in httpx.get(f"{ORTHANC}/studies", timeout=10).json():

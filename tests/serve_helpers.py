@@ -39,13 +39,13 @@ def start_server(models: Path, tokens: Path, storage: Path, port: int) -> subpro
     return wait_until_answering(f"http://127.0.0.1:{port}/health", process, "medlens serve")
 
 
-def wait_idle(base: str, seconds: float = 180) -> dict[str, int]:
-    """Job counts once nothing is queued or running."""
+def wait_idle(base: str, token: str, seconds: float = 180) -> dict[str, int]:
+    """Job counts once nothing is queued or running (``token``: any role that may view)."""
     import httpx
 
     deadline = time.time() + seconds
     while time.time() < deadline:
-        counts = httpx.get(f"{base}/health", timeout=5).json()["jobs"]
+        counts = httpx.get(f"{base}/api/status", timeout=5, headers={"Authorization": f"Bearer {token}"}).json()["jobs"]
         if counts["queued"] == 0 and counts["running"] == 0:
             return counts
         time.sleep(0.3)

@@ -51,7 +51,7 @@ def service(tmp_path: Path) -> dict:
 def _wait_idle(client: TestClient, seconds: float = 120) -> dict[str, int]:
     deadline = time.time() + seconds
     while time.time() < deadline:
-        counts = client.get("/health").json()["jobs"]
+        counts = client.app.state.store.counts()
         if counts["queued"] == 0 and counts["running"] == 0:
             return counts
         time.sleep(0.3)
@@ -167,7 +167,7 @@ def test_kill_9_mid_run_loses_nothing_and_processes_each_study_once(service: dic
                           headers={**h["sender"], "Content-Type": content_type}).status_code == 200
         deadline = time.time() + 120
         while time.time() < deadline:  # kill once some jobs are finished and others are not
-            counts = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["jobs"]
+            counts = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=5, headers=h["viewer"]).json()["jobs"]
             if counts["done"] + counts["referred"] >= 2:
                 break
             time.sleep(0.05)
@@ -175,7 +175,7 @@ def test_kill_9_mid_run_loses_nothing_and_processes_each_study_once(service: dic
         process.wait(10)
         assert counts["queued"] + counts["running"] > 0, "every job had finished before the kill; the test proves nothing"
         process = start()
-        wait_idle(f"http://127.0.0.1:{port}")
+        wait_idle(f"http://127.0.0.1:{port}", h["viewer"]["Authorization"].split()[1])
         worklist = httpx.get(f"http://127.0.0.1:{port}/api/worklist", headers=h["viewer"], timeout=10).json()
     finally:
         process.kill()

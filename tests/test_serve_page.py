@@ -32,7 +32,7 @@ def test_worklist_study_view_and_a_read_that_moves_agreement(kermany_files: list
         body, content_type = stow_body(studies)
         assert httpx.post(f"{base}/dicomweb/studies", content=body, timeout=60,
                           headers={"Authorization": f"Bearer {sender}", "Content-Type": content_type}).status_code == 200
-        wait_idle(base)
+        wait_idle(base, radiologist)
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
             page = browser.new_page()

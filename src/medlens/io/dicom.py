@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels.utils import _get_jpg_parameters  # the JPEG SOF parser pydicom's own decoders use
 from pydicom.tag import Tag
 
 from medlens.errors import DicomError, InputMismatchError, UnsupportedTransferSyntaxError
+from medlens.io.dicom_guard import J2K_SYNTAXES, check_deflate_bomb, check_j2k_codestream, check_pixel_budget
 
 RADIOGRAPHY = {"CR", "DX", "DR"}  # one kind of image under several Modality codes
 NUMERIC_TAGS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit",
@@ -46,6 +49,7 @@ def read_dataset(path: Path, pixels: bool = True) -> Dataset:
         raise DicomError(f"{path}: cannot open ({exc.strerror}); check the path and permissions") from exc
     if size == 0:
         raise DicomError(f"{path}: empty file (0 bytes); the copy or download was interrupted")
+    check_deflate_bomb(path, str(path))
     defer = None if pixels else 4096
     try:
         try:
@@ -82,6 +86,8 @@ def decode_frames(ds: Dataset, path: Path, header_checked: bool = False) -> np.n
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if str(syntax) in JPEG_SYNTAXES:
         _check_jpeg_frame_header(ds, path)
+    elif str(syntax) in J2K_SYNTAXES:
+        check_j2k_codestream(_first_frame(ds, path), ds, str(path))
     try:
         stored = ds.pixel_array
     except NotImplementedError as exc:
@@ -117,13 +123,11 @@ def _check_jpeg_frame_header(ds: Dataset, path: Path) -> None:
     GDCM aborts the whole process (an uncaught C++ exception) when they disagree,
     which a corrupt file must not be able to do to a batch job or a server.
     """
-    from pydicom.encaps import generate_frames
-    from pydicom.pixels.utils import _get_jpg_parameters
-
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
-        params = _get_jpg_parameters(frame)
-    except Exception as exc:  # broken encapsulation: fragment lengths, missing items
+        params = _get_jpg_parameters(_first_frame(ds, path))
+    except DicomError:
+        raise
+    except Exception as exc:  # a marker segment cut short
         raise DicomError(f"{path}: compressed pixel data is damaged ({str(exc)[:120]}); the file is corrupt") from exc
     found = (params.get("height"), params.get("width"), params.get("components"))
     expected = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
@@ -133,6 +137,13 @@ def _check_jpeg_frame_header(ds: Dataset, path: Path) -> None:
             f"but the header says {expected[0]}x{expected[1]}, {expected[2]} sample(s), {ds.get('BitsAllocated')} bits "
             "allocated; the file is corrupt"
         )
+
+
+def _first_frame(ds: Dataset, path: Path) -> bytes:
+    try:
+        return next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
+    except Exception as exc:  # broken encapsulation: fragment lengths, missing items
+        raise DicomError(f"{path}: compressed pixel data is damaged ({str(exc)[:120]}); the file is corrupt") from exc
 
 
 def check_numeric_tags(ds: Dataset, path: Path) -> None:
@@ -152,6 +163,14 @@ def check_numeric_tags(ds: Dataset, path: Path) -> None:
             raise DicomError(f"{path}: {keyword} holds {str(value)[:40]!r}, not a number; the header is corrupt")
     if ds.get(_ROWS) is None or ds.get(_COLUMNS) is None or not ds[_ROWS].value or not ds[_COLUMNS].value:
         raise DicomError(f"{path}: Rows/Columns missing or zero; the header is corrupt")
+    check_pixel_budget(ds, str(path), _file_bytes(path))
+
+
+def _file_bytes(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except (OSError, TypeError, AttributeError):
+        return None
 
 
 def stored_range(ds: Dataset) -> tuple[float | None, float | None]:

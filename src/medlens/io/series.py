@@ -219,4 +219,13 @@ def _split_reason(keys: list[tuple]) -> str:
 
 def _series_order(slices: list[Slice]) -> tuple:
     ds = slices[0].dataset
-    return (int_or(ds.get("SeriesNumber"), 0), str(ds.get("SeriesInstanceUID", "")), str(ds.get("EchoNumbers", "")), str(slices[0].path))
+    return (int_or(_value(ds, "SeriesNumber"), 0), str(_value(ds, "SeriesInstanceUID") or ""), str(_value(ds, "EchoNumbers") or ""),
+            str(slices[0].path))
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    """A header value for sorting; a corrupt one (pydicom converts lazily and may raise) sorts as missing."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None

@@ -4,12 +4,19 @@ Studies arrive by DICOMweb STOW-RS (``POST /dicomweb/studies``); each is
 stored and persisted before the upload is answered, routed to the matching
 models as jobs, and processed by a background runner into findings, a DICOM
 SR, a heatmap Secondary Capture and a FHIR DiagnosticReport. Every endpoint
-but ``/health`` needs a bearer token; what users see and change goes to an
-append-only audit log.
+but ``/health`` (which says only "ok") and the sign-in page needs a bearer
+token; what users see and change, and every refused token, goes to an
+append-only audit log. Uploads are parsed off the event loop, so ``/health``
+and the worklist keep answering while a large one is checked; every response
+carries a strict Content-Security-Policy (the page runs no inline script and
+builds its DOM from text, never from HTML). API docs are off unless
+``api_docs=True``, and then only the OpenAPI JSON is served: no page pulls
+scripts from a CDN.
 """
 
 import logging
 import socket
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,11 +24,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from medlens.io.dicom_guard import DicomLimits
 from medlens.serve.auth import User, load_tokens, user_for
+from medlens.serve.phi import install_phi_filter
+from medlens.serve.worker import WorkerOptions
+
+STATIC = Path(__file__).parent / "static"
+STATIC_TYPES = {"app.js": "text/javascript", "app.css": "text/css"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+JobId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a job number from the worklist")]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +64,13 @@ class ServeConfig:
     orthanc_url: str | None = None  # poll this Orthanc for stable studies and store results back into it
     poll_seconds: float = 2.0
     drift_window: int = 20  # studies per drift-monitoring window
+    max_inflated_mb: float = 64.0  # a deflated instance may inflate to this much (a 1.5 MB bomb asks for gigabytes)
+    max_pixel_mb: float = 1024.0  # frames x rows x columns x samples x bits of one instance
+    worker: WorkerOptions = WorkerOptions()
+    api_docs: bool = False  # serve /openapi.json (never a CDN-hosted docs page)
+
+    def limits(self) -> DicomLimits:
+        return DicomLimits(max_inflated_bytes=int(self.max_inflated_mb * 2**20), max_pixel_bytes=int(self.max_pixel_mb * 2**20))
 
 
 class ReadIn(BaseModel):
@@ -59,21 +88,24 @@ def create_app(config: ServeConfig) -> FastAPI:
     from medlens.serve.store import Store
     from medlens.serve.worker import Worker
 
+    install_phi_filter()
     config.storage.mkdir(parents=True, exist_ok=True)
     users = load_tokens(config.tokens)
     models = load_models(config.models)
     store = Store(config.db or f"sqlite:///{config.storage / 'medlens.db'}", config.owner)
     pacs = OrthancConnector(config.orthanc_url) if config.orthanc_url else None
-    worker = Worker(store, models, config.storage, pacs=pacs)
+    worker = Worker(store, models, config.storage, options=config.worker, pacs=pacs, models_dir=config.models)
+    ingest_lock = threading.Lock()  # uploads run on threads: one at a time records studies, so no UID is inserted twice
 
     def ingest(parts: list[bytes], source: str, user: str = "pacs-poller") -> Any:
         """Store instances, record their studies and route them to jobs (STOW-RS and the PACS poller alike)."""
-        report = store_instances(parts, config.storage)
-        for study_uid, entry in report.studies.items():
-            study_id, new = store.add_study(study_uid, entry["folder"], entry["info"], entry["count"], source)
-            _route(store, models, study_id, entry["info"], config.settle_seconds, new)
-            store.log(user, "upload", f"study {study_id}")
-            entry["study_id"] = study_id
+        report = store_instances(parts, config.storage, config.limits())
+        with ingest_lock:
+            for study_uid, entry in report.studies.items():
+                study_id, new = store.add_study(study_uid, entry["folder"], entry["info"], entry["count"], source)
+                _route(store, models, study_id, entry["info"], config.settle_seconds, new, entry["count"] > 0)
+                store.log(user, "upload", f"study {study_id}" + (f" ({entry['resent']} instance(s) sent again)" if entry["resent"] else ""))
+                entry["study_id"] = study_id
         return report
 
     poller = PacsPoller(pacs, ingest, store, config.poll_seconds) if pacs else None
@@ -92,33 +124,48 @@ def create_app(config: ServeConfig) -> FastAPI:
         if pacs is not None:
             pacs.close()
 
-    app = FastAPI(title="medlens", version=_version(), lifespan=lifespan)
+    app = FastAPI(title="medlens", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if config.api_docs else None)
     app.state.store, app.state.worker, app.state.models = store, worker, models
     bearer = HTTPBearer(auto_error=False)
 
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     def requires(role: str) -> Any:
-        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+        def check(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
             user = user_for(credentials.credentials if credentials else None, users)
-            if user is None:
+            if user is None:  # the path only: never the token, never a query string
+                store.log("(no valid token)", "refused", f"{request.method} {request.url.path}"[:200])
                 raise HTTPException(401, "a valid bearer token is needed (Authorization: Bearer <token>)",
                                     headers={"WWW-Authenticate": "Bearer"})
             if not user.may(role):
+                store.log(user.name, "forbidden", f"{request.method} {request.url.path}"[:200])
                 raise HTTPException(403, f"role {user.role!r} may not do this; it needs {role!r}")
             return user
         return check
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    def health() -> dict[str, str]:
+        """Liveness for load balancers and monitors; says nothing about models or studies (that needs a token)."""
+        return {"status": "ok"}
+
+    @app.get("/api/status")
+    def status(user: Annotated[User, Depends(requires("viewer"))]) -> dict[str, Any]:
         return {"status": "ok", "models": sorted(models), "jobs": store.counts()}
 
     @app.post("/dicomweb/studies")
     async def stow(request: Request, user: Annotated[User, Depends(requires("sender"))]) -> JSONResponse:
         body = await _read_limited(request, int(config.max_upload_mb * 2**20))
         try:
-            parts = split_multipart_related(body, request.headers.get("content-type", ""))
+            parts = await run_in_threadpool(split_multipart_related, body, request.headers.get("content-type", ""))
         except DataError as exc:
             raise HTTPException(415, str(exc)) from exc
-        report = ingest(parts, "stow", user.name)
+        del body
+        report = await run_in_threadpool(ingest, parts, "stow", user.name)
         status = 200 if not report.failed else (202 if report.stored else 409)  # PS3.18: all / some / none stored
         return JSONResponse({"stored": len(report.stored), "failed": report.failed,
                              "studies": [e["study_id"] for e in report.studies.values()]}, status_code=status)
@@ -135,7 +182,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return job
 
     @app.get("/api/jobs/{job_id}")
-    def job(job_id: int, user: Annotated[User, Depends(requires("viewer"))]) -> dict[str, Any]:
+    def job(job_id: JobId, user: Annotated[User, Depends(requires("viewer"))]) -> dict[str, Any]:
         found = _job_or_404(job_id)
         store.log(user.name, "view", f"job {job_id}")
         return {**found.__dict__, "study": {k: v for k, v in store.study(found.study_id).items() if k != "folder"}}
@@ -143,27 +190,33 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         """The worklist page (static; it asks for a token and reads everything through the API)."""
-        return (Path(__file__).parent / "static" / "index.html").read_text()
+        return (STATIC / "index.html").read_text()
+
+    @app.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise HTTPException(404, f"no static file {name[:40]!r}")
+        return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name])
 
     @app.get("/api/jobs/{job_id}/{kind}")
-    def job_output(job_id: int, kind: str, user: Annotated[User, Depends(requires("viewer"))]) -> Any:
+    def job_output(job_id: JobId, kind: str, user: Annotated[User, Depends(requires("viewer"))]) -> Any:
         found = _job_or_404(job_id)
         if kind in ("image.png", "heatmap.png"):
             store.log(user.name, "view", f"job {job_id} {kind}")
             return Response(_png(found.result or {}, kind, job_id), media_type="image/png")
         outputs = (found.result or {}).get("outputs", {})
         if kind not in ("sr", "heatmap", "seg", "fhir") or kind not in outputs:
-            raise HTTPException(404, f"job {job_id} has no {kind!r} output (state {found.state}); outputs: {', '.join(outputs) or 'none yet'}")
+            raise HTTPException(404, f"job {job_id} has no {kind[:40]!r} output (state {found.state}); outputs: {', '.join(outputs) or 'none yet'}")
         store.log(user.name, "view", f"job {job_id} {kind}")
         media = "application/fhir+json" if kind == "fhir" else "application/dicom"
         return FileResponse(outputs[kind], media_type=media)
 
     @app.get("/fhir/DiagnosticReport/medlens-{job_id}")
-    def fhir(job_id: int, user: Annotated[User, Depends(requires("viewer"))]) -> Any:
+    def fhir(job_id: JobId, user: Annotated[User, Depends(requires("viewer"))]) -> Any:
         return job_output(job_id, "fhir", user)
 
     @app.post("/api/jobs/{job_id}/reads")
-    def read(job_id: int, body: ReadIn, user: Annotated[User, Depends(requires("radiologist"))]) -> dict[str, Any]:
+    def read(job_id: JobId, body: ReadIn, user: Annotated[User, Depends(requires("radiologist"))]) -> dict[str, Any]:
         found = _job_or_404(job_id)
         names = [f["name"] for f in (found.result or {}).get("findings", [])]
         if body.finding not in names:
@@ -222,13 +275,19 @@ def create_app(config: ServeConfig) -> FastAPI:
     return app
 
 
-def _route(store: Any, models: dict[str, Any], study_id: int, info: dict[str, Any], settle_seconds: float, new: bool) -> None:
-    """One job per model the study matches; a skipped job (with the reason) per model it does not."""
+def _route(store: Any, models: dict[str, Any], study_id: int, info: dict[str, Any], settle_seconds: float, new: bool,
+           more_instances: bool) -> None:
+    """One job per model the study matches; a skipped job (with the reason) per model it does not.
+
+    Instances of a known study: its queued jobs wait for it to settle, and its finished jobs run again over all
+    instances (a new version). Instances sent again change nothing.
+    """
     for name, model in models.items():
         reason = model.route(info)
         store.add_job(study_id, name, "skipped" if reason else "queued", reason, delay_seconds=settle_seconds)
-    if not new:
-        store.postpone_queued(study_id, settle_seconds)  # more instances arrived: wait for the study to settle
+    if not new and more_instances:
+        store.postpone_queued(study_id, settle_seconds)
+        store.reopen(study_id, settle_seconds)
 
 
 def _png(result: dict[str, Any], kind: str, job_id: int) -> bytes:

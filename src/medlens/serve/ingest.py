@@ -1,8 +1,13 @@
 """Studies in: DICOM instances from a STOW-RS upload (or a PACS poll) stored safely, then routed to jobs.
 
 Each instance is parsed with pydicom *before* it is accepted; one that does
-not parse, or lacks the UIDs a study needs, is kept in ``quarantine/`` with a
-``.reason.txt`` beside it and reported back, and the others go on. Stored
+not parse, lacks the UIDs a study needs, or asks for more than the service's
+limits (a deflated dataset that inflates past them, a header describing more
+pixel data than allowed or than the part holds) is kept in ``quarantine/``
+with a ``.reason.txt`` beside it and reported back, and the others go on.
+Whatever the parser raises is caught per part. Storing is idempotent by SOP
+Instance UID: an instance sent again replaces its file and is not counted
+twice. Identifying header values are handed to the PHI log filter. Stored
 files are written to a temporary name, flushed to disk and renamed, so a crash
 never leaves half a file under a real name. Folder and file names are hashes
 of the UIDs: nothing identifying lands in paths or logs.
@@ -19,7 +24,12 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import DataError
+import pydicom
+
+from medlens.errors import DataError, DicomError
+from medlens.io.dicom import check_numeric_tags
+from medlens.io.dicom_guard import DEFAULT_LIMITS, DicomLimits, check_deflate_bomb, check_pixel_budget
+from medlens.serve.phi import redact, remember_identifiers
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +38,7 @@ log = logging.getLogger(__name__)
 class IngestReport:
     stored: list[dict[str, str]] = field(default_factory=list)  # {"sop_instance_uid", "study_uid"}
     failed: list[dict[str, str]] = field(default_factory=list)  # {"part", "reason"}
-    studies: dict[str, dict[str, Any]] = field(default_factory=dict)  # study UID -> folder, info, count
+    studies: dict[str, dict[str, Any]] = field(default_factory=dict)  # study UID -> folder, info, count (new), resent
 
 
 def split_multipart_related(body: bytes, content_type: str) -> list[bytes]:
@@ -59,28 +69,51 @@ def split_multipart_related(body: bytes, content_type: str) -> list[bytes]:
     return parts
 
 
-def store_instances(parts: list[bytes], storage: Path) -> IngestReport:
-    """Parse, check and store each instance under ``storage/studies/<hash>/``; bad ones go to quarantine."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def store_instances(parts: list[bytes], storage: Path, limits: DicomLimits = DEFAULT_LIMITS) -> IngestReport:
+    """Parse, check and store each instance under ``storage/studies/<hash>/``; bad ones go to quarantine.
 
-    report = IngestReport()
+    Every part is parsed before any is written, so a request never leaves a stored file without its study row.
+    """
+    report, parsed = IngestReport(), []
     for index, data in enumerate(parts):
         try:
-            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-            study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
-            _ = ds.SeriesInstanceUID
-        except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError) as exc:
-            reason = f"not a readable DICOM instance with Study/Series/SOP Instance UIDs ({type(exc).__name__}: {exc})"
-            _quarantine(storage, data, reason)
-            report.failed.append({"part": str(index), "reason": reason})
-            continue
+            parsed.append((data, *_parse_instance(data, f"part {index}", limits)))
+        except DataError as exc:
+            _quarantine(storage, data, str(exc))
+            report.failed.append({"part": str(index), "reason": str(exc)})
+    for data, _, study_uid, sop_uid, info in parsed:
         folder = Path("studies") / _digest(study_uid)
-        _write_atomically(storage / folder / f"{_digest(sop_uid)}.dcm", data)
-        entry = report.studies.setdefault(study_uid, {"folder": str(folder), "info": _study_info(ds), "count": 0})
-        entry["count"] += 1
+        path = storage / folder / f"{_digest(sop_uid)}.dcm"
+        resent = path.is_file()
+        _write_atomically(path, data)
+        entry = report.studies.setdefault(study_uid, {"folder": str(folder), "info": info, "count": 0, "resent": 0})
+        entry["resent" if resent else "count"] += 1
         report.stored.append({"sop_instance_uid": sop_uid, "study_uid": study_uid})
     return report
+
+
+def _parse_instance(data: bytes, where: str, limits: DicomLimits) -> tuple[Any, str, str, dict[str, Any]]:
+    """(header, study UID, SOP instance UID, routing info) of one part, within ``limits``; DataError with the reason otherwise."""
+    check_deflate_bomb(data, where, limits)
+    try:
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+        remember_identifiers(ds)
+        study_uid, sop_uid, series_uid = (str(ds.get(k) or "") for k in ("StudyInstanceUID", "SOPInstanceUID", "SeriesInstanceUID"))
+        info = _study_info(ds)
+    except Exception as exc:  # pydicom raises many types on hostile input (struct, NotImplemented, length, Unicode...)
+        raise DataError(f"{where}: not a readable DICOM instance with Study/Series/SOP Instance UIDs "
+                        f"({type(exc).__name__}: {redact(str(exc)[:200], foreign=True)})") from exc
+    if not (study_uid and sop_uid and series_uid) or max(len(study_uid), len(sop_uid), len(series_uid)) > 64:
+        raise DataError(f"{where}: Study, Series and SOP Instance UIDs must be present and at most 64 characters")
+    if "Rows" in ds or "NumberOfFrames" in ds:
+        try:
+            check_numeric_tags(ds, Path(where))
+            check_pixel_budget(ds, where, len(data), limits)
+        except DicomError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{where}: unreadable image header ({type(exc).__name__}); the instance is corrupt") from exc
+    return ds, study_uid, sop_uid, info
 
 
 def instance_files(storage: Path, folder: str) -> list[Path]:
@@ -88,8 +121,9 @@ def instance_files(storage: Path, folder: str) -> list[Path]:
 
 
 def _study_info(ds: Any) -> dict[str, Any]:
-    return {"modality": str(ds.get("Modality", "") or ""), "body_part": str(ds.get("BodyPartExamined", "") or ""),
-            "description": str(ds.get("SeriesDescription", "") or ds.get("StudyDescription", "") or "")}
+    """What routing reads, cut to the database's column sizes (a hostile header may hold anything)."""
+    return {"modality": str(ds.get("Modality", "") or "")[:16], "body_part": str(ds.get("BodyPartExamined", "") or "")[:64],
+            "description": str(ds.get("SeriesDescription", "") or ds.get("StudyDescription", "") or "")[:256]}
 
 
 def _digest(uid: str) -> str:

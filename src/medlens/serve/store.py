@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from medlens.errors import ConfigError
+from medlens.serve.phi import redact
 
 JOB_STATES = ("queued", "running", "done", "referred", "failed", "skipped")
 FINISHED = ("done", "referred", "failed", "skipped")
@@ -56,6 +57,7 @@ jobs = sa.Table(
     sa.Column("result", sa.Text),  # JSON
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
+    sa.Column("version", sa.Integer, nullable=False, default=1, server_default="1"),  # +1 each time late instances re-open it
     sa.UniqueConstraint("study_id", "model", name="one_job_per_study_and_model"),
 )
 
@@ -117,6 +119,7 @@ class Job:
     urgency: float
     result: dict[str, Any] | None
     reason: str | None
+    version: int = 1
 
 
 class Store:
@@ -130,6 +133,7 @@ class Store:
                               "use sqlite:///path/medlens.db or postgresql+pg8000://user@host/db") from exc
         self.owner = owner
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         with self.engine.begin() as conn:
             for statement in _APPEND_ONLY.get(self.engine.dialect.name, []):
                 conn.exec_driver_sql(statement)
@@ -153,7 +157,7 @@ class Store:
                 return row.id, False
             result = conn.execute(studies.insert().values(
                 study_uid=study_uid, folder=folder, modality=info.get("modality"), body_part=info.get("body_part"),
-                description=info.get("description"), n_instances=n_instances, source=source, received_at=time.time()))
+                description=redact(info.get("description") or ""), n_instances=n_instances, source=source, received_at=time.time()))
             return int(result.inserted_primary_key[0]), True
 
     def add_job(self, study_id: int, model: str, state: str = "queued", reason: str | None = None,
@@ -164,7 +168,7 @@ class Store:
             if exists is not None:
                 return None
             now = time.time()
-            result = conn.execute(jobs.insert().values(study_id=study_id, model=model, state=state, reason=reason,
+            result = conn.execute(jobs.insert().values(study_id=study_id, model=model, state=state, reason=redact(reason) if reason else None,
                                                        created_at=now, next_attempt_at=now + delay_seconds,
                                                        finished_at=now if state in FINISHED else None))
             return int(result.inserted_primary_key[0])
@@ -175,13 +179,36 @@ class Store:
             conn.execute(jobs.update().where(jobs.c.study_id == study_id, jobs.c.state == "queued", jobs.c.attempts == 0)
                          .values(next_attempt_at=time.time() + delay_seconds))
 
-    def requeue_abandoned(self) -> int:
-        """Jobs this owner was running when it died, and jobs whose lease ran out, go back to the queue."""
+    def reopen(self, study_id: int, delay_seconds: float) -> int:
+        """New instances of a study: its finished jobs run again over all instances, as a new version.
+
+        A job running now is marked too (its version moves on), so it is queued again when it finishes.
+        Skipped jobs stay skipped (routing looks at the study, which one more instance does not change).
+        """
         now = time.time()
         with self.connect() as conn:
-            result = conn.execute(jobs.update().where(
-                jobs.c.state == "running", sa.or_(jobs.c.owner == self.owner, jobs.c.lease_until < now),
-            ).values(state="queued", owner=None, lease_until=None))
+            reopened = conn.execute(jobs.update().where(
+                jobs.c.study_id == study_id, jobs.c.state.in_(("done", "referred", "failed"))).values(
+                state="queued", attempts=0, version=jobs.c.version + 1, next_attempt_at=now + delay_seconds, finished_at=None,
+                reason=None)).rowcount
+            conn.execute(jobs.update().where(jobs.c.study_id == study_id, jobs.c.state == "running").values(version=jobs.c.version + 1))
+            return reopened
+
+    def requeue_abandoned(self, max_attempts: int | None = None) -> int:
+        """Jobs this owner was running when it died, and jobs whose lease ran out, go back to the queue.
+
+        A job that has already used ``max_attempts`` fails for good instead: if it took the service down each
+        time (a file that crashes a decoder), queueing it again would crash-loop the service.
+        """
+        now = time.time()
+        abandoned = sa.and_(jobs.c.state == "running", sa.or_(jobs.c.owner == self.owner, jobs.c.lease_until < now))
+        with self.connect() as conn:
+            if max_attempts is not None:
+                conn.execute(jobs.update().where(abandoned, jobs.c.attempts >= max_attempts).values(
+                    state="failed", owner=None, lease_until=None, finished_at=now,
+                    reason=f"gave up after {max_attempts} attempts: the service stopped while running this job each time "
+                           "(a file may crash a decoder); check the study's images"))
+            result = conn.execute(jobs.update().where(abandoned).values(state="queued", owner=None, lease_until=None))
             return result.rowcount
 
     def claim(self, lease_seconds: float = 600.0) -> Job | None:
@@ -202,16 +229,23 @@ class Store:
                     return _job(conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).one())
         return None
 
-    def finish(self, job_id: int, state: str, result: dict[str, Any] | None, urgency: float = 0.0, reason: str | None = None) -> None:
+    def finish(self, job_id: int, state: str, result: dict[str, Any] | None, urgency: float = 0.0, reason: str | None = None,
+               version: int | None = None) -> bool:
+        """Record a job's outcome; False (and the job queued again) when instances arrived after it was claimed."""
         with self.connect() as conn:
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                state=state, result=json.dumps(result) if result is not None else None, urgency=urgency, reason=reason,
-                owner=None, lease_until=None, finished_at=time.time()))
+            where = [jobs.c.id == job_id] + ([jobs.c.version == version] if version is not None else [])
+            done = conn.execute(jobs.update().where(*where).values(
+                state=state, result=json.dumps(result) if result is not None else None, urgency=urgency,
+                reason=redact(reason) if reason else None, owner=None, lease_until=None, finished_at=time.time())).rowcount
+            if done == 0:
+                conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                    state="queued", attempts=0, owner=None, lease_until=None, next_attempt_at=time.time()))
+            return done == 1
 
     def retry_later(self, job_id: int, reason: str, delay_seconds: float) -> None:
         with self.connect() as conn:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                state="queued", reason=reason, owner=None, lease_until=None, next_attempt_at=time.time() + delay_seconds))
+                state="queued", reason=redact(reason), owner=None, lease_until=None, next_attempt_at=time.time() + delay_seconds))
 
     def job(self, job_id: int) -> Job | None:
         with self.connect() as conn:
@@ -280,6 +314,14 @@ class Store:
             return [dict(r._mapping) for r in conn.execute(sa.select(audit).order_by(audit.c.id.desc()).limit(limit))]
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """A database made by an earlier medlens gets the columns added since (nothing else changes)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns("jobs")}
+    if "version" not in present:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+
+
 def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"check_same_thread": False, "timeout": 30}}
@@ -296,7 +338,7 @@ def _redact(url: str) -> str:
 
 def _job(row: Any) -> Job:
     return Job(row.id, row.study_id, row.model, row.state, row.attempts, row.urgency,
-               json.loads(row.result) if row.result else None, row.reason)
+               json.loads(row.result) if row.result else None, row.reason, row.version)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
