@@ -10,8 +10,10 @@ rescale of enhanced objects, MONOCHROME1 inversion, and errors that name the fil
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pydicom
@@ -22,9 +24,10 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import _get_jpg_parameters  # the JPEG SOF parser pydicom's own decoders use
 from pydicom.tag import Tag
 
-from medlens.errors import DicomError, InputMismatchError, UnsupportedTransferSyntaxError
+from medlens.errors import DicomError, InputMismatchError, MedlensError, UnsupportedTransferSyntaxError
 from medlens.io.dicom_guard import J2K_SYNTAXES, check_deflate_bomb, check_j2k_codestream, check_pixel_budget
 
+F = TypeVar("F", bound=Callable[..., Any])
 RADIOGRAPHY = {"CR", "DX", "DR"}  # one kind of image under several Modality codes
 NUMERIC_TAGS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit",
                 "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "SpacingBetweenSlices", "SliceThickness",
@@ -39,6 +42,23 @@ _NUMERIC_TAG_NUMBERS = tuple((k, Tag(k)) for k in NUMERIC_TAGS)
 _ROWS, _COLUMNS = Tag("Rows"), Tag("Columns")
 INTEGER_TAGS = {"Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"}
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def header_errors(func: F) -> F:
+    """pydicom converts values lazily, so any header access may raise on a corrupt value: such an error becomes
+    a DicomError naming the file (the first Path argument), never an exception outside medlens's tree."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MedlensError:
+            raise
+        except Exception as exc:
+            path = next((a for a in (*args, *kwargs.values()) if isinstance(a, Path)), "DICOM file")
+            raise DicomError(f"{path}: corrupt header value ({_short(exc)}); the file is damaged") from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 def read_dataset(path: Path, pixels: bool = True) -> Dataset:
@@ -71,6 +91,7 @@ def read_dataset(path: Path, pixels: bool = True) -> Dataset:
         raise DicomError(f"{path}: unreadable DICOM header, the file is truncated or corrupt ({_short(exc)})") from exc
 
 
+@header_errors
 def decode_frames(ds: Dataset, path: Path, header_checked: bool = False) -> np.ndarray:
     """Decode the pixel data as float32 ``(frames, rows, cols)`` (``(..., 3)`` for colour) in physical units.
 
@@ -146,6 +167,7 @@ def _first_frame(ds: Dataset, path: Path) -> bytes:
         raise DicomError(f"{path}: compressed pixel data is damaged ({str(exc)[:120]}); the file is corrupt") from exc
 
 
+@header_errors
 def check_numeric_tags(ds: Dataset, path: Path) -> None:
     """pydicom keeps an invalid number as text: refuse it here, naming the tag, so later arithmetic can trust it."""
     for keyword, tag in _NUMERIC_TAG_NUMBERS:
@@ -199,6 +221,7 @@ def has_dicom_marker(path: Path) -> bool:
         return False
 
 
+@header_errors
 def read_dicom(path: Path, expected_modality: str | None = None) -> np.ndarray:
     """Read one DICOM image as float32 ``(C, H, W)`` or ``(1, frames, H, W)`` for a classifier.
 

@@ -62,7 +62,10 @@ def check_deflate_bomb(source: bytes | Path, where: str, limits: DicomLimits = D
         inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
         while piece := fp.read(_PIECE):
             while piece:
-                total += len(inflater.decompress(piece, _PIECE))
+                try:
+                    total += len(inflater.decompress(piece, _PIECE))
+                except zlib.error as exc:
+                    raise DicomError(f"{where}: the deflated dataset is corrupt ({exc}); the file is damaged") from exc
                 piece = inflater.unconsumed_tail
                 if total > limits.max_inflated_bytes:
                     raise DicomError(
@@ -77,9 +80,10 @@ def _deflated_body_offset(fp: BinaryIO) -> int | None:
         if read_preamble(fp, force=False) is None:
             return None
         meta = _read_file_meta_info(fp)
+        deflated = str(meta.get("TransferSyntaxUID", "")) == DEFLATED
     except Exception:  # not a Part 10 file, or a broken meta group: the parser reports it with its own words
         return None
-    return fp.tell() if str(meta.get("TransferSyntaxUID", "")) == DEFLATED else None
+    return fp.tell() if deflated else None
 
 
 def check_pixel_budget(ds: Dataset, where: str, file_bytes: int | None, limits: DicomLimits = DEFAULT_LIMITS) -> None:

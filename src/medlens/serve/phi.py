@@ -34,10 +34,11 @@ IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate"
                "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "MedicalRecordLocator",
                "IssuerOfPatientID", "PatientMotherBirthName", "OtherPatientNames", "StationName")
 _MAX_REMEMBERED = 200_000
+_MAX_VALUE = 64  # the longest these VRs allow (PN, LO, UI); a longer value is a corrupt read, not an identifier
 _MIN_LENGTH = 3  # shorter tokens ("M", "12") are everywhere in text and identify nobody
 _TOKEN = re.compile(r"[^\W_](?:[\w.+\-]*[^\W_])?")  # words, numbers, UIDs, IDs like AB-123
 _UID = re.compile(r"\b[0-2](?:\.(?:0|[1-9]\d*)){4,}\b")
-_PERSON = re.compile(r"[^\s'\"^=:,;()]+\^[^\s'\"=:,;()]*")
+_PERSON = re.compile(r"(?<![^\s'\"^=:,;()])[^\s'\"^=:,;()]++\^[^\s'\"=:,;()]*+")  # starts only at a run's start: linear time
 _QUOTED = re.compile(r"(?<!File )\"[^\"\n]*\"|'[^'\n]*'")  # not a traceback's file names
 
 _known: OrderedDict[str, None] = OrderedDict()  # lower-case tokens of remembered values, oldest first
@@ -55,7 +56,7 @@ def remember_identifiers(ds: Any) -> None:
             continue
         raw = getattr(element, "value", element) if element is not None else None
         values += [str(v) for v in (raw if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else [raw]) if v]
-    remember_values(values)
+    remember_values([v for v in values if len(v) <= _MAX_VALUE])
 
 
 def remember_values(values: list[str]) -> None:
@@ -100,9 +101,15 @@ def install_phi_filter() -> None:
     logging.setLogRecordFactory(factory)
 
 
+MAX_MESSAGE = 2000  # a hostile header can make a dependency warn with kilobytes of its bytes: no log is flooded
+
+
 def _scrub(record: logging.LogRecord) -> None:
     foreign = not record.name.startswith("medlens")
-    record.msg, record.args = redact(record.getMessage(), foreign), ()
+    message = record.getMessage()
+    if len(message) > MAX_MESSAGE:
+        message = f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} more characters withheld)"
+    record.msg, record.args = redact(message, foreign), ()
     if record.exc_info:
         record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"), True)
         record.exc_info = None

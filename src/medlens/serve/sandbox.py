@@ -18,9 +18,11 @@ import multiprocessing
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from medlens.errors import MedlensError
@@ -31,13 +33,17 @@ log = logging.getLogger(__name__)
 class JobCrashed(MedlensError):
     """The child process running a job died or overran its time limit; the job counts one attempt."""
 
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
 
 class JobError(MedlensError):
     """A job raised in the child; ``user_error`` is True when it was a MedlensError (the study is the problem)."""
 
-    def __init__(self, message: str, user_error: bool) -> None:
+    def __init__(self, message: str, user_error: bool, kind: str = "") -> None:
         super().__init__(message)
-        self.user_error = user_error
+        self.user_error, self.kind = user_error, kind
 
 
 class Sandbox:
@@ -66,7 +72,7 @@ class Sandbox:
         if kind == "ok":
             return payload
         name, message, user_error = payload
-        raise JobError(message if user_error else f"{name}: {message}", user_error)
+        raise JobError(message if user_error else f"{name}: {message}", user_error, name)
 
     def close(self) -> None:
         with self._lock:
@@ -103,7 +109,7 @@ class Sandbox:
         else:
             self._kill()
             raise JobCrashed(f"the job ran longer than {self.timeout_seconds:.0f} s and was stopped; a file may make the "
-                             "reader or a decoder hang")
+                             "reader or a decoder hang", timed_out=True)
         code = self._exit_code()
         self._kill()
         raise JobCrashed(f"the job's process died ({_describe(code)}) while running it; a native decoder probably "
@@ -156,4 +162,10 @@ def _child_main(conn: Connection, setup: Callable[..., Any], setup_args: tuple) 
         except MedlensError as exc:
             conn.send(("error", (type(exc).__name__, str(exc), True)))
         except Exception as exc:  # reported to the parent, which decides whether to retry
-            conn.send(("error", (type(exc).__name__, str(exc)[:300], False)))
+            conn.send(("error", (type(exc).__name__, f"{str(exc)[:300]} (at {_origin(exc)})", False)))
+
+
+def _origin(exc: BaseException) -> str:
+    """Where in medlens an unexpected exception came from (file:line of the innermost medlens frame), for bug reports."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "medlens" in f.filename] or traceback.extract_tb(exc.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "unknown"
