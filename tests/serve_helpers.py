@@ -8,6 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+PRETRAINED = Path(__file__).parents[1] / "src" / "medlens" / "pretrained"
 
 
 def free_port() -> int:
@@ -31,11 +34,11 @@ def wait_until_answering(url: str, process: subprocess.Popen[bytes], what: str, 
     raise AssertionError(f"{what} did not start within {seconds:.0f} s")
 
 
-def start_server(models: Path, tokens: Path, storage: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(models: Path, tokens: Path, storage: Path, port: int, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """`medlens serve` on 127.0.0.1:port, returned once /health answers (killed if it does not within 60 s)."""
     command = [sys.executable, "-m", "medlens", "serve", "--models", str(models), "--tokens", str(tokens),
                "--storage", str(storage), "--port", str(port)]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=stderr)
     return wait_until_answering(f"http://127.0.0.1:{port}/health", process, "medlens serve")
 
 
@@ -46,6 +49,33 @@ def wait_idle(base: str, token: str, seconds: float = 180) -> dict[str, int]:
     deadline = time.time() + seconds
     while time.time() < deadline:
         counts = httpx.get(f"{base}/api/status", timeout=5, headers={"Authorization": f"Bearer {token}"}).json()["jobs"]
+        if counts["queued"] == 0 and counts["running"] == 0:
+            return counts
+        time.sleep(0.3)
+    raise AssertionError(f"jobs did not finish in {seconds} s: {counts}")
+
+
+def make_service(tmp_path: Path, models: tuple[str, ...] = ("pneumonia", "hippocampus"), **config: Any) -> dict[str, Any]:
+    """A ServeConfig over the shipped bundles (symlinked) with one token per role: {"config", "headers", "tokens"}."""
+    from medlens.serve.app import ServeConfig
+    from medlens.serve.auth import add_token
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in models:
+        (folder / name).symlink_to(PRETRAINED / name)
+    tokens = tmp_path / "tokens.json"
+    users = {role: add_token(tokens, f"{role}-user", role) for role in ("admin", "radiologist", "viewer", "sender")}
+    options = {"settle_seconds": 0, "max_upload_mb": 2, **config}
+    return {"config": ServeConfig(models=folder, storage=tmp_path / "storage", tokens=tokens, **options),
+            "headers": {role: {"Authorization": f"Bearer {t}"} for role, t in users.items()}, "tokens": users}
+
+
+def wait_client_idle(client: Any, seconds: float = 120) -> dict[str, int]:
+    """Job counts of an in-process service (a TestClient) once nothing is queued or running."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        counts = client.app.state.store.counts()
         if counts["queued"] == 0 and counts["running"] == 0:
             return counts
         time.sleep(0.3)

@@ -143,3 +143,64 @@ def test_cli_deid_then_verify(study: Path, tmp_path: Path) -> None:
     dirty = runner.invoke(app, ["deid", "--verify", str(study / "Smith^John")])
     assert dirty.exit_code == 1 and "identifier finding(s)" in dirty.output
     assert runner.invoke(app, ["deid", str(study)]).exit_code == 1  # no output folder: one clear line
+
+
+def _report_with_free_text(out: Path) -> Path:
+    """pydicom's real SR test file with a TEXT content item naming someone, and a file meta that names the sender."""
+    from pydicom.dataset import Dataset
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
+    item = Dataset()
+    item.RelationshipType, item.ValueType, item.TextValue = "CONTAINS", "TEXT", "Seen by Dr MARKERDOC for MARKERPATIENT, bed 7"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121106", "DCM", "Comment"
+    item.ConceptNameCodeSequence = [concept]
+    ds.ContentSequence[0].ContentSequence = [*ds.ContentSequence[0].get("ContentSequence", []), item]
+    ds.file_meta.SourceApplicationEntityTitle = "MARKERSRC"
+    ds.file_meta.SendingApplicationEntityTitle = "MARKERSEND"
+    ds.preamble = b"MARKERPREAMBLE".ljust(128, b"\0")
+    ds.save_as(out)
+    return out
+
+
+def test_free_text_file_meta_and_preamble_are_cleaned_and_verify_sees_them(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    _report_with_free_text(source / "sr.dcm")
+    found = {(f["attribute"], f["problem"].split(";")[0]) for f in verify_tree(source)["findings"]}
+    assert {"TextValue", "SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "preamble"} <= {a for a, _ in found}
+    deidentify_tree(source, tmp_path / "out", DeidOptions(key="k"))
+    written = next((tmp_path / "out").rglob("*.dcm"))
+    raw = written.read_bytes()
+    for marker in (b"MARKERDOC", b"MARKERPATIENT", b"MARKERSRC", b"MARKERSEND", b"MARKERPREAMBLE"):
+        assert marker not in raw, marker
+    assert raw[:128] == b"\0" * 128 and verify_tree(tmp_path / "out")["clean"], verify_tree(tmp_path / "out")["findings"]
+    assert pydicom.dcmread(written).ContentSequence[0].ContentSequence[-1].TextValue == "ANONYMIZED"  # the structure stays
+
+
+def test_instances_sharing_a_sop_uid_are_reported_not_overwritten(data_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    shutil.copytree(data_dir / "dicom" / "ct_kits_slices", source / "a")
+    shutil.copytree(data_dir / "dicom" / "ct_kits_slices", source / "b")  # the same instances again, under another folder
+    n = len(list((source / "a").glob("*.dcm")))
+    report = deidentify_tree(source, tmp_path / "out", DeidOptions(key="k"))
+    on_disk = len(list((tmp_path / "out").rglob("*.dcm")))
+    shared_uid = [p for p in report["problems"] if "same SOP Instance UID" in p["message"]]
+    assert report["files_written"] == on_disk == n and len(shared_uid) == n  # was: 2n reported written, n on disk
+    shared = [f for f in verify_tree(source)["findings"] if f["problem"].startswith("shared with")]
+    assert len(shared) == n
+
+
+def test_a_missing_key_file_is_one_clear_line_without_a_traceback(study: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["deid", str(study / "kits"), str(tmp_path / "out"), "--key-file", str(tmp_path / "missing.txt")])
+    assert result.exit_code == 1 and "no such file" in result.output and "Traceback" not in result.output
+    (tmp_path / "empty.txt").write_text("\n")
+    result = runner.invoke(app, ["deid", str(study / "kits"), str(tmp_path / "out"), "--key-file", str(tmp_path / "empty.txt")])
+    assert result.exit_code == 1 and "is empty" in result.output
+
+
+def test_verbose_tracebacks_never_show_local_variables() -> None:
+    from medlens.cli_serve import token_app
+
+    assert app.pretty_exceptions_show_locals is False and token_app.pretty_exceptions_show_locals is False

@@ -13,16 +13,14 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 
-from medlens.serve.auth import add_token
 from medlens.serve.samples import stow_body, write_cr_study
-from tests.serve_helpers import free_port, start_server, wait_idle
+from tests.serve_helpers import free_port, make_service, start_server, wait_client_idle, wait_idle
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from medlens.serve.app import ServeConfig, create_app  # noqa: E402
+from medlens.serve.app import create_app  # noqa: E402
 
-PRETRAINED = Path(__file__).parents[1] / "src" / "medlens" / "pretrained"
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +36,7 @@ def studies(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tu
 
 @pytest.fixture()
 def service(tmp_path: Path) -> dict:
-    models = tmp_path / "models"
-    models.mkdir()
-    for name in ("pneumonia", "hippocampus"):
-        (models / name).symlink_to(PRETRAINED / name)
-    tokens = tmp_path / "tokens.json"
-    users = {role: add_token(tokens, f"{role}-user", role) for role in ("admin", "radiologist", "viewer", "sender")}
-    config = ServeConfig(models=models, storage=tmp_path / "storage", tokens=tokens, settle_seconds=0, max_upload_mb=2)
-    return {"config": config, "headers": {role: {"Authorization": f"Bearer {t}"} for role, t in users.items()}}
-
-
-def _wait_idle(client: TestClient, seconds: float = 120) -> dict[str, int]:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        counts = client.app.state.store.counts()
-        if counts["queued"] == 0 and counts["running"] == 0:
-            return counts
-        time.sleep(0.3)
-    raise AssertionError(f"jobs did not finish in {seconds} s: {counts}")
+    return make_service(tmp_path)
 
 
 def test_studies_in_findings_sr_heatmap_and_fhir_out(service: dict, studies: list[tuple[Path, str]]) -> None:
@@ -67,7 +48,7 @@ def test_studies_in_findings_sr_heatmap_and_fhir_out(service: dict, studies: lis
         assert response.json()["stored"] == 6 and "not a readable DICOM instance" in response.json()["failed"][0]["reason"]
         quarantined = list((service["config"].storage / "quarantine").glob("*.reason.txt"))
         assert len(quarantined) == 1
-        counts = _wait_idle(client)
+        counts = wait_client_idle(client)
         assert counts["done"] + counts["referred"] == 6 and counts["skipped"] == 6 and counts["failed"] == 0
         worklist = client.get("/api/worklist", headers=h["viewer"]).json()
     pneumonia = [j for j in worklist if j["model"] == "pneumonia"]
@@ -104,7 +85,7 @@ def test_tokens_roles_audit_and_agreement(service: dict, studies: list[tuple[Pat
         assert client.post("/dicomweb/studies", content=body, headers={**h["viewer"], "Content-Type": content_type}).status_code == 403
         assert client.post("/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}).status_code == 200
         assert client.get("/api/worklist", headers=h["sender"]).status_code == 403  # an upload account reads nothing
-        _wait_idle(client)
+        wait_client_idle(client)
         jobs = {j["study_uid"]: j for j in client.get("/api/worklist", headers=h["viewer"]).json() if j["model"] == "pneumonia"}
         first = next(iter(jobs.values()))
         assert client.post(f"/api/jobs/{first['id']}/reads", json={"finding": "pneumonia", "present": True}, headers=h["viewer"]).status_code == 403
@@ -224,7 +205,7 @@ def test_drift_alarm_rises_on_a_shifted_window_and_not_on_a_clean_one(service: d
         for kind in ("clean", "shifted"):  # in order: the first window is clean, the second shifted
             body, content_type = stow_body(studies[kind])
             assert client.post("/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}).status_code == 200
-            _wait_idle(client)
+            wait_client_idle(client)
         report = client.get("/api/monitoring", headers=h["viewer"]).json()["pneumonia"]
         metrics = client.get("/metrics", headers=h["viewer"]).text
     assert report["studies"] == 20 and len(report["windows"]) == 2 and report["reference"]["validation_images"] == 524
@@ -247,7 +228,7 @@ def test_an_mr_series_gets_a_dicom_seg_and_volumes_like_the_nifti_path(service: 
     with TestClient(create_app(service["config"])) as client:
         body, content_type = stow_body(series)
         assert client.post("/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}).status_code == 200
-        counts = _wait_idle(client)
+        counts = wait_client_idle(client)
         jobs = {j["model"]: j for j in client.get("/api/worklist", headers=h["viewer"]).json()}
         fhir = client.get(f"/fhir/DiagnosticReport/medlens-{jobs['hippocampus']['id']}", headers=h["viewer"]).json()
     assert counts["done"] == 1 and counts["skipped"] == 1 and "modality MR" in jobs["pneumonia"]["reason"]
@@ -279,7 +260,7 @@ def test_application_logs_carry_no_patient_identifiers(service: dict, studies: l
         with TestClient(create_app(service["config"])) as client:
             body, content_type = stow_body([studies[0][0], studies[-1][0], service["config"].tokens])
             client.post("/dicomweb/studies", content=body, headers={**service["headers"]["sender"], "Content-Type": content_type})
-            _wait_idle(client)
+            wait_client_idle(client)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)

@@ -63,3 +63,55 @@ def test_worklist_study_view_and_a_read_that_moves_agreement(kermany_files: list
     finally:
         server.kill()
         server.wait(10)
+
+
+XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+
+
+def test_header_text_in_a_failure_reason_or_finding_shows_as_text_not_markup(kermany_files: list[tuple[Path, str]], tmp_path: Path) -> None:
+    """Whatever text a hostile header gets into a job (its failure reason, a finding's name) is shown, never run.
+
+    The reason is planted in the job store as a failing read of such a header would leave it."""
+    from medlens.serve.store import Store
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "pneumonia").symlink_to(PRETRAINED / "pneumonia")
+    tokens = tmp_path / "tokens.json"
+    sender, viewer = add_token(tokens, "pacs", "sender"), add_token(tokens, "dr-view", "viewer")
+    studies = [write_cr_study(f, tmp_path / f"x{i}.dcm", f"XSS{i}") for i, (f, _) in enumerate(kermany_files[:2])]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(models, tokens, tmp_path / "storage", port)
+    try:
+        body, content_type = stow_body(studies)
+        assert httpx.post(f"{base}/dicomweb/studies", content=body, timeout=60,
+                          headers={"Authorization": f"Bearer {sender}", "Content-Type": content_type}).status_code == 200
+        wait_idle(base, viewer)
+        store = Store(f"sqlite:///{tmp_path / 'storage' / 'medlens.db'}", "test")
+        jobs = sorted(j["id"] for j in store.worklist())
+        store.finish(jobs[0], "failed", None, reason=f"part 0: RescaleSlope holds {XSS}; the header is corrupt")
+        finding = {"name": XSS, "probability": 0.9, "present": True, "threshold": 0.5}
+        store.finish(jobs[1], "done", {"findings": [finding], "refer": False, "outputs": {}}, urgency=0.9)
+        store.close()
+        page_response = httpx.get(base)
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(base)
+            assert not page.locator("#app").is_visible()  # nothing of the worklist before sign-in
+            page.fill("#token", viewer)
+            page.click("#signin")
+            rows = page.locator("#worklist tbody tr")
+            playwright_api.expect(rows).to_have_count(2)
+            playwright_api.expect(rows.filter(has_text="onerror")).to_have_count(1)  # the finding's name, as text
+            rows.filter(has_text="failed").first.click()
+            reason = page.locator("#findings li.note")
+            playwright_api.expect(reason).to_contain_text("RescaleSlope holds <img src=x")
+            assert page.locator("img[src='x']").count() == 0 and page.locator("#findings script").count() == 0
+            assert page.evaluate("window.__xss === undefined")
+            browser.close()
+    finally:
+        server.kill()
+        server.wait(10)
+    assert "script-src 'self'" in page_response.headers["content-security-policy"]

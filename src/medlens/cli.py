@@ -19,7 +19,8 @@ from medlens.cli_serve import register_serve_commands
 from medlens.cli_trust import register_trust_commands
 from medlens.display import cell, exit_on_problems, make_console, print_metrics, print_predictions, print_table
 
-app = typer.Typer(help="medlens: deep learning for medical imaging on an ordinary CPU.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="medlens: deep learning for medical imaging on an ordinary CPU.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)  # a traceback must never print values (keys, patient data)
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks and progress logs.")] = False,
@@ -416,7 +417,7 @@ def deid(
 ) -> None:
     """De-identify DICOM (PS3.15 Annex E basic profile), or --verify that no identifiers are left."""
     from medlens.errors import ConfigError, DeidError
-    from medlens.io.deid import DeidOptions, deidentify_tree, verify_tree
+    from medlens.io.deid import DeidOptions, deidentify_tree, read_key_file, verify_tree
 
     if verify:
         result = verify_tree(source)
@@ -427,7 +428,7 @@ def deid(
         return
     if out is None:
         raise ConfigError("deid needs an output folder: medlens deid IN OUT (or --verify IN to check a folder)")
-    key = key_file.read_text().strip() if key_file else None
+    key = read_key_file(key_file) if key_file else None
     report = deidentify_tree(source, out, DeidOptions(key=key, shift_days=shift_dates))
     print_table(["attribute", "action", "files"], [[c["attribute"], c["action"], str(c["count"])] for c in report["changes"]])
     for flagged in report["burned_in_check"]:

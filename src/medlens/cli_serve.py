@@ -9,7 +9,8 @@ import typer
 
 from medlens.cli_common import user_errors
 
-token_app = typer.Typer(help="API tokens for `medlens serve` (only their hashes are stored).", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for `medlens serve` (only their hashes are stored).", no_args_is_help=True,
+                        pretty_exceptions_show_locals=False)
 
 
 @user_errors

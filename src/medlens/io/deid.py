@@ -15,7 +15,16 @@ with its own choices, written down because the standard leaves them open:
   (the standard's Retain Longitudinal Temporal Information with Modified Dates option);
 - private tags, overlays (60xx) and curves (50xx) are removed; pixels are not
   touched, so BurnedInAnnotation YES (or no tag on modalities that burn in text)
-  is reported for a human to check.
+  is reported for a human to check;
+- free text that the table reaches only through its sequence (TextValue in an
+  SR's ContentSequence, UnformattedTextValue of a presentation state's
+  annotations) is replaced by a dummy wherever it occurs: a report's text can
+  name anyone, and the structure (codes, measurements) stays usable;
+- the file meta's application entity titles and network addresses (Source,
+  Sending, Receiving) and private information are removed, and the 128-byte
+  preamble is zeroed (it may hold anything: a TIFF header, a message);
+- two input files with one SOP Instance UID would be written to one output
+  path: the second is reported as a problem, never silently overwrites the first.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from medlens import __version__
+from medlens.errors import ConfigError
 
 PSEUDONYM = re.compile(r"^ANON-[0-9A-F]{10}$")
 DUMMY_TEXT = "ANONYMIZED"
@@ -79,6 +89,11 @@ def profile_actions() -> tuple[dict[int, str], list[tuple[int, int, int, int, st
 
 
 _EXACT, _MASKED = profile_actions()
+FREE_TEXT = {Tag("TextValue"): "D", Tag("UnformattedTextValue"): "D"}  # reached by the table only through their sequence
+_EXACT.update(FREE_TEXT)
+META_IDENTIFYING = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "ReceivingApplicationEntityTitle",
+                    "SourcePresentationAddress", "SendingPresentationAddress", "ReceivingPresentationAddress",
+                    "PrivateInformationCreatorUID", "PrivateInformation")
 
 
 def action_for(tag: BaseTag) -> str | None:
@@ -101,8 +116,30 @@ def deidentify_dataset(ds: Dataset, ctx: DeidContext) -> None:
     ds.DeidentificationMethod = f"medlens {__version__}: DICOM PS3.15 Annex E basic profile"
     ds.DeidentificationMethodCodeSequence = Sequence([_code(c, m) for c, m in PROFILE_CODES[: 2 if ctx.shift_days is not None else 1]])
     meta = getattr(ds, "file_meta", None)
-    if meta is not None and "SOPInstanceUID" in ds:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if meta is not None:
+        for keyword in META_IDENTIFYING:
+            if keyword in meta:
+                ctx.actions[(keyword, "X")] += 1
+                delattr(meta, keyword)
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if getattr(ds, "preamble", None) and any(ds.preamble):
+        ctx.actions[("preamble", "Z")] += 1
+    ds.preamble = b"\0" * 128
+
+
+def read_key_file(path: Path) -> str:
+    """The secret key from a file, or a ConfigError saying what is wrong (never a traceback that could show it)."""
+    try:
+        key = Path(path).read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"--key-file {path}: no such file; create it with a long random secret "
+                          "(e.g. `openssl rand -hex 32 > secret.txt`) and keep it safe") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--key-file {path}: cannot be read as text ({type(exc).__name__}); give a text file with the key") from None
+    if not key:
+        raise ConfigError(f"--key-file {path}: the file is empty; put a long random secret in it")
+    return key
 
 
 def _apply(ds: Dataset, ctx: DeidContext) -> None:
@@ -224,7 +261,7 @@ def deidentify_tree(source: str | Path, out_dir: str | Path, options: DeidOption
 
     out = Path(out_dir)
     ctx = make_context(options)
-    written, problems, burned = 0, [], []
+    written, problems, burned, sources = 0, [], [], {}
     for path in find_dicom_files(source):
         try:
             ds = read_dataset(path)
@@ -232,6 +269,10 @@ def deidentify_tree(source: str | Path, out_dir: str | Path, options: DeidOption
                 raise DicomError(f"{path}: no SOPInstanceUID; not a DICOM instance that can be de-identified")
             deidentify_dataset(ds, ctx)
             target = out / _short_uid(ds.get("StudyInstanceUID")) / _short_uid(ds.get("SeriesInstanceUID")) / f"{ds.SOPInstanceUID}.dcm"
+            if target in sources:
+                raise DicomError(f"{path}: has the same SOP Instance UID as {sources[target]}, so both would be written to one "
+                                 "file; the first was kept and this one was not written: give each instance its own UID")
+            sources[target] = path
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
             written += 1
@@ -264,7 +305,7 @@ def verify_tree(path: str | Path) -> dict[str, Any]:
     from medlens.errors import DicomError
 
     findings: list[dict[str, str]] = []
-    checked = 0
+    checked, seen = 0, {}
     for file in find_dicom_files(path):
         if file.name == "deid_report.json":
             continue
@@ -276,9 +317,13 @@ def verify_tree(path: str | Path) -> dict[str, Any]:
         checked += 1
         shifted = str(ds.get("LongitudinalTemporalInformationModified", "")) == "MODIFIED"
         try:
-            problems = _leftovers(ds, shifted)
+            problems = _leftovers(ds, shifted) + _meta_leftovers(ds)
+            uid = str(ds.get("SOPInstanceUID", ""))
         except Exception as exc:  # a value pydicom cannot convert: the file cannot be shown clean
-            problems = [("-", f"header value unreadable ({type(exc).__name__}); cannot verify this file")]
+            problems, uid = [("-", f"header value unreadable ({type(exc).__name__}); cannot verify this file")], ""
+        if uid and uid in seen:
+            problems.append(("SOPInstanceUID", f"shared with {seen[uid]}: two instances that a PACS would store as one"))
+        seen.setdefault(uid, str(file))
         if str(ds.get("PatientIdentityRemoved", "")) != "YES":
             problems.append(("PatientIdentityRemoved", "not YES: the file does not claim to be de-identified"))
         risk = burned_in_risk(ds)
@@ -286,6 +331,15 @@ def verify_tree(path: str | Path) -> dict[str, Any]:
             problems.append(("BurnedInAnnotation", risk))
         findings.extend({"file": str(file), "attribute": a, "problem": p} for a, p in problems)
     return {"files_checked": checked, "findings": findings, "clean": not findings}
+
+
+def _meta_leftovers(ds: Dataset) -> list[tuple[str, str]]:
+    """The file meta's AE titles and addresses, and a preamble that is not zeros (values never shown)."""
+    meta = getattr(ds, "file_meta", None)
+    found = [(k, "file meta holds it; the de-identified copy must not") for k in META_IDENTIFYING if meta is not None and meta.get(k)]
+    if getattr(ds, "preamble", None) and any(ds.preamble):
+        found.append(("preamble", "the 128-byte preamble holds data (zero it)"))
+    return found
 
 
 def _leftovers(ds: Dataset, shifted: bool) -> list[tuple[str, str]]:

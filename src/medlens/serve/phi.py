@@ -88,6 +88,11 @@ def install_phi_filter() -> None:
             return
         _installed = True
     logging.captureWarnings(True)
+    root = logging.getLogger()
+    if not root.handlers:  # a job process: warnings would go to logging's NullHandler for py.warnings and vanish
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     previous = logging.getLogRecordFactory()
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
