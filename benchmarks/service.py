@@ -9,7 +9,10 @@ Capture and FHIR report written):
 
 1. capacity: a burst of studies, studies per minute until all are done;
 2. paced load at 1x and 2x that capacity: latency p50/p95, queue, errors;
-3. restart: ``kill -9`` mid-run, start again, count studies lost or done twice.
+3. restart: ``kill -9`` mid-run, start again, count studies lost or done twice (three rounds);
+4. concurrent clients: 8 clients x 300 requests on the API (worklist, jobs, health), errors and p99;
+5. a deflate bomb (1.5 GiB of pixel data in about 1.5 MB) uploaded: the service's peak memory
+   increase and ``/health`` latency while it is checked.
 
 Every loop is bounded (a fixed number of studies, deadlines). Writes
 ``benchmarks/results/service.json``.
@@ -33,12 +36,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the deflate bomb is built by the tests' helper
+
 from medlens.serve.auth import add_token
 from medlens.serve.samples import stow_body, write_cr_study
 
 RESULTS = Path(__file__).parent / "results" / "service.json"
 PRETRAINED = Path(__file__).parents[1] / "src" / "medlens" / "pretrained"
 BURST, PACED, RESTART, MR_CASES = 40, 30, 30, 10
+ROUNDS, CLIENTS, REQUESTS = 3, 8, 300
 
 
 class Service:
@@ -127,6 +133,78 @@ def paced(service: Service, files: list[Path], rate_per_min: float) -> dict:
     return {"rate_per_min": rate_per_min, "upload_errors": sum(s != 200 for s in statuses), "deepest_queue": deepest, "drained": finished}
 
 
+def kill_and_restart(service: Service, part: list[Path], round_: int) -> dict:
+    """Send a batch, ``kill -9`` once a few are done, restart: every study finished exactly once?"""
+    service.start(f"restart{round_}")
+    assert service.send(part) == 200
+    deadline = time.time() + 120
+    while time.time() < deadline and service.counts()["done"] + service.counts()["referred"] < 5:
+        time.sleep(0.1)
+    before = service.counts()
+    service.kill()
+    service.start(f"restart{round_}")
+    service.wait_idle(300)
+    jobs = [j for j in service.worklist() if j["model"] == "pneumonia"]
+    service.kill()
+    finished = [j for j in jobs if j["state"] in ("done", "referred")]
+    return {"round": round_, "studies_sent": len(part), "at_kill": before, "jobs_after_restart": len(jobs), "finished": len(finished),
+            "lost": len(part) - len({j["study_uid"] for j in finished}), "redone_after_kill": sum(j["attempts"] > 1 for j in jobs),
+            "duplicates": len(jobs) - len({j["study_uid"] for j in jobs})}
+
+
+def concurrent_clients(service: Service, clients: int, requests: int) -> dict:
+    """``clients`` threads, each ``requests`` calls cycling through the worklist, a job, its FHIR report and /health."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    job_ids = [j["id"] for j in service.worklist() if j["state"] in ("done", "referred")]
+    paths = ["/api/worklist", f"/api/jobs/{job_ids[0]}", f"/fhir/DiagnosticReport/medlens-{job_ids[-1]}", "/health"]
+
+    def client(k: int) -> tuple[list[float], int]:
+        times, errors = [], 0
+        with httpx.Client(base_url=service.base, headers=service.viewer, timeout=30) as http:
+            for i in range(requests):
+                start = time.perf_counter()
+                errors += http.get(paths[(i + k) % len(paths)]).status_code != 200
+                times.append(time.perf_counter() - start)
+        return times, errors
+
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(client, range(clients)))
+    seconds = np.concatenate([np.array(t) for t, _ in answers])
+    return {"clients": clients, "requests_each": requests, "errors": sum(e for _, e in answers),
+            "p50_s": float(np.percentile(seconds, 50)), "p99_s": float(np.percentile(seconds, 99)), "max_s": float(seconds.max())}
+
+
+def deflate_bomb(service: Service, cr: Path) -> dict:
+    """A deflated CR whose pixel data inflates to 1.5 GiB: peak memory of the service and /health while it is checked."""
+    import threading
+
+    from tests.serve_helpers import deflate_bomb, peak_rss_mb
+
+    inflated = 1536 << 20
+    bomb = deflate_bomb(cr, inflated)
+    body, content_type = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + bomb + b"\r\n--b--\r\n", "multipart/related; boundary=b"
+    pid = service.process.pid
+    before, answer, latencies = peak_rss_mb(pid), {}, []
+
+    def upload() -> None:
+        start = time.perf_counter()
+        answer["status"] = httpx.post(f"{service.base}/dicomweb/studies", content=body, timeout=120,
+                                      headers={**service.sender, "Content-Type": content_type}).status_code
+        answer["seconds"] = time.perf_counter() - start
+
+    sender = threading.Thread(target=upload)
+    sender.start()
+    while sender.is_alive() or not latencies:
+        start = time.perf_counter()
+        httpx.get(f"{service.base}/health", timeout=10)
+        latencies.append(time.perf_counter() - start)
+        time.sleep(0.02)
+    sender.join()
+    return {"upload_bytes": len(bomb), "inflated_bytes": inflated, "status": answer["status"], "upload_seconds": answer["seconds"],
+            "peak_memory_increase_mb": peak_rss_mb(pid) - before, "health_checks": len(latencies), "health_max_s": max(latencies)}
+
+
 def main() -> None:
     data_dir = Path(os.environ.get("MEDLENS_DATA_DIR", "../shared/data"))
     results: dict = {"machine": f"{os.cpu_count()}-core CPU; medlens serve (uvicorn, one job runner thread), SQLite",
@@ -165,23 +243,14 @@ def main() -> None:
                                   "latency": latencies([j for j in mr_jobs if j["state"] == "done"])}
         service.kill()
 
-        service.start("restart")
-        part = files[BURST + 2 * PACED:]
-        assert service.send(part) == 200
-        deadline = time.time() + 120
-        while time.time() < deadline and service.counts()["done"] + service.counts()["referred"] < 5:
-            time.sleep(0.1)
-        before = service.counts()
-        service.kill()
-        service.start("restart")
+        results["restart"] = [kill_and_restart(service, files[BURST + 2 * PACED + r * RESTART:BURST + 2 * PACED + (r + 1) * RESTART], r)
+                              for r in range(ROUNDS)]
+        service.start("clients")
+        assert service.send(files[:10]) == 200
         service.wait_idle(300)
-        jobs = [j for j in service.worklist() if j["model"] == "pneumonia"]
+        results["clients"] = concurrent_clients(service, CLIENTS, REQUESTS)
+        results["deflate_bomb"] = deflate_bomb(service, files[0])
         service.kill()
-        finished = [j for j in jobs if j["state"] in ("done", "referred")]
-        results["restart"] = {"studies_sent": len(part), "at_kill": before, "jobs_after_restart": len(jobs),
-                              "finished": len(finished), "lost": len(part) - len({j["study_uid"] for j in finished}),
-                              "redone_after_kill": sum(j["attempts"] > 1 for j in jobs),
-                              "duplicates": len(jobs) - len({j["study_uid"] for j in jobs})}
     RESULTS.write_text(json.dumps(results, indent=1))
     c = results["capacity"]
     print(f"capacity: {c['studies']} studies in {c['seconds']:.1f} s = {c['studies_per_min']:.1f} studies/min "
@@ -193,9 +262,15 @@ def main() -> None:
     r = results["hippocampus"]
     print(f"hippocampus: {r['studies']} MR series sent at once, {r['done']} done, {r['failed']} failed, latency p50 "
           f"{r['latency']['p50_s']:.2f} s p95 {r['latency']['p95_s']:.2f} s (DICOM series in, DICOM SEG + FHIR out)")
-    r = results["restart"]
-    print(f"restart: {r['studies_sent']} sent, killed at {r['at_kill']}, after restart {r['finished']} finished, "
-          f"{r['lost']} lost, {r['duplicates']} duplicated, {r['redone_after_kill']} redone")
+    for r in results["restart"]:
+        print(f"restart {r['round']}: {r['studies_sent']} sent, killed at {r['at_kill']}, after restart {r['finished']} finished, "
+              f"{r['lost']} lost, {r['duplicates']} duplicated, {r['redone_after_kill']} redone")
+    r = results["clients"]
+    print(f"clients: {r['clients']} x {r['requests_each']} requests, {r['errors']} errors, latency p50 {r['p50_s']:.3f} s "
+          f"p99 {r['p99_s']:.3f} s max {r['max_s']:.3f} s")
+    r = results["deflate_bomb"]
+    print(f"deflate bomb: {r['upload_bytes'] / 2**20:.1f} MB upload claiming {r['inflated_bytes'] / 2**30:.1f} GiB: HTTP {r['status']}, "
+          f"peak memory +{r['peak_memory_increase_mb']:.0f} MB, /health max {r['health_max_s']:.3f} s during {r['upload_seconds']:.2f} s")
 
 
 if __name__ == "__main__":

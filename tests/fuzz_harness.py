@@ -83,11 +83,17 @@ def build_corpus(data_dir: str) -> Corpus:
 
     scratch = Path(tempfile.mkdtemp(prefix="medlens-fuzz-"))
     files = [(p.name, p.read_bytes()) for p in corpus_sources(Path(data_dir))]
-    image = next((Path(data_dir) / "cxr_kermany_224" / "test").rglob("*.jpeg"))
+    image = sorted((Path(data_dir) / "cxr_kermany_224" / "test").rglob("*.jpeg"))[0]
     cr = write_cr_study(image, scratch / "cr.dcm", "FUZZ1")
+    ds = pydicom.dcmread(cr)  # fixed UIDs and dates, so a seed replays the same bytes on any day
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "2.25.1001", "2.25.1002"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "2.25.1003"
+    ds.StudyDate = ds.SeriesDate = "20260101"
+    ds.StudyTime = ds.SeriesTime = "120000"
+    ds.save_as(cr, enforce_file_format=True)
     files.append(("cr.dcm", cr.read_bytes()))
     ds = pydicom.dcmread(cr)
-    ds.compress(JPEG2000Lossless)
+    ds.compress(JPEG2000Lossless, generate_instance_uid=False)
     ds.save_as(scratch / "cr_j2k.dcm")
     files.append(("cr_j2k.dcm", (scratch / "cr_j2k.dcm").read_bytes()))
     ds = pydicom.dcmread(cr)

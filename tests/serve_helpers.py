@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,33 @@ def wait_client_idle(client: Any, seconds: float = 120) -> dict[str, int]:
             return counts
         time.sleep(0.3)
     raise AssertionError(f"jobs did not finish in {seconds} s: {counts}")
+
+
+def deflate_bomb(cr: Path, inflated_bytes: int) -> bytes:
+    """The radiograph's header as a deflated dataset whose pixel data inflates to ``inflated_bytes`` of zeros."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(cr)
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta, body = DicomBytesIO(), DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    write_dataset(body, ds)
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [squeeze.compress(body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_bytes))]
+    zeros = bytes(16 << 20)
+    for _ in range(inflated_bytes // len(zeros)):
+        parts.append(squeeze.compress(zeros))
+    parts.append(squeeze.compress(bytes(inflated_bytes % len(zeros))) + squeeze.flush())
+    return b"\0" * 128 + b"DICM" + meta.getvalue() + b"".join(parts)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory (VmHWM) in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024

@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 import warnings
-import zlib
 from io import BytesIO
 from pathlib import Path
 
@@ -22,10 +20,8 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydicom.dataelem import RawDataElement
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import JPEG2000Lossless
 
 from medlens.errors import DicomError, MedlensError
 from medlens.io.dicom_guard import DicomLimits, check_deflate_bomb
@@ -35,7 +31,7 @@ from medlens.serve.sandbox import JobCrashed, Sandbox
 from medlens.serve.samples import stow_body, write_cr_study
 from medlens.serve.store import Store
 from medlens.serve.worker import WorkerOptions
-from tests.serve_helpers import free_port, make_service, start_server, wait_client_idle, wait_idle
+from tests.serve_helpers import deflate_bomb, free_port, make_service, peak_rss_mb, start_server, wait_client_idle, wait_idle
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # mutated headers make pydicom warn; production does not raise on warnings
 
@@ -154,29 +150,10 @@ def test_a_job_that_took_the_whole_service_down_each_time_is_not_queued_again(tm
 
 
 # 3. deflate bomb ---------------------------------------------------------------------------------------------
-def _deflate_bomb(cr: Path, inflated_bytes: int) -> bytes:
-    """The radiograph's header as a deflated dataset whose pixel data inflates to ``inflated_bytes`` of zeros."""
-    ds = pydicom.dcmread(cr)
-    del ds.PixelData
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    meta, body = DicomBytesIO(), DicomBytesIO()
-    meta.is_little_endian, meta.is_implicit_VR = True, False
-    body.is_little_endian, body.is_implicit_VR = True, False
-    write_file_meta_info(meta, ds.file_meta)
-    write_dataset(body, ds)
-    squeeze = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [squeeze.compress(body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_bytes))]
-    zeros = bytes(16 << 20)
-    for _ in range(inflated_bytes // len(zeros)):
-        parts.append(squeeze.compress(zeros))
-    parts.append(squeeze.compress(bytes(inflated_bytes % len(zeros))) + squeeze.flush())
-    return b"\0" * 128 + b"DICM" + meta.getvalue() + b"".join(parts)
-
-
 @pytest.fixture(scope="module")
 def bomb(radiographs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> bytes:
     cr = write_cr_study(radiographs[0], tmp_path_factory.mktemp("bomb") / "cr.dcm", "BOMB1")
-    return _deflate_bomb(cr, 1536 << 20)  # 1.5 GiB of pixel data in about 1.5 MB
+    return deflate_bomb(cr, 1536 << 20)  # 1.5 GiB of pixel data in about 1.5 MB
 
 
 def test_a_deflate_bomb_is_measured_not_inflated(bomb: bytes, tmp_path: Path) -> None:
@@ -188,11 +165,6 @@ def test_a_deflate_bomb_is_measured_not_inflated(bomb: bytes, tmp_path: Path) ->
         read_dicom_volumes(tmp_path / "bomb.dcm")
 
 
-def _peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads peak memory from /proc")
 def test_a_deflate_bomb_costs_the_service_little_memory_and_health_keeps_answering(bomb: bytes, tmp_path: Path) -> None:
     service = make_service(tmp_path, ("pneumonia",), max_upload_mb=8)
@@ -200,7 +172,7 @@ def test_a_deflate_bomb_costs_the_service_little_memory_and_health_keeps_answeri
     base = f"http://127.0.0.1:{port}"
     server = start_server(service["config"].models, service["config"].tokens, tmp_path / "storage", port)
     try:
-        before = _peak_rss_mb(server.pid)
+        before = peak_rss_mb(server.pid)
         boundary = "medlens-bomb"
         body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + bomb + f"\r\n--{boundary}--\r\n".encode())
         answer: dict = {}
@@ -218,7 +190,7 @@ def test_a_deflate_bomb_costs_the_service_little_memory_and_health_keeps_answeri
             latencies.append(time.perf_counter() - start)
             time.sleep(0.05)
         sender.join()
-        after = _peak_rss_mb(server.pid)
+        after = peak_rss_mb(server.pid)
     finally:
         server.kill()
         server.wait(10)

@@ -10,6 +10,7 @@ rescale of enhanced objects, MONOCHROME1 inversion, and errors that name the fil
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -34,6 +35,8 @@ NUMERIC_TAGS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAll
                 "DoseGridScaling", "TriggerTime")
 JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
                  "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+JPEG_LS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+_HAS_GDCM = importlib.util.find_spec("gdcm") is not None
 USED_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SeriesInstanceUID", "EchoNumbers",
              "ImageType", "InstanceNumber", "PhotometricInterpretation", "SharedFunctionalGroupsSequence",
              "PerFrameFunctionalGroupsSequence")  # read for every slice; the rest only for a series' first
@@ -107,6 +110,8 @@ def decode_frames(ds: Dataset, path: Path, header_checked: bool = False) -> np.n
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if str(syntax) in JPEG_SYNTAXES:
         _check_jpeg_frame_header(ds, path)
+        if str(syntax) in JPEG_LS_SYNTAXES and _HAS_GDCM:  # CharLS (pyjpegls) spends seconds on a corrupt stream that
+            ds.pixel_array_options(decoding_plugin="gdcm")  # GDCM refuses in a millisecond: no slow fallback
     elif str(syntax) in J2K_SYNTAXES:
         check_j2k_codestream(_first_frame(ds, path), ds, str(path))
     try:
@@ -114,6 +119,8 @@ def decode_frames(ds: Dataset, path: Path, header_checked: bool = False) -> np.n
     except NotImplementedError as exc:
         raise _no_decoder(path, syntax, exc) from exc
     except RuntimeError as exc:
+        if "exceptions were raised by all" in str(exc) and "support" not in str(exc):  # each decoder refused the data
+            raise DicomError(f"{path}: cannot decode pixel data, the compressed stream is corrupt ({_decoder_detail(exc)})") from exc
         if "plugin" in str(exc) or "decoder" in str(exc).lower():
             raise _no_decoder(path, syntax, exc) from exc
         raise DicomError(f"{path}: cannot decode pixel data ({_short(exc)})") from exc
@@ -293,6 +300,10 @@ def _no_decoder(path: Path, syntax: Any, exc: Exception) -> UnsupportedTransferS
         f"{path}: pixel data is compressed as {name} ({syntax}) and no installed decoder handles it; {hint} "
         f"convert the file to an uncompressed syntax (e.g. `gdcmconv --raw IN OUT`) [{detail[:300]}]"
     )
+
+
+def _decoder_detail(exc: Exception) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:200] or _short(exc)
 
 
 def _sop_name(ds: Dataset) -> str:

@@ -60,19 +60,20 @@ def check_deflate_bomb(source: bytes | Path, where: str, limits: DicomLimits = D
         if start is None:
             return
         inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
-        while piece := fp.read(_PIECE):
-            while piece:
+        while (piece := fp.read(_PIECE)) and not inflater.eof:
+            while piece and not inflater.eof:
                 try:
-                    total += len(inflater.decompress(piece, _PIECE))
+                    out = inflater.decompress(piece, _PIECE)
                 except zlib.error as exc:
                     raise DicomError(f"{where}: the deflated dataset is corrupt ({exc}); the file is damaged") from exc
+                if not out and inflater.unconsumed_tail == piece:  # no progress: leave the rest to the parser
+                    return
+                total += len(out)
                 piece = inflater.unconsumed_tail
                 if total > limits.max_inflated_bytes:
                     raise DicomError(
                         f"{where}: the deflated dataset inflates to more than {limits.max_inflated_bytes / 2**20:.0f} MiB "
                         "(the stated limit); it is a decompression bomb or too large to read: send it uncompressed")
-            if inflater.eof:
-                return
 
 
 def _deflated_body_offset(fp: BinaryIO) -> int | None:

@@ -41,6 +41,8 @@ _UID = re.compile(r"\b[0-2](?:\.(?:0|[1-9]\d*)){4,}\b")
 _PERSON = re.compile(r"(?<![^\s'\"^=:,;()])[^\s'\"^=:,;()]++\^[^\s'\"=:,;()]*+")  # starts only at a run's start: linear time
 _QUOTED = re.compile(r"(?<!File )\"[^\"\n]*\"|'[^'\n]*'")  # not a traceback's file names
 
+# function words that fill medlens's own messages and name nobody (an institution "The ... Hospital" must not blank them)
+_COMMON = frozenset("the and for not but with from into that this has have was are its all any one two than".split())
 _known: OrderedDict[str, None] = OrderedDict()  # lower-case tokens of remembered values, oldest first
 _lock = threading.Lock()
 _installed = False
@@ -61,7 +63,7 @@ def remember_identifiers(ds: Any) -> None:
 
 def remember_values(values: list[str]) -> None:
     """Remember free-text values (marker values in tests, header values in the service) by their tokens."""
-    tokens = [t.lower() for v in values for t in _TOKEN.findall(str(v)) if len(t) >= _MIN_LENGTH]
+    tokens = [t.lower() for v in values for t in _TOKEN.findall(str(v)) if len(t) >= _MIN_LENGTH and t.lower() not in _COMMON]
     with _lock:
         for token in tokens:
             _known[token] = None
