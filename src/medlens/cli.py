@@ -17,6 +17,7 @@ from medlens.cli_federate import register_federate_commands
 from medlens.cli_label import register_label_commands
 from medlens.cli_serve import register_serve_commands
 from medlens.cli_trust import register_trust_commands
+from medlens.phi import install_phi_filter
 from medlens.display import cell, exit_on_problems, make_console, print_metrics, print_predictions, print_table
 
 app = typer.Typer(help="medlens: deep learning for medical imaging on an ordinary CPU.", no_args_is_help=True, add_completion=False,
@@ -31,6 +32,7 @@ def main(
         raise typer.Exit()
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_phi_filter()  # dependencies' warnings quote header values (names included): they go through the PHI filter
 
 
 @app.command()

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from medlens.io.dicom_guard import DicomLimits
 from medlens.serve.auth import User, load_tokens, user_for
-from medlens.serve.phi import install_phi_filter
+from medlens.phi import install_phi_filter
 from medlens.serve.worker import WorkerOptions
 
 STATIC = Path(__file__).parent / "static"

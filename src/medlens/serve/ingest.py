@@ -29,7 +29,7 @@ import pydicom
 from medlens.errors import DataError, DicomError
 from medlens.io.dicom import check_numeric_tags
 from medlens.io.dicom_guard import DEFAULT_LIMITS, DicomLimits, check_deflate_bomb, check_pixel_budget
-from medlens.serve.phi import redact, remember_identifiers
+from medlens.phi import redact, remember_identifiers
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,6 @@ def _quarantine(storage: Path, data: bytes, reason: str) -> Path:
     name = hashlib.sha256(data).hexdigest()[:32]
     path = storage / "quarantine" / f"{name}.bin"
     _write_atomically(path, data)
-    (path.parent / f"{name}.reason.txt").write_text(reason + "\n")
+    (path.parent / f"{name}.reason.txt").write_text(redact(reason) + "\n")
     log.warning("quarantined an instance (%d bytes): %s", len(data), reason)
     return path

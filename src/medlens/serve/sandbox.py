@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import MedlensError
-from medlens.serve.phi import install_phi_filter
+from medlens.phi import install_phi_filter
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from medlens.errors import ConfigError
-from medlens.serve.phi import redact
+from medlens.phi import redact
 
 JOB_STATES = ("queued", "running", "done", "referred", "failed", "skipped")
 FINISHED = ("done", "referred", "failed", "skipped")

@@ -1,4 +1,4 @@
-"""One PHI filter for every log line of the service, its job process and the CLI, dependencies' warnings included.
+"""One PHI filter for every log line of medlens (CLI, service, job process), dependencies' warnings included.
 
 medlens's own messages never format header values that identify a patient.
 Dependencies do (highdicom warns with the PatientName it was given; pydicom
