@@ -212,7 +212,7 @@ def main() -> None:
                              "each job: inference, DICOM SR, Grad-CAM Secondary Capture, FHIR DiagnosticReport"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        files = make_studies(data_dir, work / "studies", BURST + 2 * PACED + RESTART)
+        files = make_studies(data_dir, work / "studies", BURST + 2 * PACED + ROUNDS * RESTART)
         service = Service(work)
         service.start("burst")
         started = time.time()

@@ -62,6 +62,11 @@ class Sandbox:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None and self._process.is_alive() else None
 
+    def start(self) -> None:
+        """Start the child now (it loads its state while the caller goes on), not at the first call."""
+        with self._lock:
+            self._ensure_started()
+
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn``'s return value; JobError if it raised, JobCrashed if the child died or timed out."""
         with self._lock:

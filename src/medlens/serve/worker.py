@@ -57,6 +57,8 @@ class Worker:
         requeued = self.store.requeue_abandoned(self.options.max_attempts)
         if requeued:
             log.warning("%d job(s) interrupted by a previous stop were queued again", requeued)
+        if self.sandbox is not None:
+            self.sandbox.start()  # the job process loads the models while the service starts answering
         self._thread = threading.Thread(target=self._loop, name="medlens-worker", daemon=True)
         self._thread.start()
 
