@@ -38,11 +38,13 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from medlens.serve.app import ServeConfig, create_app
+    from medlens.serve.worker import WorkerOptions
 
     out, models, tokens, studies = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), [Path(p) for p in sys.argv[4:]]
     token = json.loads((out / "token.json").read_text())["viewer"]
     orthanc = start_orthanc(out)
-    config = ServeConfig(models=models, storage=out / "storage", tokens=tokens, settle_seconds=0, orthanc_url=ORTHANC, poll_seconds=0.5)
+    config = ServeConfig(models=models, storage=out / "storage", tokens=tokens, settle_seconds=0, orthanc_url=ORTHANC, poll_seconds=0.5,
+                         worker=WorkerOptions(isolate=False))  # the PACS round trip is tested here; the job process elsewhere
     result: dict = {}
     try:
         for f in studies:  # as a modality would send them

@@ -58,9 +58,14 @@ def wait_idle(base: str, token: str, seconds: float = 180) -> dict[str, int]:
 
 
 def make_service(tmp_path: Path, models: tuple[str, ...] = ("pneumonia", "hippocampus"), **config: Any) -> dict[str, Any]:
-    """A ServeConfig over the shipped bundles (symlinked) with one token per role: {"config", "headers", "tokens"}."""
+    """A ServeConfig over the shipped bundles (symlinked) with one token per role: {"config", "headers", "tokens"}.
+
+    In-process services run jobs in this process (``isolate=False``: no job process to start for each test);
+    the tests of the job process itself, and every test of a real `medlens serve`, use the default.
+    """
     from medlens.serve.app import ServeConfig
     from medlens.serve.auth import add_token
+    from medlens.serve.worker import WorkerOptions
 
     folder = tmp_path / "models"
     folder.mkdir()
@@ -68,7 +73,7 @@ def make_service(tmp_path: Path, models: tuple[str, ...] = ("pneumonia", "hippoc
         (folder / name).symlink_to(PRETRAINED / name)
     tokens = tmp_path / "tokens.json"
     users = {role: add_token(tokens, f"{role}-user", role) for role in ("admin", "radiologist", "viewer", "sender")}
-    options = {"settle_seconds": 0, "max_upload_mb": 2, **config}
+    options = {"settle_seconds": 0, "max_upload_mb": 2, "worker": WorkerOptions(isolate=False), **config}
     return {"config": ServeConfig(models=folder, storage=tmp_path / "storage", tokens=tokens, **options),
             "headers": {role: {"Authorization": f"Bearer {t}"} for role, t in users.items()}, "tokens": users}
 

@@ -3,36 +3,43 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from medlens.serve.auth import add_token
 from medlens.serve.samples import stow_body, write_cr_study
-from tests.serve_helpers import free_port, start_server, wait_idle
-
-PRETRAINED = Path(__file__).parents[1] / "src" / "medlens" / "pretrained"
+from medlens.serve.store import Store
+from tests.serve_helpers import free_port, make_service, start_server, wait_idle
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 
 
-def test_worklist_study_view_and_a_read_that_moves_agreement(kermany_files: list[tuple[Path, str]], tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "pneumonia").symlink_to(PRETRAINED / "pneumonia")
-    tokens = tmp_path / "tokens.json"
-    sender, radiologist = add_token(tokens, "pacs", "sender"), add_token(tokens, "dr-test", "radiologist")
-    studies = [write_cr_study(f, tmp_path / f"s{i}.dcm", f"TEST{i}") for i, (f, _) in enumerate(kermany_files[:2] + kermany_files[-2:])]
+@contextmanager
+def serving(tmp_path: Path, studies: list[Path]) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real `medlens serve` with the shipped pneumonia model that has processed ``studies``: (base URL, tokens by role)."""
+    service = make_service(tmp_path, ("pneumonia",))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(models, tokens, tmp_path / "storage", port)
+    server = start_server(service["config"].models, service["config"].tokens, tmp_path / "storage", port)
     try:
         body, content_type = stow_body(studies)
         assert httpx.post(f"{base}/dicomweb/studies", content=body, timeout=60,
-                          headers={"Authorization": f"Bearer {sender}", "Content-Type": content_type}).status_code == 200
-        wait_idle(base, radiologist)
+                          headers={**service["headers"]["sender"], "Content-Type": content_type}).status_code == 200
+        wait_idle(base, service["tokens"]["viewer"])
+        yield base, service["tokens"]
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_worklist_study_view_and_a_read_that_moves_agreement(kermany_files: list[tuple[Path, str]], tmp_path: Path) -> None:
+    studies = [write_cr_study(f, tmp_path / f"s{i}.dcm", f"TEST{i}") for i, (f, _) in enumerate(kermany_files[:2] + kermany_files[-2:])]
+    with serving(tmp_path, studies) as (base, tokens):
+        radiologist = tokens["radiologist"]
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
             page = browser.new_page()
@@ -60,9 +67,6 @@ def test_worklist_study_view_and_a_read_that_moves_agreement(kermany_files: list
             assert cells[2] == "1" and cells[3] == "0.000"  # one read, in disagreement
             playwright_api.expect(page.locator("#monitoring tbody tr").first).to_contain_text("waiting for 20 studies")
             browser.close()
-    finally:
-        server.kill()
-        server.wait(10)
 
 
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
@@ -72,22 +76,9 @@ def test_header_text_in_a_failure_reason_or_finding_shows_as_text_not_markup(ker
     """Whatever text a hostile header gets into a job (its failure reason, a finding's name) is shown, never run.
 
     The reason is planted in the job store as a failing read of such a header would leave it."""
-    from medlens.serve.store import Store
-
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "pneumonia").symlink_to(PRETRAINED / "pneumonia")
-    tokens = tmp_path / "tokens.json"
-    sender, viewer = add_token(tokens, "pacs", "sender"), add_token(tokens, "dr-view", "viewer")
     studies = [write_cr_study(f, tmp_path / f"x{i}.dcm", f"XSS{i}") for i, (f, _) in enumerate(kermany_files[:2])]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start_server(models, tokens, tmp_path / "storage", port)
-    try:
-        body, content_type = stow_body(studies)
-        assert httpx.post(f"{base}/dicomweb/studies", content=body, timeout=60,
-                          headers={"Authorization": f"Bearer {sender}", "Content-Type": content_type}).status_code == 200
-        wait_idle(base, viewer)
+    with serving(tmp_path, studies) as (base, tokens):
+        viewer = tokens["viewer"]
         store = Store(f"sqlite:///{tmp_path / 'storage' / 'medlens.db'}", "test")
         jobs = sorted(j["id"] for j in store.worklist())
         store.finish(jobs[0], "failed", None, reason=f"part 0: RescaleSlope holds {XSS}; the header is corrupt")
@@ -111,7 +102,4 @@ def test_header_text_in_a_failure_reason_or_finding_shows_as_text_not_markup(ker
             assert page.locator("img[src='x']").count() == 0 and page.locator("#findings script").count() == 0
             assert page.evaluate("window.__xss === undefined")
             browser.close()
-    finally:
-        server.kill()
-        server.wait(10)
     assert "script-src 'self'" in page_response.headers["content-security-policy"]

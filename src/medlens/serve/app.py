@@ -103,7 +103,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         with ingest_lock:
             for study_uid, entry in report.studies.items():
                 study_id, new = store.add_study(study_uid, entry["folder"], entry["info"], entry["count"], source)
-                _route(store, models, study_id, entry["info"], config.settle_seconds, new, entry["count"] > 0)
+                _route(store, models, study_id, entry["info"], config.settle_seconds, new, entry["new"])
                 store.log(user, "upload", f"study {study_id}" + (f" ({entry['resent']} instance(s) sent again)" if entry["resent"] else ""))
                 entry["study_id"] = study_id
         return report
@@ -276,18 +276,22 @@ def create_app(config: ServeConfig) -> FastAPI:
 
 
 def _route(store: Any, models: dict[str, Any], study_id: int, info: dict[str, Any], settle_seconds: float, new: bool,
-           more_instances: bool) -> None:
+           arrived: list[dict[str, Any]]) -> None:
     """One job per model the study matches; a skipped job (with the reason) per model it does not.
 
-    Instances of a known study: its queued jobs wait for it to settle, and its finished jobs run again over all
-    instances (a new version). Instances sent again change nothing.
+    New instances of a known study: its queued jobs wait for it to settle, and the finished job of each model that
+    reads such an instance runs again over all instances (a new version). Instances sent again change nothing, and
+    neither do instances no model reads, such as the SR and heatmap medlens itself stored back into the PACS.
     """
     for name, model in models.items():
         reason = model.route(info)
         store.add_job(study_id, name, "skipped" if reason else "queued", reason, delay_seconds=settle_seconds)
-    if not new and more_instances:
-        store.postpone_queued(study_id, settle_seconds)
-        store.reopen(study_id, settle_seconds)
+    if new or not arrived:
+        return
+    store.postpone_queued(study_id, settle_seconds)
+    readers = [name for name, model in models.items() if any(model.route(i) is None for i in arrived)]
+    if readers:
+        store.reopen(study_id, settle_seconds, readers)
 
 
 def _png(result: dict[str, Any], kind: str, job_id: int) -> bytes:

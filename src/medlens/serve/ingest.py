@@ -86,8 +86,10 @@ def store_instances(parts: list[bytes], storage: Path, limits: DicomLimits = DEF
         path = storage / folder / f"{_digest(sop_uid)}.dcm"
         resent = path.is_file()
         _write_atomically(path, data)
-        entry = report.studies.setdefault(study_uid, {"folder": str(folder), "info": info, "count": 0, "resent": 0})
+        entry = report.studies.setdefault(study_uid, {"folder": str(folder), "info": info, "count": 0, "resent": 0, "new": []})
         entry["resent" if resent else "count"] += 1
+        if not resent:
+            entry["new"].append(info)  # what each new instance is, so only the models that read it run again
         report.stored.append({"sop_instance_uid": sop_uid, "study_uid": study_uid})
     return report
 

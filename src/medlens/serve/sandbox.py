@@ -127,10 +127,10 @@ class Sandbox:
         return self._process.exitcode
 
     def _kill(self, graceful: bool = False) -> None:
-        """Stop the child (after 5 s to finish on its own when ``graceful``) and close the pipe."""
+        """Stop the child (after 1 s to leave on its own when ``graceful``) and close the pipe."""
         if self._process is not None:
             if graceful:
-                self._process.join(5.0)
+                self._process.join(1.0)
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join(5.0)

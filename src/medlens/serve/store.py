@@ -179,19 +179,19 @@ class Store:
             conn.execute(jobs.update().where(jobs.c.study_id == study_id, jobs.c.state == "queued", jobs.c.attempts == 0)
                          .values(next_attempt_at=time.time() + delay_seconds))
 
-    def reopen(self, study_id: int, delay_seconds: float) -> int:
-        """New instances of a study: its finished jobs run again over all instances, as a new version.
+    def reopen(self, study_id: int, delay_seconds: float, models: list[str]) -> int:
+        """New instances of a study: the finished jobs of ``models`` run again over all instances, as a new version.
 
         A job running now is marked too (its version moves on), so it is queued again when it finishes.
         Skipped jobs stay skipped (routing looks at the study, which one more instance does not change).
         """
         now = time.time()
         with self.connect() as conn:
-            reopened = conn.execute(jobs.update().where(
-                jobs.c.study_id == study_id, jobs.c.state.in_(("done", "referred", "failed"))).values(
+            ours = sa.and_(jobs.c.study_id == study_id, jobs.c.model.in_(models))
+            reopened = conn.execute(jobs.update().where(ours, jobs.c.state.in_(("done", "referred", "failed"))).values(
                 state="queued", attempts=0, version=jobs.c.version + 1, next_attempt_at=now + delay_seconds, finished_at=None,
                 reason=None)).rowcount
-            conn.execute(jobs.update().where(jobs.c.study_id == study_id, jobs.c.state == "running").values(version=jobs.c.version + 1))
+            conn.execute(jobs.update().where(ours, jobs.c.state == "running").values(version=jobs.c.version + 1))
             return reopened
 
     def requeue_abandoned(self, max_attempts: int | None = None) -> int:
