@@ -243,6 +243,7 @@ def test_a_fused_bundle_is_calibrated_and_refers_its_uncertain_cases(fused_bundl
     assert {r["refer"] for r in read_rows(target)} == {"True", "False"}  # half of validation's uncertainty is referred
 
 
+@pytest.mark.slow  # 44 s; the audit itself runs by default in tests/test_trust.py, the fused inputs in the tests above
 def test_a_fused_bundle_gets_a_full_audit_with_each_cases_clinical_values(fused_bundle: Path, nih: object,
                                                                           tmp_path: Path) -> None:
     """Every audit section runs on a fused bundle (corruptions, augmentations and maps touch the image only), and the
