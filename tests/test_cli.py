@@ -7,6 +7,7 @@ import urllib.error
 import pytest
 from typer.testing import CliRunner
 
+from medlens import __version__
 from medlens.cli import app
 
 runner = CliRunner(env={"COLUMNS": "250"})
@@ -155,3 +156,11 @@ def test_shipped_bundles_reproduce_their_stored_test_metrics(name, dataset, size
     result = evaluate_bundle(bundle, load_medmnist(dataset, size=size, data_dir=data_dir), tmp_path, n_bootstrap=10)
     assert result["metrics"]["auc"] == pytest.approx(stored["auc"], abs=0.005)
     assert result["metrics"]["accuracy"] == pytest.approx(stored["accuracy"], abs=0.01)
+
+
+def test_version_alone_and_an_empty_folder_are_handled(tmp_path):
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == __version__
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["predict", "pneumonia", str(tmp_path / "empty")])
+    assert empty.exit_code == 1 and "holds no image files" in empty.output and "Traceback" not in empty.output

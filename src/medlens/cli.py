@@ -22,14 +22,18 @@ from medlens.display import cell, exit_on_problems, make_console, print_metrics,
 
 app = typer.Typer(help="medlens: deep learning for medical imaging on an ordinary CPU.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_show_locals=False)  # a traceback must never print values (keys, patient data)
+def _print_version(value: bool) -> None:
+    if value:  # eager: `medlens --version` needs no command
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks and progress logs.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
 ) -> None:
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit()
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     install_phi_filter()  # dependencies' warnings quote header values (names included): they go through the PHI filter

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.errors import MedlensError
+from medlens.errors import DataError, MedlensError
 from medlens.io import IMAGE_SUFFIXES, read_image
 from medlens.models.bundle import Bundle
 from medlens.preprocess.pipeline import fit_image, normalize_intensity
@@ -30,11 +30,15 @@ class FilePrediction:
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given; a folder becomes its image files (sorted, recursively)."""
+    """Files as given; a folder becomes its image files (sorted, recursively); a folder without any is an error."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            if not found:
+                raise DataError(f"{item}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                                "point to the folder with the images, or name the files")
+            files += found
         else:
             files.append(item)
     return files
