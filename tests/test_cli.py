@@ -164,3 +164,15 @@ def test_version_alone_and_an_empty_folder_are_handled(tmp_path):
     (tmp_path / "empty").mkdir()
     empty = runner.invoke(app, ["predict", "pneumonia", str(tmp_path / "empty")])
     assert empty.exit_code == 1 and "holds no image files" in empty.output and "Traceback" not in empty.output
+
+
+def test_listings_as_json_and_names_that_never_wrap(data_dir):
+    from medlens.models.bundle import pretrained_names
+
+    listed = json.loads(runner.invoke(app, ["models", "--json"]).output)
+    assert [m["name"] for m in listed] == list(pretrained_names()) and all("(" in m["data (licence)"] for m in listed)
+    assert any(d["name"] == "pneumoniamnist" for d in json.loads(runner.invoke(app, ["datasets", "--json"]).output))
+    series = json.loads(runner.invoke(app, ["info", str(data_dir / "dicom" / "ct_kits_slices"), "--json"]).output)
+    assert series[0]["mod"] == "CT" and series[0]["slices"] == "11"
+    narrow = CliRunner(env={"COLUMNS": "60"}).invoke(app, ["datasets"]).output
+    assert "organmnist3d" in narrow and "adrenalmnist3d" in narrow  # whole names at 60 columns

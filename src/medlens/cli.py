@@ -20,6 +20,7 @@ from medlens.cli_trust import register_trust_commands
 from medlens.phi import install_phi_filter
 from medlens.display import cell, exit_on_problems, make_console, print_metrics, print_predictions, print_table
 
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (one object per row) instead of a table.")]
 app = typer.Typer(help="medlens: deep learning for medical imaging on an ordinary CPU.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_show_locals=False)  # a traceback must never print values (keys, patient data)
 def _print_version(value: bool) -> None:
@@ -398,7 +399,7 @@ def convert(
 
 @app.command()
 @user_errors
-def info(path: Annotated[Path, typer.Argument(help="DICOM file/folder, NIfTI, NRRD or MHA.")]) -> None:
+def info(path: Annotated[Path, typer.Argument(help="DICOM file/folder, NIfTI, NRRD or MHA.")], as_json: JsonFlag = False) -> None:
     """Summarise a study from its headers: series, modality, sizes, spacing, orientation, transfer syntax (no patient identifiers)."""
     from medlens.io.info import summarize
 
@@ -406,8 +407,8 @@ def info(path: Annotated[Path, typer.Argument(help="DICOM file/folder, NIfTI, NR
     columns = {"name": "series", "modality": "mod", "slices": "slices", "rows_cols": "matrix", "pixel_spacing_mm": "pixel mm",
                "slice_step_mm": "step mm", "orientation": "plane", "duplicate_positions": "dups", "evenly_spaced": "even", "transfer_syntax": "syntax"}
     rows = [[cell(s.get(c, s.get("shape") if c == "rows_cols" else "")) for c in columns] for s in summary["series"]]
-    print_table(list(columns.values()), rows)
-    if summary.get("skipped_not_dicom"):
+    print_table(list(columns.values()), rows, as_json)
+    if summary.get("skipped_not_dicom") and not as_json:
         typer.echo(f"{summary['skipped_not_dicom']} non-DICOM file(s) skipped")
     exit_on_problems(summary["problems"], "file(s) could not be read")
 
@@ -444,45 +445,39 @@ def deid(
 
 
 @app.command()
-def models() -> None:
-    """List the shipped model bundles."""
-    from rich.table import Table
-
+def models(as_json: JsonFlag = False) -> None:
+    """List the shipped model bundles: what each does, on what input, how well, and under which licence."""
     from medlens.models.bundle import pretrained_names, read_manifest
 
-    table = Table("name", "task", "labels", "input", "test AUC / Dice", "test accuracy", "data")
-    for name in pretrained_names():
-        _, m = read_manifest(name)
-        test = m.get("metrics", {}).get("test", {})
-        if m["task"] in ("mri-reconstruction", "ct-denoising", "super-resolution"):
-            table.add_row(name, m["task"], "", m["input"].get("modality", "/".join(m["input"].get("modalities", []))),
-                          m["summary"], "", f"{m['data']['dataset']} ({m['data']['licence']})")
-            continue
-        if m["task"] == "segmentation":
-            labels = [v for k, v in m["label_names"].items() if k != "0"]
-            table.add_row(name, "segmentation", ", ".join(labels), f"{m['plan']['modality']} {m['plan']['dims']}D",
-                          f"Dice {test.get('mean_dice', float('nan')):.3f}", "", f"{m['data']['dataset']} ({m['data']['licence']})")
-            continue
-        shape = "x".join(map(str, m["expected_input"]["spatial_shape"]))
-        table.add_row(name, m["task"], ", ".join(m["label_names"]), f"{m['expected_input']['modality']} {shape}",
-                      f"{test.get('auc', float('nan')):.3f}", f"{test.get('accuracy', float('nan')):.3f}",
-                      f"{m['data']['dataset']} ({m['data']['license']})")
-    make_console().print(table)
+    rows = [_model_row(name, read_manifest(name)[1]) for name in pretrained_names()]
+    print_table(["name", "task", "labels", "input", "test AUC / Dice", "test accuracy", "data (licence)"], rows, as_json)
+
+
+def _model_row(name: str, m: dict[str, Any]) -> list[str]:
+    test, data = m.get("metrics", {}).get("test", {}), m.get("data", {})
+    source = f"{data.get('dataset', '')} ({data.get('licence') or data.get('license', '')})"
+    if m["task"] in ("mri-reconstruction", "ct-denoising", "super-resolution"):
+        return [name, m["task"], "", m["input"].get("modality", "/".join(m["input"].get("modalities", []))), m["summary"], "", source]
+    if m["task"] == "segmentation":
+        labels = [v for k, v in m["label_names"].items() if k != "0"]
+        return [name, "segmentation", ", ".join(labels), f"{m['plan']['modality']} {m['plan']['dims']}D",
+                f"Dice {test.get('mean_dice', float('nan')):.3f}", "", source]
+    shape = "x".join(map(str, m["expected_input"]["spatial_shape"]))
+    return [name, m["task"], ", ".join(m["label_names"]), f"{m['expected_input']['modality']} {shape}",
+            f"{test.get('auc', float('nan')):.3f}", f"{test.get('accuracy', float('nan')):.3f}", source]
 
 
 @app.command()
-def datasets() -> None:
+def datasets(as_json: JsonFlag = False) -> None:
     """List the MedMNIST catalog: task, sizes, licence."""
-    from rich.table import Table
-
     from medlens.datasets import dataset_names, get_dataset_info
 
-    table = Table("name", "task", "dims", "sizes", "train/val/test", "licence")
+    rows = []
     for name in dataset_names():
         info = get_dataset_info(name)
         n = info.n_samples
-        table.add_row(name, info.task, f"{info.dims}D", ", ".join(map(str, sorted(info.files))), f"{n['train']}/{n['val']}/{n['test']}", info.license)
-    make_console().print(table)
+        rows.append([name, info.task, f"{info.dims}D", ", ".join(map(str, sorted(info.files))), f"{n['train']}/{n['val']}/{n['test']}", info.license])
+    print_table(["name", "task", "dims", "sizes", "train/val/test", "licence"], rows, as_json)
 
 
 @app.command()

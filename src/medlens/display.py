@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,16 @@ def cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def print_table(columns: list[str], rows: list[list[str]]) -> None:
+def print_table(columns: list[str], rows: list[list[str]], as_json: bool = False) -> None:
+    """A table whose first column (the name a user types next) never wraps; ``as_json``: a JSON list of objects."""
     from rich.table import Table
 
-    table = Table(*columns)
+    if as_json:
+        typer.echo(json.dumps([dict(zip(columns, row)) for row in rows], indent=1))
+        return
+    table = Table()
+    for i, column in enumerate(columns):
+        table.add_column(column, no_wrap=i == 0)
     for row in rows:
         table.add_row(*row)
     make_console().print(table)
