@@ -176,3 +176,16 @@ def test_listings_as_json_and_names_that_never_wrap(data_dir):
     assert series[0]["mod"] == "CT" and series[0]["slices"] == "11"
     narrow = CliRunner(env={"COLUMNS": "60"}).invoke(app, ["datasets"]).output
     assert "organmnist3d" in narrow and "adrenalmnist3d" in narrow  # whole names at 60 columns
+
+
+def test_export_out_leaves_the_shipped_bundle_as_it_is(test_pngs, tmp_path):
+    from medlens.models.bundle import resolve_bundle_path
+
+    shipped = sorted(p.name for p in resolve_bundle_path("pneumonia").iterdir())
+    result = runner.invoke(app, ["export", "pneumonia", "--out", str(tmp_path / "pneu")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pneu" / "model.onnx").is_file() and sorted(p.name for p in resolve_bundle_path("pneumonia").iterdir()) == shipped
+    predicted = runner.invoke(app, ["predict", str(tmp_path / "pneu"), str(test_pngs[0][0]), "--out", str(tmp_path / "rows.csv")])
+    assert predicted.exit_code == 0, predicted.output
+    again = runner.invoke(app, ["export", "pneumonia", "--out", str(tmp_path / "pneu")])
+    assert again.exit_code == 1 and "not empty" in again.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ def export(
     data: Annotated[str | None, typer.Option("--data", help="Real images to check the export on (default: the bundle's own dataset, validation split).")] = None,
     check_images: Annotated[int, typer.Option("--check-images", help="How many validation images to compare on (classifiers).")] = 64,
     quantize: Annotated[str | None, typer.Option("--quantize", help="Also write an int8 graph: dynamic or static (kept only if validation AUC drops <= 0.005).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Copy the bundle to this new folder and export there (default: into the bundle itself).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Write model.onnx into the bundle (classifiers: preprocessing in the graph), checked against PyTorch on real images."""
@@ -26,6 +28,8 @@ def export(
     if fmt != "onnx":
         raise ConfigError(f"--format {fmt!r} is not supported; medlens exports onnx")
     path, manifest = read_manifest(bundle)
+    if out is not None:
+        bundle, path = str(out), _copy_bundle(path, out)
     if manifest.get("task") == "segmentation":
         record = _export_segmentation(bundle, manifest, data, data_dir)
         where = f"on the validation case {record['checked_on']}"
@@ -51,6 +55,14 @@ def export(
                           "segmentation bundles")
     typer.echo(f"{path / record['file']}: ONNX opset {record['opset']}, matches PyTorch within "
                f"{record['max_abs_difference']:.1e} {where}")
+
+
+def _copy_bundle(source: Path, out: Path) -> Path:
+    """A copy of the bundle to export into, so a shipped (installed) bundle is left as it is."""
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: the folder exists and is not empty; give a new folder for the exported bundle")
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    return out
 
 
 def _quantize(loaded: Any, dataset: Any, kind: str) -> None:
