@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 import json
 import signal
 import subprocess
@@ -186,7 +187,6 @@ def test_drift_alarm_rises_on_a_shifted_window_and_not_on_a_clean_one(service: d
     embedding past its alarm level in windows of 20 or more (measured; see the README), which is a true finding
     about those inputs, not what this test is about.
     """
-    from dataclasses import replace
 
     from PIL import Image
 
@@ -270,3 +270,14 @@ def test_application_logs_carry_no_patient_identifiers(service: dict, studies: l
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         for value in (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID, ds.SOPInstanceUID):
             assert value not in text
+
+
+def test_shipped_bundles_are_served_by_name(tmp_path: Path) -> None:
+    from medlens.errors import ConfigError
+
+    service = make_service(tmp_path, ("pneumonia",), run_jobs=False)
+    config = replace(service["config"], models=Path("pneumonia,hippocampus"))
+    with TestClient(create_app(config)) as client:
+        assert client.get("/api/status", headers=service["headers"]["viewer"]).json()["models"] == ["hippocampus", "pneumonia"]
+    with pytest.raises(ConfigError, match="'nope' is neither a bundle folder nor a shipped model"):
+        create_app(replace(config, models=Path("pneumonia,nope")))

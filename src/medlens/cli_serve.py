@@ -15,7 +15,7 @@ token_app = typer.Typer(help="API tokens for `medlens serve` (only their hashes 
 
 @user_errors
 def serve(
-    models: Annotated[Path, typer.Option("--models", help="Folder of model bundles to serve (one sub-folder per bundle).")],
+    models: Annotated[Path, typer.Option("--models", help="Folder of model bundles (one sub-folder each), or shipped names and bundle folders separated by commas: pneumonia,hippocampus.")],
     tokens: Annotated[Path, typer.Option("--tokens", help="Tokens file from `medlens token add`.")],
     storage: Annotated[Path, typer.Option("--storage", help="Where received studies, results and the SQLite database live.")] = Path("medlens-data"),
     db: Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite in --storage), e.g. postgresql+pg8000://medlens@localhost/medlens.")] = None,

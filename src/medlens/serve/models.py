@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import ConfigError, ModelError
+from medlens.errors import ConfigError, ModelError, UnknownNameError
+from medlens.models.bundle import resolve_bundle_path
 
 PROJECTION = {"CR", "DX"}
 
@@ -65,15 +66,28 @@ class ServedModel:
         return None
 
 
-def load_models(folder: str | Path) -> dict[str, ServedModel]:
-    """Every bundle folder directly under ``folder`` (each with a ``bundle.json``), by folder name."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigError(f"--models {root}: no such folder; give a folder of model bundles (e.g. copies of `medlens train` outputs)")
-    found = {p.name: _load(p) for p in sorted(root.iterdir()) if (p / "bundle.json").is_file()}
-    if not found:
-        raise ConfigError(f"--models {root}: no bundles in it (a bundle is a folder with bundle.json and weights)")
-    return found
+def load_models(spec: str | Path) -> dict[str, ServedModel]:
+    """The bundles to serve, by name: a folder of bundle folders, or a comma-separated list of shipped bundle
+    names and bundle folders (``pneumonia,hippocampus``, ``runs/mine/model``)."""
+    root = Path(spec)
+    if root.is_dir() and not (root / "bundle.json").is_file():
+        found = {p.name: _load(p) for p in sorted(root.iterdir()) if (p / "bundle.json").is_file()}
+        if not found:
+            raise ConfigError(f"--models {root}: no bundles in it (a bundle is a folder with bundle.json and weights)")
+        return found
+    paths = [_bundle_path(item.strip()) for item in str(spec).split(",") if item.strip()]
+    names = [p.name if p.name != "model" else p.parent.name for p in paths]  # `medlens train` writes OUT/model
+    if not paths or len(set(names)) < len(names):
+        raise ConfigError(f"--models {spec}: give a folder of bundles, or bundle names or folders separated by commas, "
+                          f"each name once (got {', '.join(names) or 'none'})")
+    return {name: _load(path) for name, path in zip(names, paths)}
+
+
+def _bundle_path(item: str) -> Path:
+    try:
+        return resolve_bundle_path(item)
+    except UnknownNameError as exc:
+        raise ConfigError(f"--models: {exc}") from exc
 
 
 def _load(path: Path) -> ServedModel:
