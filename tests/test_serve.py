@@ -187,7 +187,6 @@ def test_drift_alarm_rises_on_a_shifted_window_and_not_on_a_clean_one(service: d
     embedding past its alarm level in windows of 20 or more (measured; see the README), which is a true finding
     about those inputs, not what this test is about.
     """
-
     from PIL import Image
 
     from medlens.trust.corruptions import corrupt
