@@ -105,11 +105,12 @@ def test_pretrain_writes_an_encoder_that_train_init_starts_from(simclr_encoder, 
     saved = torch.load(simclr_encoder / "encoder.pt", weights_only=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items()) and "final.1.weight" not in saved
     result = runner.invoke(app, ["train", "pneumoniamnist", "--out", str(tmp_path / "run"), "--init", str(simclr_encoder),
-                                 "--data-dir", str(data_dir), "--set", "model=cnn", "--set", "epochs=1",
-                                 "--set", "max_train_samples=200"])
+                                 "--data-dir", str(data_dir), "--set", "epochs=1", "--set", "max_train_samples=200"])  # the
+    # encoder's network (cnn) is the default, so the README's `pretrain` then `train --init` works as written
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "run" / "model" / "bundle.json").read_text())
     assert manifest["training"]["init"]["source"] == "encoder" and manifest["training"]["init"]["method"] == "simclr"
+    assert manifest["network"]["name"] == "cnn"
 
 
 def test_init_refuses_an_encoder_of_another_network(simclr_encoder, tmp_path):

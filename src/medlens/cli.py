@@ -67,9 +67,10 @@ def train(
         from medlens.errors import ConfigError
 
         raise ConfigError(f"--task {task!r}: choose classify, segment or survival")
+    from medlens.models.init import encoder_settings
     from medlens.tasks.classify import train_classifier
 
-    overrides = [f"dataset={dataset}", *(set_ or [])]
+    overrides = [f"dataset={dataset}", *encoder_settings(init), *(set_ or [])]  # --init ENC: ENC's network by default
     overrides += [f"seed={seed}"] if seed is not None else []
     overrides += [f"device={device}"] if device is not None else []
     overrides += [f"init={init}"] if init is not None else []

@@ -81,6 +81,20 @@ def _comparable(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def encoder_settings(init: str | None) -> list[str]:
+    """The ``key=value`` settings an encoder folder implies (its network and width), so that ``medlens train --init
+    ENC`` builds the network ENC fits; put them before the user's own ``--set`` values, which still win."""
+    folder = Path(init) if init and init != IMAGENET else None
+    if folder is None or not (folder / "encoder.json").is_file():
+        return []
+    try:
+        meta = json.loads((folder / "encoder.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []  # loading the encoder reports what is wrong with it
+    network = meta.get("network", {}) if meta.get("task") != "segmentation" else {}
+    return [f"{_setting(k)}={network[k]}" for k in ("name", "width") if network.get(k) is not None]
+
+
 def _setting(field: str) -> str:
     return {"name": "model", "image_shape": "size"}.get(field, field)
 
