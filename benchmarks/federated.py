@@ -162,7 +162,7 @@ def summarise(results: dict) -> None:
         results["fedavg_gap_to_central"] = gap
         print(f"FedAvg vs centralised: {gap:+.4f} AUC below (target: within 0.01) -> {'met' if gap <= 0.01 else 'NOT met'}")
     if "fedavg" in runs and "local" in runs:
-        better = [f["test_auc"] > l["test_auc"] for f, l in zip(runs["fedavg"]["sites"], runs["local"]["sites"])]
+        better = [fed["test_auc"] > own["test_auc"] for fed, own in zip(runs["fedavg"]["sites"], runs["local"]["sites"])]
         results["fedavg_beats_local_at_every_site"] = all(better)
         print(f"FedAvg better than the site alone at {sum(better)}/{len(better)} sites (on each site's test set)")
         adapted = runs["fedavg"]["sites"]

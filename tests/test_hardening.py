@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from io import BytesIO
 from pathlib import Path
 
@@ -19,14 +18,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydicom.dataelem import RawDataElement
-from pydicom.encaps import encapsulate, generate_frames
 from pydicom.tag import Tag
 from pydicom.uid import JPEG2000Lossless
 
 from medlens.errors import DicomError, MedlensError
 from medlens.io.dicom_guard import DicomLimits, check_deflate_bomb
 from medlens.io.series import read_dicom_volumes
-from medlens.serve.app import ServeConfig, create_app
+from medlens.serve.app import create_app
 from medlens.serve.sandbox import JobCrashed, Sandbox
 from medlens.serve.samples import stow_body, write_cr_study
 from medlens.serve.store import Store
