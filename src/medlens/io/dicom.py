@@ -26,7 +26,8 @@ from pydicom.pixels.utils import _get_jpg_parameters  # the JPEG SOF parser pydi
 from pydicom.tag import Tag
 
 from medlens.errors import DicomError, InputMismatchError, MedlensError, UnsupportedTransferSyntaxError
-from medlens.io.dicom_guard import J2K_SYNTAXES, check_deflate_bomb, check_j2k_codestream, check_pixel_budget
+from medlens.io.dicom_guard import (DEFAULT_LIMITS, J2K_SYNTAXES, DicomLimits, check_deflate_bomb, check_j2k_codestream,
+                                   check_pixel_budget)
 
 F = TypeVar("F", bound=Callable[..., Any])
 RADIOGRAPHY = {"CR", "DX", "DR"}  # one kind of image under several Modality codes
@@ -175,7 +176,7 @@ def _first_frame(ds: Dataset, path: Path) -> bytes:
 
 
 @header_errors
-def check_numeric_tags(ds: Dataset, path: Path) -> None:
+def check_numeric_tags(ds: Dataset, path: Path, limits: DicomLimits = DEFAULT_LIMITS, file_bytes: int | None = None) -> None:
     """pydicom keeps an invalid number as text: refuse it here, naming the tag, so later arithmetic can trust it."""
     for keyword, tag in _NUMERIC_TAG_NUMBERS:
         element = ds.get(tag)
@@ -192,7 +193,7 @@ def check_numeric_tags(ds: Dataset, path: Path) -> None:
             raise DicomError(f"{path}: {keyword} holds {str(value)[:40]!r}, not a number; the header is corrupt")
     if ds.get(_ROWS) is None or ds.get(_COLUMNS) is None or not ds[_ROWS].value or not ds[_COLUMNS].value:
         raise DicomError(f"{path}: Rows/Columns missing or zero; the header is corrupt")
-    check_pixel_budget(ds, str(path), _file_bytes(path))
+    check_pixel_budget(ds, str(path), file_bytes if file_bytes is not None else _file_bytes(path), limits)
 
 
 def _file_bytes(path: Path) -> int | None:

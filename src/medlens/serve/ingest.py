@@ -28,7 +28,7 @@ import pydicom
 
 from medlens.errors import DataError, DicomError
 from medlens.io.dicom import check_numeric_tags
-from medlens.io.dicom_guard import DEFAULT_LIMITS, DicomLimits, check_deflate_bomb, check_pixel_budget
+from medlens.io.dicom_guard import DEFAULT_LIMITS, DicomLimits, check_deflate_bomb
 from medlens.phi import redact, remember_identifiers
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ def _parse_instance(data: bytes, where: str, limits: DicomLimits) -> tuple[Any, 
         raise DataError(f"{where}: Study, Series and SOP Instance UIDs must be present and at most 64 characters")
     if "Rows" in ds or "NumberOfFrames" in ds:
         try:
-            check_numeric_tags(ds, Path(where))
-            check_pixel_budget(ds, where, len(data), limits)
+            check_numeric_tags(ds, Path(where), limits, file_bytes=len(data))  # the part's bytes, not a file on disk
         except DicomError:
             raise
         except Exception as exc:
