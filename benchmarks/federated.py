@@ -46,7 +46,7 @@ RUNS = ("central", "fedavg", "fedprox", "dp1", "dp3", "dp8", "local")
 
 
 def clean_test_metrics(model: torch.nn.Module, data, threshold: float = 0.5) -> dict[str, float]:
-    from medlens.models.bundle import predict_proba
+    from medlens.models.probs import predict_proba
 
     probs = predict_proba(model, clean_test_images(data), "binary")[:, 1]
     y = data.splits["test"].labels
@@ -56,9 +56,9 @@ def clean_test_metrics(model: torch.nn.Module, data, threshold: float = 0.5) -> 
 
 
 def clean_test_images(data) -> np.ndarray:
+    from medlens.classify.train import make_preprocessing
     from medlens.config import TrainConfig
     from medlens.preprocess import normalize_intensity
-    from medlens.tasks.classify import make_preprocessing
 
     return normalize_intensity(data.splits["test"].images.astype(np.float32), make_preprocessing(TrainConfig(), data)).astype(np.float32)
 
@@ -66,7 +66,7 @@ def clean_test_images(data) -> np.ndarray:
 def youden(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     from sklearn.metrics import roc_curve
 
-    from medlens.models.bundle import predict_proba
+    from medlens.models.probs import predict_proba
 
     fpr, tpr, thresholds = roc_curve(y, predict_proba(model, x, "binary")[:, 1])
     return float(np.clip(thresholds[int(np.argmax(tpr - fpr))], 0, 1))

@@ -57,15 +57,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (a quick check can write elsewhere)")
     args = parser.parse_args()
+    from medlens.classify.bundle import load_classifier
+    from medlens.classify.predict import predict_files
+    from medlens.classify.train import train_classifier
     from medlens.config import TrainConfig
     from medlens.datasets import load_folder_dataset
-    from medlens.models.bundle import load_bundle
     from medlens.runtime.backends import predict_raw
     from medlens.runtime.onnx_export import export_onnx
     from medlens.runtime.quantize import quantize_bundle
     from medlens.tabular.encode import ClinicalTable
-    from medlens.tasks.classify import train_classifier
-    from medlens.tasks.predict import predict_files
 
     csv_path = Path(os.environ.get("MEDLENS_DATA_DIR", "../shared/data")).resolve() / "cxr_nih14_64" / "nih1000_metadata.csv"
     data = load_folder_dataset(csv_path, seed=0, **NIH)
@@ -78,7 +78,7 @@ def main() -> None:
         "model": f"MONAI cnn + clinical MLP (intermediate fusion), {args.epochs} epochs, seed 0"}
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        bundle = load_bundle(train_classifier(cfg, Path(tmp), show_progress=False, data=data))
+        bundle = load_classifier(train_classifier(cfg, Path(tmp), show_progress=False, data=data))
         result["train_s"] = round(time.perf_counter() - started, 1)
         encoder = bundle.tabular
         record = export_onnx(bundle, val.images[:64].astype("float32"), check_clinical=encoder.transform(val.metadata[:64]))

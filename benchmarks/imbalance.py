@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens.classify.bundle import load_classifier
+from medlens.classify.train import train_classifier
 from medlens.config import IMBALANCE_OPTIONS, TrainConfig
 from medlens.datasets import load_medmnist
-from medlens.models.bundle import load_bundle
-from medlens.tasks.classify import train_classifier
 
 RESULTS = Path(__file__).parent / "results" / "imbalance.json"
 
@@ -52,9 +52,9 @@ def rare_finding(data, fraction: float = 0.05, seed: int = 0):
 def score(bundle_dir: Path, data, minority: int) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
-    from medlens.tasks.data import normalized_inputs
+    from medlens.preprocess.pipeline import normalized_inputs
 
-    bundle = load_bundle(bundle_dir)
+    bundle = load_classifier(bundle_dir)
     test = data.splits["test"]
     probs = bundle.predict_proba(normalized_inputs(test, bundle.preprocessing))[:, 1]
     positive_call = {"youden": probs >= bundle.thresholds[0], "argmax": probs >= 0.5}

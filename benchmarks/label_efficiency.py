@@ -72,17 +72,17 @@ def label_counts(data, fraction: float) -> tuple[int, int]:
 def test_auc(bundle_dir: Path, data) -> float:
     from sklearn.metrics import roc_auc_score
 
-    from medlens.models.bundle import load_bundle
-    from medlens.tasks.data import normalized_inputs
+    from medlens.classify.bundle import load_classifier
+    from medlens.preprocess.pipeline import normalized_inputs
 
-    bundle = load_bundle(bundle_dir)
+    bundle = load_classifier(bundle_dir)
     test = data.splits["test"]
     return float(roc_auc_score(test.labels, bundle.predict_proba(normalized_inputs(test, bundle.preprocessing))[:, 1]))
 
 
 def train_once(settings: dict[str, object], data_dir: str, work: Path, data=None) -> tuple[Path, float, float, dict]:
+    from medlens.classify.train import train_classifier
     from medlens.config import TrainConfig
-    from medlens.tasks.classify import train_classifier
 
     cfg = TrainConfig(dataset="pneumoniamnist", **settings)  # type: ignore[arg-type]
     wall, cpu = time.perf_counter(), time.process_time()
@@ -128,9 +128,10 @@ def run_active(seed: int, data, data_dir: str, fractions: list[float]) -> list[d
     """Random start at the smallest fraction, then hybrid selection from the rest of the train split."""
     import dataclasses
 
-    from medlens.models.bundle import load_bundle
-    from medlens.tasks.data import normalized_inputs, subsample_with_rest, take
-    from medlens.tasks.select import select_cases
+    from medlens.classify.bundle import load_classifier
+    from medlens.classify.data import subsample_with_rest, take
+    from medlens.classify.select import select_cases
+    from medlens.preprocess.pipeline import normalized_inputs
 
     train = data.splits["train"]
     steps = sorted(f for f in fractions if f < 1)
@@ -150,7 +151,7 @@ def run_active(seed: int, data, data_dir: str, fractions: list[float]) -> list[d
                 started = time.perf_counter(), time.process_time()
                 rest = np.setdiff1d(np.arange(len(train)), chosen)
                 budget = label_counts(data, steps[i + 1])[0] - len(chosen)
-                bundle = load_bundle(bundle_dir)
+                bundle = load_classifier(bundle_dir)
                 picked = select_cases(bundle, normalized_inputs(take(train, rest), bundle.preprocessing), budget,
                                       "hybrid", seed=seed).index
                 chosen = np.r_[chosen, rest[picked]]

@@ -33,7 +33,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from label_efficiency import FRACTIONS, grid_arguments, merge, plot, print_table, summarise  # noqa: E402
+from label_efficiency import (  # noqa: E402
+    FRACTIONS,
+    grid_arguments,
+    merge,
+    plot,
+    print_table,
+    summarise,
+)
 
 RESULTS = Path(__file__).parent / "results" / "label_efficiency_hippocampus.json"
 PLOT = RESULTS.with_suffix(".png")
@@ -87,12 +94,12 @@ def test_dice(bundle_dir: Path, data: Path) -> tuple[dict, float]:
     (``medlens evaluate`` adds HD95, whose surface distances take minutes on the scattered masks of 1-case models)."""
     import numpy as np
 
+    from medlens.segment.bundle import load_segmenter
     from medlens.segment.data import load_seg_dataset, read_pair
-    from medlens.segment.evaluate import load_seg_bundle
     from medlens.segment.infer import segment_volume
     from medlens.segment.metrics import mean_foreground_dice
 
-    bundle = load_seg_bundle(bundle_dir)
+    bundle = load_segmenter(bundle_dir)
     by_id = {c.case_id: c for c in load_seg_dataset(data).cases}
     fg = [v for v in bundle.plan.label_names if v]
     scores = []
@@ -119,8 +126,8 @@ def n_labelled(fraction: float, n_train: int) -> int | None:
 def run_active(seed: int, data: Path, plan, fractions: list[float], n_train: int) -> list[dict]:
     import numpy as np
 
+    from medlens.segment.bundle import load_segmenter
     from medlens.segment.data import load_seg_dataset
-    from medlens.segment.evaluate import load_seg_bundle
     from medlens.segment.train import load_cases
     from medlens.segment.uncertainty import case_uncertainty
 
@@ -142,7 +149,7 @@ def run_active(seed: int, data: Path, plan, fractions: list[float], n_train: int
             if i + 1 < len(steps):
                 started = time.perf_counter(), time.process_time()
                 pool = manifest["split"]["train_unlabelled"]
-                model = load_seg_bundle(Path(tmp) / f"round-{i}" / "model").model
+                model = load_segmenter(Path(tmp) / f"round-{i}" / "model").model
                 scores = [case_uncertainty(model, image, plan) for image in load_cases(dataset, pool, plan)[0]]
                 budget = n_labelled(steps[i + 1], n_train) - len(manifest["split"]["train"])
                 picked = [pool[j] for j in np.argsort(scores)[::-1][:budget]]

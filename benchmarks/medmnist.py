@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medlens.bundle.manifest import save_bundle
+from medlens.classify.bundle import load_classifier
+from medlens.classify.train import train_classifier
 from medlens.config import TrainConfig
 from medlens.datasets import ClassificationData, Split, load_medmnist
 from medlens.evaluate.stage import evaluate_bundle
-from medlens.models.bundle import load_bundle, save_bundle
 from medlens.preprocess import resize_image
-from medlens.tasks.classify import train_classifier
 
 PUBLISHED = {
     "pneumoniamnist": {
@@ -70,7 +71,7 @@ def run_one(name: str, cfg: TrainConfig, seed: int, out_root: Path, data: Classi
     started = time.perf_counter()
     bundle_dir = train_classifier(cfg, out, show_progress=False, data=data)
     train_s = time.perf_counter() - started
-    bundle = load_bundle(bundle_dir)
+    bundle = load_classifier(bundle_dir)
     result = evaluate_bundle(bundle, data, out / "evaluation", split="test", n_bootstrap=1000, seed=seed)
     manifest = bundle.manifest
     return {
@@ -98,7 +99,7 @@ def summarize(runs: list[dict]) -> dict:
 
 def ship(name: str, runs: list[dict]) -> None:
     best = max(runs, key=lambda r: r["val_auc"])  # chosen on validation, never on test
-    bundle = load_bundle(best["bundle"])
+    bundle = load_classifier(best["bundle"])
     target = Path(__file__).resolve().parents[1] / "src" / "medlens" / "pretrained" / SHIP_AS[name]
     shutil.rmtree(target, ignore_errors=True)
     manifest = {k: v for k, v in bundle.manifest.items() if k != "format"}

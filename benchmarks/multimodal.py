@@ -46,14 +46,18 @@ LUNG1 = {"numeric": ("age",), "categorical": ("gender", "Overall.Stage", "Histol
 
 
 def classification_runs(name: str, seed: int, data_dir: Path) -> list[dict]:
+    from medlens.classify.bundle import load_classifier
+    from medlens.classify.train import make_preprocessing, train_classifier
     from medlens.config import TrainConfig
     from medlens.datasets import load_folder_dataset
     from medlens.evaluate.bootstrap import bootstrap_intervals
-    from medlens.models.bundle import load_bundle
-    from medlens.tabular.baselines import fit_tabular_model, late_fusion_weight, tabular_proba
+    from medlens.preprocess.pipeline import normalized_inputs
+    from medlens.tabular.baselines import (
+        fit_tabular_model,
+        late_fusion_weight,
+        tabular_proba,
+    )
     from medlens.tabular.encode import fit_tabular
-    from medlens.tasks.classify import make_preprocessing, train_classifier
-    from medlens.tasks.data import normalized_inputs
 
     spec = DATASETS[name]
     options = {k: spec[k] for k in ("label_column", "multilabel", "negative_label", "group_column")}
@@ -90,7 +94,7 @@ def classification_runs(name: str, seed: int, data_dir: Path) -> list[dict]:
                           batch_size=64, patience=6, seed=seed, **options, **columns)
         started = time.process_time()
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = load_bundle(train_classifier(cfg, Path(tmp), show_progress=False, data=data))
+            bundle = load_classifier(train_classifier(cfg, Path(tmp), show_progress=False, data=data))
         prep = make_preprocessing(cfg, data)
 
         def inputs(split, part: str):

@@ -33,8 +33,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens.recon.data import DOSES, MR_SERIES, ct_images, ct_pairs, mr_slices, mri_test_cases
-from medlens.recon.learn import CENTRE_FRACTIONS, EnhanceTrainConfig, MRIMaskConfig, mri_reconstruct, train_mri
+from medlens.recon.data import (
+    DOSES,
+    MR_SERIES,
+    ct_images,
+    ct_pairs,
+    mr_slices,
+    mri_test_cases,
+)
+from medlens.recon.learn import (
+    CENTRE_FRACTIONS,
+    EnhanceTrainConfig,
+    MRIMaskConfig,
+    mri_reconstruct,
+    train_mri,
+)
 from medlens.recon.metrics import volume_metrics
 from medlens.recon.mri import cs_reconstruct, to_kspace, undersample, zero_filled
 
@@ -183,7 +196,14 @@ SR_SCALES = (2, 4)
 
 def sr_part(args: argparse.Namespace) -> dict:
     from medlens.recon.ct import ct_metrics
-    from medlens.recon.enhance import PatchPairs, bicubic, crop_to_multiple, degrade, sr_pair, upscale
+    from medlens.recon.enhance import (
+        PatchPairs,
+        bicubic,
+        crop_to_multiple,
+        degrade,
+        sr_pair,
+        upscale,
+    )
     from medlens.recon.learn import train_enhancer
     from medlens.recon.networks import build_recon_network
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from medlens.segment.bundle import load_segmenter
 from medlens.segment.data import load_seg_dataset
-from medlens.segment.evaluate import evaluate_segmentation, load_seg_bundle
+from medlens.segment.evaluate import evaluate_segmentation
 from medlens.segment.plan import fingerprint, make_plan, save_plan
 from medlens.segment.train import SegTrainConfig, train_segmenter
 
@@ -57,7 +58,7 @@ def main() -> None:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         bundle_path = train_segmenter(data, plan, cfg, run, show_progress=False)
         train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        bundle = load_seg_bundle(bundle_path)
+        bundle = load_segmenter(bundle_path)
         for tta in (False, True):
             result = evaluate_segmentation(bundle, data, run / f"test{'-tta' if tta else ''}", split="test", tta=tta)
             m, ci = result["metrics"], result["confidence_intervals"]

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from medlens.bundle.manifest import resolve_bundle_path
+from medlens.classify.bundle import load_classifier
 from medlens.datasets import load_medmnist
-from medlens.models.bundle import load_bundle, resolve_bundle_path
 from medlens.preprocess.pipeline import normalize_intensity
 from medlens.runtime.onnx_export import export_onnx
 from medlens.runtime.quantize import quantize_bundle
@@ -76,7 +77,7 @@ def classifier_rows(name: str, data_dir: str | None, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / name
         shutil.copytree(resolve_bundle_path(name), copy)
-        bundle = load_bundle(copy)
+        bundle = load_classifier(copy)
         model, prep, t = bundle.model.eval(), bundle.preprocessing, bundle.temperature
         dims = len(prep.spatial_shape)
 
@@ -94,7 +95,7 @@ def classifier_rows(name: str, data_dir: str | None, peak: float) -> dict:
 
         rows = {"pytorch eager (MONAI defaults)": measure(eager, raw, test.labels),
                 "medlens tuned pytorch (inference mode, channels-last)": measure(tuned, raw, test.labels)}
-        bundle = load_bundle(copy)
+        bundle = load_classifier(copy)
         export_onnx(bundle, val.images[:64].astype(np.float32))
         q = quantize_bundle(bundle, "static", (val.images, val.labels), (test.images, test.labels))
         import onnxruntime as ort
@@ -114,15 +115,16 @@ def classifier_rows(name: str, data_dir: str | None, peak: float) -> dict:
 
 def segmenter_rows(data_dir: str | None) -> dict:
     from medlens.io.volume import load_volume
-    from medlens.runtime.onnx_export import OnnxModule, export_segmentation_onnx
-    from medlens.segment.evaluate import load_seg_bundle
+    from medlens.runtime.onnx_export import OnnxModule
+    from medlens.segment.bundle import load_segmenter
+    from medlens.segment.export import export_segmentation_onnx
     from medlens.segment.infer import segment_volume
 
     root = Path(data_dir or "../shared/data") / "msd_hippocampus" / "imagesTr"
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "hippocampus"
         shutil.copytree(resolve_bundle_path("hippocampus"), copy)
-        bundle = load_seg_bundle(copy)
+        bundle = load_segmenter(copy)
         cases = [root / f"{c}.nii.gz" for c in bundle.manifest["split"]["test"][:10]]
         export_segmentation_onnx(bundle, root / f"{bundle.manifest['split']['val'][0]}.nii.gz")
         volumes = [load_volume(c) for c in cases]

@@ -65,11 +65,12 @@ def loader_pass(data: object, augment: bool, cached: bool, workers: int) -> dict
     """Seconds per pass through the trainer's input pipeline alone, and with the model training on it."""
     from torch.utils.data import DataLoader, TensorDataset
 
+    from medlens.classify.data import ArrayDataset
+    from medlens.classify.train import make_preprocessing
     from medlens.config import TrainConfig
     from medlens.datasets.base import Split
     from medlens.preprocess.augment import build_augmentation
-    from medlens.tasks.classify import make_preprocessing
-    from medlens.tasks.data import ArrayDataset, normalized_inputs
+    from medlens.preprocess.pipeline import normalized_inputs
 
     train = data.splits["train"]
     part = Split(train.images[:N_IMAGES], train.labels[:N_IMAGES], train.ids[:N_IMAGES], [])

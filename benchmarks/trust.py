@@ -31,10 +31,16 @@ from pathlib import Path
 
 import torch
 
+from medlens.classify.bundle import load_classifier
+from medlens.classify.train import train_classifier
 from medlens.datasets import load_medmnist
-from medlens.models.bundle import load_bundle
-from medlens.tasks.classify import train_classifier
-from medlens.trust.audit import AuditConfig, _Ctx, audit_bundle, audit_calibration, audit_referral
+from medlens.trust.audit import (
+    AuditConfig,
+    _Ctx,
+    audit_bundle,
+    audit_calibration,
+    audit_referral,
+)
 from medlens.trust.calibrate import calibrate_bundle
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -70,13 +76,13 @@ def dropout_bundle(runs: Path, data) -> Path:
 def run_model(name: str, args: argparse.Namespace) -> dict:
     experiment, dataset, size = MODELS[name]
     data = load_medmnist(dataset, size=size, data_dir=args.data_dir)
-    bundle = load_bundle(name)
+    bundle = load_classifier(name)
     if args.ship:
         fitted = calibrate_bundle(bundle, data, bundle.path, referral_fraction=0.1, method="softmax")
         print(f"{name}: shipped temperature {fitted['calibration']['temperature']:.3f}, referral threshold "
               f"{fitted['referral']['threshold']:.4g}", flush=True)
-        bundle = load_bundle(name)
-    members = [load_bundle(p) for p in member_bundles(experiment, bundle.manifest["config"]["seed"], args.runs, data)]
+        bundle = load_classifier(name)
+    members = [load_classifier(p) for p in member_bundles(experiment, bundle.manifest["config"]["seed"], args.runs, data)]
     cfg = AuditConfig(explain_cases=32 if name == "pneumonia" else 16)
     started = time.perf_counter()
     audit = audit_bundle(bundle, data, args.results / "trust" / name, cfg, members)
@@ -89,7 +95,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
 
 def mc_dropout_rows(args: argparse.Namespace, data) -> dict:
     """Referral with MC dropout, on a separately trained model with dropout (the shipped one has none)."""
-    bundle = load_bundle(dropout_bundle(args.runs, data))
+    bundle = load_classifier(dropout_bundle(args.runs, data))
     ctx = _Ctx(bundle, data, AuditConfig(uncertainty_methods=("softmax", "mc-dropout")), args.results / "trust" / "pneumonia-dropout", [])
     ctx.out.mkdir(parents=True, exist_ok=True)
     return {"calibration": audit_calibration(ctx), "referral": audit_referral(ctx)}

@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from medlens.cli import app
-from medlens.errors import DicomError, GeometryError, ImageReadError, MedlensError, UnsupportedTransferSyntaxError
+from medlens.errors import (
+    DicomError,
+    GeometryError,
+    ImageReadError,
+    MedlensError,
+    UnsupportedTransferSyntaxError,
+)
 from medlens.io.convert import convert_dicom
 from medlens.io.dicom import decode_frames, read_dataset
 from medlens.io.series import read_dicom_volume, read_dicom_volumes

@@ -106,17 +106,17 @@ def test_datasets_lists_catalog():
 
 
 def test_bundle_errors(tmp_path):
+    from medlens.classify.bundle import load_classifier
     from medlens.errors import ModelError
-    from medlens.models.bundle import load_bundle
 
     (tmp_path / "bundle.json").write_text("{not json")
     (tmp_path / "weights.pt").write_bytes(b"")
     with pytest.raises(ModelError, match="not valid JSON"):
-        load_bundle(tmp_path)
+        load_classifier(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelError, match="is not a medlens bundle"):
-        load_bundle(empty)
+        load_classifier(empty)
 
 
 def test_pipeline_smoke_on_a_users_folder(folder_dataset, tmp_path):
@@ -147,11 +147,11 @@ def test_predict_refuses_other_modality_even_when_fitting(tmp_path):
 @pytest.mark.parametrize(("name", "dataset", "size"), [("pneumonia", "pneumoniamnist", 28), ("adrenal", "adrenalmnist3d", 64)])
 def test_shipped_bundles_reproduce_their_stored_test_metrics(name, dataset, size, data_dir, tmp_path):
     """float16 shipped weights must give the test AUC recorded when the bundle was chosen."""
+    from medlens.classify.bundle import load_classifier
     from medlens.datasets import load_medmnist
     from medlens.evaluate.stage import evaluate_bundle
-    from medlens.models.bundle import load_bundle
 
-    bundle = load_bundle(name)
+    bundle = load_classifier(name)
     stored = bundle.manifest["metrics"]["test"]
     result = evaluate_bundle(bundle, load_medmnist(dataset, size=size, data_dir=data_dir), tmp_path, n_bootstrap=10)
     assert result["metrics"]["auc"] == pytest.approx(stored["auc"], abs=0.005)
@@ -167,7 +167,7 @@ def test_version_alone_and_an_empty_folder_are_handled(tmp_path):
 
 
 def test_listings_as_json_and_names_that_never_wrap(data_dir):
-    from medlens.models.bundle import pretrained_names
+    from medlens.bundle.manifest import pretrained_names
 
     listed = json.loads(runner.invoke(app, ["models", "--json"]).output)
     assert [m["name"] for m in listed] == list(pretrained_names()) and all("(" in m["data (licence)"] for m in listed)
@@ -179,7 +179,7 @@ def test_listings_as_json_and_names_that_never_wrap(data_dir):
 
 
 def test_export_out_leaves_the_shipped_bundle_as_it_is(test_pngs, tmp_path):
-    from medlens.models.bundle import resolve_bundle_path
+    from medlens.bundle.manifest import resolve_bundle_path
 
     shipped = sorted(p.name for p in resolve_bundle_path("pneumonia").iterdir())
     result = runner.invoke(app, ["export", "pneumonia", "--out", str(tmp_path / "pneu")])

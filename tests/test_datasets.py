@@ -3,8 +3,19 @@ import urllib.error
 import numpy as np
 import pytest
 
-from medlens.datasets import catalog, dataset_names, get_dataset_info, load_folder_dataset, load_medmnist
-from medlens.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
+from medlens.datasets import (
+    catalog,
+    dataset_names,
+    get_dataset_info,
+    load_folder_dataset,
+    load_medmnist,
+)
+from medlens.errors import (
+    ConfigError,
+    DataError,
+    DatasetNotFoundError,
+    UnknownNameError,
+)
 
 
 def test_catalog_has_every_medmnist_set_and_size():

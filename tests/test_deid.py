@@ -147,8 +147,8 @@ def test_cli_deid_then_verify(study: Path, tmp_path: Path) -> None:
 
 def _report_with_free_text(out: Path) -> Path:
     """pydicom's real SR test file with a TEXT content item naming someone, and a file meta that names the sender."""
-    from pydicom.dataset import Dataset
     from pydicom.data import get_testdata_file
+    from pydicom.dataset import Dataset
 
     ds = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
     item = Dataset()
@@ -201,6 +201,6 @@ def test_a_missing_key_file_is_one_clear_line_without_a_traceback(study: Path, t
 
 
 def test_verbose_tracebacks_never_show_local_variables() -> None:
-    from medlens.cli_serve import token_app
+    from medlens.cli.serve import token_app
 
     assert app.pretty_exceptions_show_locals is False and token_app.pretty_exceptions_show_locals is False

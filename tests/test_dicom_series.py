@@ -15,7 +15,15 @@ import pytest
 from medlens.errors import GeometryError
 from medlens.io.dicom import decode_frames, read_dataset
 from medlens.io.series import read_dicom_volume, read_dicom_volumes
-from medlens.io.volume import equalize_slices, from_sitk, load_volume, reorient_volume, resample_volume, save_nifti, to_sitk
+from medlens.io.volume import (
+    equalize_slices,
+    from_sitk,
+    load_volume,
+    reorient_volume,
+    resample_volume,
+    save_nifti,
+    to_sitk,
+)
 from medlens.preprocess.window import apply_dicom_voi, apply_window, window_preset
 from medlens.types import LPS_TO_RAS
 
@@ -264,7 +272,11 @@ def test_window_as_model_input_preprocessing(dicom_dir: Path) -> None:
     import torch
 
     from medlens.config import TrainConfig
-    from medlens.preprocess.pipeline import Preprocessing, normalize_intensity, prepare_image
+    from medlens.preprocess.pipeline import (
+        Preprocessing,
+        normalize_intensity,
+        prepare_image,
+    )
 
     path = dicom_dir / "ct_kits_slices" / "CT2.dcm"
     hu = decode_frames(read_dataset(path), path)

@@ -13,7 +13,13 @@ import torch
 
 from medlens.errors import ConfigError
 from medlens.runtime.backends import place_on_device
-from medlens.train.distributed import DistInfo, broadcast_from_main, dist_info, mean_across_processes, shard_batch_size
+from medlens.train.distributed import (
+    DistInfo,
+    broadcast_from_main,
+    dist_info,
+    mean_across_processes,
+    shard_batch_size,
+)
 
 SMALL = ["--set", "model=cnn", "--set", "epochs=3", "--set", "max_train_samples=1000", "--set", "patience=3"]
 
@@ -65,9 +71,9 @@ def test_one_process_helpers_do_nothing_and_bad_settings_are_refused(monkeypatch
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_cuda_without_a_gpu_is_refused_and_auto_stays_on_cpu() -> None:
-    from medlens.models.bundle import load_bundle
+    from medlens.classify.bundle import load_classifier
 
-    bundle = load_bundle("pneumonia")
+    bundle = load_classifier("pneumonia")
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         place_on_device(bundle, "auto", "cuda")
     with pytest.raises(ConfigError, match="--device must be one of"):

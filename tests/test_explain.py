@@ -11,12 +11,12 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
+from medlens.classify.bundle import load_classifier
 from medlens.cli import app
 from medlens.errors import ModelError
 from medlens.explain.maps import ExplainOptions, explain
 from medlens.explain.sanity import deletion_insertion, randomisation_correlation
-from medlens.models.bundle import load_bundle
-from medlens.tasks.data import normalized_inputs
+from medlens.preprocess.pipeline import normalized_inputs
 
 runner = CliRunner()
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -24,7 +24,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 @pytest.fixture(scope="module")
 def chest(pneumonia):
-    bundle = load_bundle("pneumonia")
+    bundle = load_classifier("pneumonia")
     return bundle, normalized_inputs(pneumonia.split("test"), bundle.preprocessing)[:8]
 
 
@@ -39,7 +39,7 @@ def test_maps_lie_on_the_input_grid(chest, method) -> None:
 def test_gradcam_in_3d_is_upsampled_to_the_volume(data_dir) -> None:
     from medlens.datasets import load_medmnist
 
-    bundle = load_bundle("adrenal")
+    bundle = load_classifier("adrenal")
     x = normalized_inputs(load_medmnist("adrenalmnist3d", size=64, data_dir=data_dir).split("test"), bundle.preprocessing)[:1]
     maps = explain(bundle.model, x, "gradcam")
     assert maps.shape == (1, 64, 64, 64)

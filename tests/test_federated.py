@@ -12,8 +12,19 @@ import pytest
 import torch
 
 from medlens.errors import ConfigError, DataError, FederationError
-from medlens.federated.flower import FederateConfig, build_model, check_server_config, screen_reply
-from medlens.federated.local import auc_and_threshold, load_site, probability_histograms, site_images, train_locally
+from medlens.federated.flower import (
+    FederateConfig,
+    build_model,
+    check_server_config,
+    screen_reply,
+)
+from medlens.federated.local import (
+    auc_and_threshold,
+    load_site,
+    probability_histograms,
+    site_images,
+    train_locally,
+)
 from medlens.federated.sites import SiteSplitConfig, load_site_split, split_sites
 
 # Ray leaves /dev/null handles to the garbage collector; harmless, but pytest turns them into errors
@@ -30,10 +41,11 @@ def test_histograms_give_the_auc_without_sharing_cases(sites: Path, pneumonia) -
     """The server's AUC from summed per-class histograms matches scikit-learn's on the cases themselves (within binning)."""
     from sklearn.metrics import roc_auc_score
 
-    from medlens.models.bundle import load_bundle, predict_proba
+    from medlens.classify.bundle import load_classifier
+    from medlens.models.probs import predict_proba
 
     split = load_site_split(sites)
-    model = load_bundle("pneumonia").model
+    model = load_classifier("pneumonia").model
     parts = [load_site(pneumonia, split, k) for k in range(5)]
     hists = [probability_histograms(model, p.x_val, p.y_val) for p in parts]
     auc, threshold = auc_and_threshold(np.sum([h[0] for h in hists], axis=0), np.sum([h[1] for h in hists], axis=0))
@@ -135,12 +147,12 @@ def test_a_site_refuses_a_global_model_built_differently(sites: Path, pneumonia)
 
 
 def test_site_adaptation(sites: Path, pneumonia) -> None:
+    from medlens.classify.bundle import load_classifier
     from medlens.federated.adapt import adapt_at_test_time, finetune, site_auc
-    from medlens.models.bundle import load_bundle
 
     split = load_site_split(sites)
     site = load_site(pneumonia, split, 2)  # contrast-shifted scanner
-    model = load_bundle("pneumonia").model  # resnet18: BatchNorm
+    model = load_classifier("pneumonia").model  # resnet18: BatchNorm
     tuned, info = finetune(model, site, epochs=2)
     assert info["selected_epoch"] in (0, 1, 2) and len(info["val_auc"]) == 3
     assert site_auc(tuned, site.x_val, site.y_val) == pytest.approx(max(a for a in info["val_auc"] if a is not None))
@@ -168,9 +180,9 @@ def _edited_split(pneumonia, path: Path) -> Path:
 def test_federation_with_dp_goes_on_past_a_failing_site(pneumonia, tmp_path: Path) -> None:
     """Five hospitals, one empty, one single-class, DP-SGD at epsilon 8: the rounds complete with four sites; every
     message that left a site is model parameters or counts; the result is an ordinary bundle with its epsilon."""
+    from medlens.classify.bundle import load_classifier
     from medlens.evaluate.stage import evaluate_bundle
     from medlens.federated.stage import federate
-    from medlens.models.bundle import load_bundle
 
     split_path = _edited_split(pneumonia, tmp_path / "sites.json")
     cfg = FederateConfig(rounds=2, dp_epsilon=8.0)
@@ -190,7 +202,7 @@ def test_federation_with_dp_goes_on_past_a_failing_site(pneumonia, tmp_path: Pat
     assert [h["sites_trained"] for h in history] == [4, 4]
     assert 0 < history[0]["epsilon"] < history[1]["epsilon"] <= 8.0
     assert history[-1]["sites"]["3"]["val_auc"] is not None and "2" not in history[-1]["sites"]
-    bundle = load_bundle(Path(result["bundle"]))
+    bundle = load_classifier(Path(result["bundle"]))
     assert bundle.manifest["federation"]["privacy"]["epsilon_spent"] == pytest.approx(history[-1]["epsilon"])
     assert bundle.manifest["network"]["norm"] == "group"
     report = evaluate_bundle(bundle, pneumonia, tmp_path / "eval", n_bootstrap=20)

@@ -11,16 +11,21 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from medlens.classify.bundle import load_classifier
 from medlens.cli import app
 from medlens.config import TrainConfig
 from medlens.datasets import load_folder_dataset
 from medlens.errors import ConfigError, DataError
 from medlens.explain.clinical import clinical_effects
 from medlens.io import read_image
-from medlens.models.bundle import load_bundle
 from medlens.preprocess import prepare_image
 from medlens.tabular.dicom import dicom_age_years, dicom_fields
-from medlens.tabular.encode import ClinicalTable, fit_tabular, leakage_report, load_tabular
+from medlens.tabular.encode import (
+    ClinicalTable,
+    fit_tabular,
+    leakage_report,
+    load_tabular,
+)
 
 runner = CliRunner(env={"COLUMNS": "250"})
 NIH = {"label_column": "Finding Labels", "multilabel": True, "negative_label": "No Finding"}
@@ -163,7 +168,7 @@ def test_fused_model_trains_and_predicts_from_the_command_line(fused_bundle: Pat
         for e in r["clinical_effects"]:  # p(as given) = p(value unknown) + effect, for the class explained
             assert abs(e["p_without"] + e["effect"] - r["probabilities"][r["explained"]]) < 2e-3
     assert "clinical effect" in explained.output
-    loaded = load_bundle(bundle)
+    loaded = load_classifier(bundle)
     x = np.stack([prepare_image(read_image(p), loaded.preprocessing)[0] for p in (images[0], tmp_path / "same.png")])
     table = ClinicalTable(clinical)
     young, old = (clinical_effects(loaded, x[i], table.row(name), 0, "test") for i, name in enumerate([images[0].name, "same.png"]))
@@ -200,7 +205,11 @@ def test_clinical_baseline_and_late_fusion_weight_chosen_on_validation(nih) -> N
     """Gradient boosting on age/sex/view, and the late-fusion weight picked by validation AUC (never test)."""
     from sklearn.metrics import roc_auc_score
 
-    from medlens.tabular.baselines import fit_tabular_model, late_fusion_weight, tabular_proba
+    from medlens.tabular.baselines import (
+        fit_tabular_model,
+        late_fusion_weight,
+        tabular_proba,
+    )
 
     train, val = nih.splits["train"], nih.splits["val"]
     encoder = fit_tabular(train.metadata, ("Patient Age",), ("Patient Gender", "View Position"))
@@ -253,7 +262,7 @@ def test_a_fused_bundle_gets_a_full_audit_with_each_cases_clinical_values(fused_
     cfg = AuditConfig(corruptions=("gaussian-noise", "contrast"), severities=(3,), uncertainty_methods=("softmax", "tta", "mc-dropout"),
                       explain_cases=3, shift_batch_size=16, shift_batches=5, group_columns=("Patient Gender", "View Position"),
                       max_cases=60, n_bootstrap=50)
-    result = audit_bundle(load_bundle(fused_bundle), nih, tmp_path / "audit", cfg)
+    result = audit_bundle(load_classifier(fused_bundle), nih, tmp_path / "audit", cfg)
     assert result["performance"]["n"] == 60 and "auc/Effusion" in result["performance"]["metrics"]
     assert {m for m, r in result["referral"]["methods"].items() if "curve" in r} == {"softmax", "tta", "mc-dropout"}
     assert [r["corruption"] for r in result["robustness"]["rows"]] == ["gaussian-noise", "contrast"]

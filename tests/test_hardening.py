@@ -25,11 +25,19 @@ from medlens.errors import DicomError, MedlensError
 from medlens.io.dicom_guard import DicomLimits, check_deflate_bomb
 from medlens.io.series import read_dicom_volumes
 from medlens.serve.app import create_app
-from medlens.serve.sandbox import JobCrashed, Sandbox
 from medlens.serve.samples import stow_body, write_cr_study
+from medlens.serve.sandbox import JobCrashed, Sandbox
 from medlens.serve.store import Store
 from medlens.serve.worker import WorkerOptions
-from tests.serve_helpers import deflate_bomb, free_port, make_service, peak_rss_mb, start_server, wait_client_idle, wait_idle
+from tests.serve_helpers import (
+    deflate_bomb,
+    free_port,
+    make_service,
+    peak_rss_mb,
+    start_server,
+    wait_client_idle,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # mutated headers make pydicom warn; production does not raise on warnings
 

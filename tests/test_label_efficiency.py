@@ -149,8 +149,8 @@ def test_masked_pretraining_learns_in_2d_and_runs_in_3d(data_dir, tmp_path):
 
 
 def test_fixmatch_trains_on_the_held_back_images(data_dir, tmp_path):
+    from medlens.classify.train import train_classifier
     from medlens.config import TrainConfig
-    from medlens.tasks.classify import train_classifier
 
     cfg = TrainConfig(model="cnn", epochs=1, max_train_samples=100, semi_supervised="fixmatch",
                       fixmatch_threshold=0.6, unlabelled_ratio=2)
@@ -165,8 +165,8 @@ def test_fixmatch_trains_on_the_held_back_images(data_dir, tmp_path):
 def test_fixmatch_refuses_an_unlabelled_folder_of_volumes(data_dir, tmp_path):
     import nibabel as nib
 
+    from medlens.classify.train import train_classifier
     from medlens.config import TrainConfig
-    from medlens.tasks.classify import train_classifier
 
     folder = tmp_path / "unlabelled"
     folder.mkdir()
@@ -195,10 +195,10 @@ def test_select_ranks_a_real_pool_and_reports_bad_files(test_pngs, tmp_path):
 
 
 def test_selection_strategies(pneumonia):
-    from medlens.models.bundle import load_bundle
-    from medlens.tasks.select import k_center_greedy, select_cases
+    from medlens.classify.bundle import load_classifier
+    from medlens.classify.select import k_center_greedy, select_cases
 
-    bundle = load_bundle("pneumonia")
+    bundle = load_classifier("pneumonia")
     inputs = (pneumonia.splits["val"].images[:200].astype(np.float32) / 255 - 0.5) / 0.5
     by_uncertainty = select_cases(bundle, inputs, 20, "uncertainty")
     assert set(by_uncertainty.index) == set(np.argsort(-by_uncertainty.uncertainty)[:20])

@@ -90,7 +90,13 @@ def test_compressed_sensing_beats_zero_filled_with_lambda_chosen_on_another_seri
                                             ("varnet", {"cascades": 2, "features": (8, 8, 16, 16, 32, 8)})])
 def test_learned_reconstruction_keeps_the_measured_lines(t2: np.ndarray, tmp_path: Path, network: str, kwargs: dict) -> None:
     """A briefly trained network: whatever it predicts, data consistency restores the sampled k-space."""
-    from medlens.recon.learn import EnhanceTrainConfig, MRIMaskConfig, data_consistency, mri_reconstruct, train_mri
+    from medlens.recon.learn import (
+        EnhanceTrainConfig,
+        MRIMaskConfig,
+        data_consistency,
+        mri_reconstruct,
+        train_mri,
+    )
 
     cfg = EnhanceTrainConfig(network=network, network_kwargs=kwargs, epochs=1, samples_per_epoch=4, batch_size=2)
     model, info = train_mri(list(t2[:4]), list(t2[4:6]), cfg, tmp_path, MRIMaskConfig(accelerations=(4,)))

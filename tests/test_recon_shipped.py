@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.recon.bundle import load_enhance_bundle
+from medlens.recon.bundle import load_enhancer
 
 TOLERANCE_DB = 0.1  # float16 storage of the weights moves PSNR by a few hundredths of a dB
 
@@ -17,7 +17,7 @@ def test_mri_bundle_reproduces_its_benchmark(data_dir, acceleration: int) -> Non
     from medlens.recon.metrics import volume_metrics
     from medlens.recon.mri import zero_filled
 
-    bundle = load_enhance_bundle("mri-recon", "mri-reconstruction")
+    bundle = load_enhancer("mri-recon", "mri-reconstruction")
     cases = mri_test_cases(acceleration)
     truth = np.stack([c[0] for c in cases])
     recon = np.stack([mri_reconstruct(bundle.model, masked, columns) for _, masked, columns in cases])
@@ -33,7 +33,7 @@ def test_ct_denoise_bundle_reproduces_its_benchmark_at_10_percent_dose(data_dir)
     from medlens.recon.data import ct_pairs
     from medlens.recon.enhance import denoise_ct
 
-    bundle = load_enhance_bundle("ct-denoise", "ct-denoising")
+    bundle = load_enhancer("ct-denoise", "ct-denoising")
     pairs = ct_pairs("test", realisations=2, doses=(0.1,))
     psnr = np.mean([ct_metrics(hu, denoise_ct(bundle.model, low))["psnr"] for low, hu, _ in pairs])
     noisy = np.mean([ct_metrics(hu, low)["psnr"] for low, hu, _ in pairs])
@@ -46,7 +46,7 @@ def test_upscale_bundle_reproduces_its_benchmark_on_mr_2x(data_dir) -> None:
     from medlens.recon.enhance import bicubic, crop_to_multiple, degrade, upscale
     from medlens.recon.metrics import volume_metrics
 
-    bundle = load_enhance_bundle("upscale", "super-resolution")
+    bundle = load_enhancer("upscale", "super-resolution")
     images = mr_slices("test")
     truth = np.stack([crop_to_multiple(im, 2) for im in images])
     lows = [degrade(im, 2) for im in images]

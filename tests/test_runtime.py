@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from medlens.bundle.manifest import resolve_bundle_path
 from medlens.cli import app
-from medlens.models.bundle import resolve_bundle_path
 
 runner = CliRunner()
 

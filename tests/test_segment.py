@@ -145,11 +145,11 @@ def test_segment_refuses_classification_bundle_and_bad_inputs(tiny_bundle: Path,
 
 def test_volume_larger_than_the_patch_is_tiled(tiny_bundle: Path, hippo: Path, tmp_path: Path) -> None:
     """Inference never needs the whole volume in one pass: a case padded to over twice the patch is tiled."""
-    from medlens.segment.evaluate import load_seg_bundle
+    from medlens.segment.bundle import load_segmenter
     from medlens.segment.infer import segment_volume
     from medlens.types import Volume
 
-    bundle = load_seg_bundle(tiny_bundle)
+    bundle = load_segmenter(tiny_bundle)
     image = nib.load(next((hippo / "imagesTr").glob("*.nii.gz")))
     big = np.pad(np.asarray(image.dataobj, dtype=np.float32), [(p, p) for p in bundle.plan.patch_size])
     assert all(b > 2 * p for b, p in zip(big.shape, bundle.plan.patch_size))
@@ -159,7 +159,7 @@ def test_volume_larger_than_the_patch_is_tiled(tiny_bundle: Path, hippo: Path, t
 
 def test_shipped_hippocampus_bundle_on_held_out_cases(data_dir: Path, tmp_path: Path) -> None:
     """Golden test: the shipped model on four of its own held-out test cases, from the command line."""
-    from medlens.models.bundle import read_manifest
+    from medlens.bundle.manifest import read_manifest
 
     _, manifest = read_manifest("hippocampus")
     cases = manifest["split"]["test"][:4]
@@ -179,7 +179,7 @@ def test_csv_dataset_folds_and_anisotropic_input(tiny_bundle: Path, hippo: Path,
     """A CSV of pairs loads like the Decathlon layout; folds split without overlap; an input at another spacing
     is resampled for the model and its label map comes back on the input's own grid."""
     from medlens.io.volume import load_volume, resample_volume, save_nifti
-    from medlens.segment.evaluate import load_seg_bundle
+    from medlens.segment.bundle import load_segmenter
     from medlens.segment.infer import segment_volume
     from medlens.segment.train import SegTrainConfig, split_cases
 
@@ -192,7 +192,7 @@ def test_csv_dataset_folds_and_anisotropic_input(tiny_bundle: Path, hippo: Path,
     folds = [split_cases(ids, SegTrainConfig(folds=3, fold=k))["val"] for k in range(3)]
     assert sorted(sum(folds, [])) == sorted(ids)
     coarse = resample_volume(load_volume(images[0]), (1.5, 1.5, 2.0))
-    bundle = load_seg_bundle(tiny_bundle)
+    bundle = load_segmenter(tiny_bundle)
     labels = segment_volume(bundle.model, coarse, bundle.plan, bundle.postprocess)
     assert labels.shape == coarse.shape and np.allclose(labels.affine, coarse.affine)
     assert set(np.unique(labels.array)) <= {0.0, 1.0, 2.0}
@@ -320,9 +320,9 @@ def test_masked_pretraining_initialises_the_unet_and_guards_the_split(hippo: Pat
     output layer, and refuses an encoder that saw this run's validation/test images or was built for another plan."""
     import torch
 
+    from medlens.segment.init import initialise_unet
     from medlens.segment.plan import load_plan
     from medlens.segment.preprocess import build_unet
-    from medlens.segment.pretrain import initialise_unet
 
     enc = tmp_path / "enc"
     result = runner.invoke(app, ["pretrain", str(hippo), "--task", "segment", "--out", str(enc), "--method", "masked",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
 import json
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -15,13 +15,18 @@ import pytest
 import sqlalchemy as sa
 
 from medlens.serve.samples import stow_body, write_cr_study
-from tests.serve_helpers import free_port, make_service, start_server, wait_client_idle, wait_idle
+from tests.serve_helpers import (
+    free_port,
+    make_service,
+    start_server,
+    wait_client_idle,
+    wait_idle,
+)
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from medlens.serve.app import create_app  # noqa: E402
-
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +221,13 @@ def test_drift_alarm_rises_on_a_shifted_window_and_not_on_a_clean_one(service: d
 
 def test_an_mr_series_gets_a_dicom_seg_and_volumes_like_the_nifti_path(service: dict, data_dir: Path, tmp_path: Path) -> None:
     """A real MSD hippocampus case sent as a DICOM MR series: the SEG references it, volumes match `medlens segment` on the NIfTI."""
-    from medlens.segment.evaluate import load_seg_bundle
+    from medlens.segment.bundle import load_segmenter
     from medlens.segment.stage import segment_files
     from medlens.serve.samples import write_mr_series
 
     case = sorted((data_dir / "msd_hippocampus" / "imagesTr").glob("*.nii.gz"))[0]
     series = write_mr_series(case, tmp_path / "series", "H1")
-    direct = segment_files(load_seg_bundle("hippocampus"), [case], tmp_path / "direct")["results"][0]["volumes_ml"]
+    direct = segment_files(load_segmenter("hippocampus"), [case], tmp_path / "direct")["results"][0]["volumes_ml"]
     h = service["headers"]
     with TestClient(create_app(service["config"])) as client:
         body, content_type = stow_body(series)

@@ -13,6 +13,7 @@ import pytest
 from medlens.serve.samples import stow_body, write_cr_study
 from medlens.serve.store import Store
 from tests.serve_helpers import free_port, make_service, start_server, wait_idle
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")

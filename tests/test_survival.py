@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import medlens
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -131,6 +133,8 @@ def test_clinical_only_cox_baseline(lung1: Path, tmp_path: Path) -> None:
     assert [r["case"] for r in rows] == list(test.ids) and all(0 < r["survival_365d"] <= 1 for r in rows)
     again = survival_metrics(np.array([r["risk"] for r in rows]), test.time, test.event)
     assert again["c_index"] == pytest.approx(report["test"]["c_index"], abs=1e-6)
+    api = medlens.open_bundle(out / "model").predict(clinical=tmp_path / "patients.csv")  # the Python API, same rows
+    assert [r["risk"] for r in api] == pytest.approx([r["risk"] for r in rows])
 
     # a stage the training split never had is that row's error; the other rows are still predicted
     lines[1] = lines[1].replace(test.metadata[0]["Overall.Stage"], "IX", 1) if test.metadata[0]["Overall.Stage"] else lines[1]

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from medlens.classify.bundle import load_classifier
+from medlens.classify.train import train_classifier
 from medlens.config import TrainConfig
 from medlens.errors import ConfigError
 from medlens.evaluate.stage import evaluate_bundle
-from medlens.models.bundle import load_bundle
-from medlens.tasks.classify import train_classifier
 
 SMALL = dict(dataset="pneumoniamnist", model="cnn", epochs=3, batch_size=64, max_train_samples=1000, patience=3)
 
@@ -21,7 +21,7 @@ def small_bundle(tmp_path_factory, data_dir):
 
 def test_golden_small_model_reaches_stated_auc(small_bundle, pneumonia, tmp_path):
     """A regression anywhere (reader, preprocessing, loss, loop, threshold, bundle) shows up here."""
-    bundle = load_bundle(small_bundle)
+    bundle = load_classifier(small_bundle)
     assert bundle.manifest["metrics"]["validation"]["auc"] >= 0.93
     result = evaluate_bundle(bundle, pneumonia, tmp_path, split="test", n_bootstrap=200)
     assert result["metrics"]["auc"] >= 0.88
@@ -55,10 +55,10 @@ def test_resume_continues_from_last_checkpoint(tmp_path, data_dir):
 
 
 def test_train_on_folder_dataset_and_predict(folder_dataset, tmp_path):
-    from medlens.tasks.predict import predict_files
+    from medlens.classify.predict import predict_files
 
     cfg = TrainConfig(dataset=str(folder_dataset), image_size=(64, 64), model="cnn", epochs=2, batch_size=8)
-    bundle = load_bundle(train_classifier(cfg, tmp_path / "run", show_progress=False))
+    bundle = load_classifier(train_classifier(cfg, tmp_path / "run", show_progress=False))
     assert bundle.preprocessing.resize and bundle.label_names == ["normal", "pneumonia"]
     files = sorted((folder_dataset.parent / "images").iterdir())[:3]
     rows = predict_files(bundle, files)  # 224 px files: the bundle itself declares the resize to 64
@@ -75,7 +75,7 @@ def test_imbalance_losses_on_pneumonia_labels(pneumonia) -> None:
     import torch
     from monai.losses import FocalLoss
 
-    from medlens.tasks.classify import _OneHotFocal, make_loss
+    from medlens.classify.train import _OneHotFocal, make_loss
 
     logits = torch.tensor([[2.0, -1.0], [0.2, 0.1], [-3.0, 3.0], [0.0, 0.5]])
     targets = torch.tensor([0, 1, 1, 0])

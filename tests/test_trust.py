@@ -9,21 +9,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medlens.classify.bundle import load_classifier
 from medlens.errors import ConfigError, DataError, ModelError
 from medlens.evaluate.metrics import classification_metrics
-from medlens.models.bundle import load_bundle
-from medlens.tasks.data import normalized_inputs
-from medlens.trust.calibrate import calibrate_bundle, fit_temperature, map_threshold, scale_logits
+from medlens.models.probs import scale_logits
+from medlens.models.uncertainty import (
+    SampleOptions,
+    probability_samples,
+    referral_curve,
+    referral_threshold,
+    uncertainty_scores,
+)
+from medlens.preprocess.pipeline import normalized_inputs
+from medlens.trust.calibrate import calibrate_bundle, fit_temperature, map_threshold
 from medlens.trust.corruptions import CORRUPTIONS, corrupt
 from medlens.trust.fairness import group_values, subgroup_metrics
-from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc, embeddings
-from medlens.trust.uncertainty import (SampleOptions, probability_samples, referral_curve, referral_threshold,
-                                       uncertainty_scores)
+from medlens.trust.shift import (
+    BatchShiftScorer,
+    batch_indices,
+    bn_adapted,
+    detection_auroc,
+    embeddings,
+)
 
 
 @pytest.fixture(scope="module")
 def shipped(pneumonia):
-    bundle = load_bundle("pneumonia")
+    bundle = load_classifier("pneumonia")
     val, test = pneumonia.split("val"), pneumonia.split("test")
     return bundle, val, test, normalized_inputs(val, bundle.preprocessing), normalized_inputs(test, bundle.preprocessing)
 
@@ -93,12 +105,12 @@ def test_shift_detection_and_bn_adaptation_on_noisy_batches(shipped) -> None:
 def test_calibrate_writes_a_bundle_that_predict_uses(shipped, pneumonia, tmp_path: Path) -> None:
     bundle, *_rest, x_test = shipped
     result = calibrate_bundle(bundle, pneumonia, tmp_path / "cal", referral_fraction=0.1)
-    calibrated = load_bundle(tmp_path / "cal")
+    calibrated = load_classifier(tmp_path / "cal")
     assert calibrated.temperature == pytest.approx(result["calibration"]["temperature"])
     same_decisions = (bundle.predict_proba(x_test)[:, 1] >= bundle.thresholds[0]) == (
         calibrated.predict_proba(x_test)[:, 1] >= calibrated.thresholds[0])
     assert same_decisions.all()
-    from medlens.tasks.predict import referral_flags
+    from medlens.classify.predict import referral_flags
 
     flags = referral_flags(calibrated, pneumonia.split("test").images)
     assert 0.05 < flags.mean() < 0.35  # 10% of validation; more on the shifted test split
@@ -115,7 +127,7 @@ def test_subgroups_on_real_metadata(data_dir: Path) -> None:
 
     rows = _nih_rows(data_dir)[:400]
     labels = np.array([int(r["label_abnormal"]) for r in rows])
-    bundle = load_bundle("pneumonia")  # a real model's real scores, read here as "abnormal" scores: a weak scorer
+    bundle = load_classifier("pneumonia")  # a real model's real scores, read here as "abnormal" scores: a weak scorer
     x = np.stack([prepare_image(read_image(data_dir / "cxr_nih14_64" / r["image_file"]), bundle.preprocessing,
                                 adapt=True)[0] for r in rows])
     probs = bundle.predict_proba(x)

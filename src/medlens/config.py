@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medlens.errors import ConfigError
+from medlens.preprocess.window import WINDOWS
 
 C = TypeVar("C")
 
@@ -99,7 +100,6 @@ class TrainConfig:
         if self.unlabelled_ratio < 1:
             raise ConfigError(f"train.unlabelled_ratio: must be at least 1, got {self.unlabelled_ratio}")
         if self.window is not None:
-            from medlens.preprocess.window import WINDOWS
 
             _check_choice("train.window", self.window, tuple(WINDOWS.names()))
         for name in ("epochs", "batch_size"):

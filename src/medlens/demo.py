@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from medlens.classify.bundle import load_classifier
+from medlens.classify.predict import FilePrediction, predict_files, write_predictions
 from medlens.datasets import load_medmnist
 from medlens.errors import DatasetNotFoundError
 from medlens.evaluate.stage import evaluate_bundle
-from medlens.models.bundle import load_bundle
-from medlens.tasks.predict import FilePrediction, predict_files, write_predictions
 
 DEMO_MODEL = "pneumonia"
 N_SAMPLES = 6
@@ -35,7 +35,7 @@ def run_demo(out_dir: Path, data_dir: str | Path | None = None, n_bootstrap: int
     Without the data (offline, nothing local) it returns the model card and
     the message that says where to get the file, instead of failing.
     """
-    bundle = load_bundle(DEMO_MODEL)
+    bundle = load_classifier(DEMO_MODEL)
     result = DemoResult(model=bundle.manifest)
     try:
         data = load_medmnist("pneumoniamnist", size=28, data_dir=data_dir)

@@ -26,9 +26,9 @@ import re
 import threading
 import traceback
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
-from pydicom.multival import MultiValue
 
 REDACTED = "<redacted>"
 IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientAddress", "PatientTelephoneNumbers",
@@ -59,7 +59,7 @@ def remember_identifiers(ds: Any) -> None:
         except Exception:  # a corrupt value cannot be read, so it cannot be logged by medlens either
             continue
         raw = getattr(element, "value", element) if element is not None else None
-        values += [str(v) for v in (raw if isinstance(raw, (list, tuple, MultiValue)) else [raw]) if v]
+        values += [str(v) for v in (raw if isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) else [raw]) if v]
     remember_values([v for v in values if len(v) <= _MAX_VALUE])
 
 

@@ -18,7 +18,11 @@ def write_plots(out_dir: Path, task: str, y_true: np.ndarray, probs: np.ndarray,
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from sklearn.calibration import CalibrationDisplay
-    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+    from sklearn.metrics import (
+        ConfusionMatrixDisplay,
+        PrecisionRecallDisplay,
+        RocCurveDisplay,
+    )
 
     curves = _curves(task, y_true, probs, label_names)
     written = []

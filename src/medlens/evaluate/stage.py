@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,12 +13,14 @@ from medlens.errors import InputMismatchError
 from medlens.evaluate.bootstrap import bootstrap_intervals
 from medlens.evaluate.metrics import classification_metrics
 from medlens.evaluate.report import write_plots, write_report
-from medlens.models.bundle import Bundle
-from medlens.tasks.data import normalized_inputs
+from medlens.preprocess.pipeline import normalized_inputs
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 
 def evaluate_bundle(
-    bundle: Bundle, data: ClassificationData, out_dir: Path, split: str = "test", n_bootstrap: int = 1000, seed: int = 0
+    bundle: ClassifierBundle, data: ClassificationData, out_dir: Path, split: str = "test", n_bootstrap: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """Score a bundle on one split with its own thresholds and write the report to ``out_dir``."""
     _check_compatible(bundle, data)
@@ -60,7 +62,7 @@ def _prevalence(task: str, labels: np.ndarray, n_classes: int) -> list[float]:
     return (np.bincount(labels, minlength=n_classes) / len(labels)).tolist()
 
 
-def _check_compatible(bundle: Bundle, data: ClassificationData) -> None:
+def _check_compatible(bundle: ClassifierBundle, data: ClassificationData) -> None:
     prep = bundle.preprocessing
     if tuple(data.image_shape) != tuple(prep.spatial_shape) or data.n_channels != prep.channels:
         raise InputMismatchError(

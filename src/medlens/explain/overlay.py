@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from medlens import __version__
 from medlens.errors import DataError
+from medlens.io.dicom import read_dicom
 
 ALPHA = 0.45
 
@@ -79,8 +81,6 @@ def write_secondary_capture(source: Path, heat: np.ndarray, path: Path, descript
     """The source DICOM image with the heatmap overlaid, as an RGB Secondary Capture in the same study."""
     import pydicom
 
-    from medlens import __version__
-    from medlens.io.dicom import read_dicom
 
     ref = pydicom.dcmread(source, stop_before_pixels=True)
     pixels = read_dicom(source)  # (C, H, W) display-ready grey (MONOCHROME1 inverted by the reader)

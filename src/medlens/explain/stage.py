@@ -11,33 +11,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medlens.errors import ConfigError, MedlensError
+from medlens.explain.clinical import WithClinical, clinical_effects, describe_effects
 from medlens.explain.maps import ExplainOptions, explain
 from medlens.explain.overlay import write_overlay_png, write_secondary_capture
 from medlens.io import read_image
 from medlens.io.dicom import has_dicom_marker
-from medlens.models.bundle import Bundle
 from medlens.preprocess import prepare_image
 from medlens.preprocess.pipeline import normalize_intensity
-from medlens.tasks.predict import decide_label
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 
-def black_level(bundle: Bundle) -> float:
+def black_level(bundle: ClassifierBundle) -> float:
     """The model-input value of the darkest raw intensity: the "no signal" baseline."""
     return float(normalize_intensity(np.float32(bundle.preprocessing.input_range[0]), bundle.preprocessing))
 
 
-def explain_files(bundle: Bundle, files: list[Path], out_dir: Path, method: str = "gradcam", layer: str | None = None,
+def explain_files(bundle: ClassifierBundle, files: list[Path], out_dir: Path, method: str = "gradcam", layer: str | None = None,
                   adapt: bool = False, clinical: Any = None) -> dict[str, Any]:
     """Overlays for each file in ``out_dir``; returns (and writes) the ``explain.json`` report.
 
     ``clinical``: a :class:`medlens.tabular.encode.ClinicalTable` or :class:`medlens.tabular.dicom.DicomClinical`,
     required by a fused bundle."""
-    from medlens.explain.clinical import WithClinical, clinical_effects, describe_effects
 
     if bundle.tabular is not None and clinical is None:
         raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
@@ -54,7 +55,7 @@ def explain_files(bundle: Bundle, files: list[Path], out_dir: Path, method: str 
                 features = clinical.features(bundle.tabular, str(path))
                 model, inputs = WithClinical(bundle.model, features), (x[None], features)
             probs = bundle.predict_proba(inputs)[0]
-            row["label"] = decide_label(bundle, probs)
+            row["label"] = bundle.decide(probs)
             row["probabilities"] = {n: float(p) for n, p in zip(bundle.label_names, probs)}
             cls = explained_class(bundle, probs, row["label"])
             row["explained"] = bundle.label_names[cls]
@@ -80,7 +81,7 @@ def explain_files(bundle: Bundle, files: list[Path], out_dir: Path, method: str 
     return report
 
 
-def explained_class(bundle: Bundle, probs: np.ndarray, label: str) -> int:
+def explained_class(bundle: ClassifierBundle, probs: np.ndarray, label: str) -> int:
     """The class a map explains: the decided label (binary); the likeliest finding that passed its threshold
     (multi-label: arg-max could be a finding the bundle did not report), arg-max when none did or otherwise."""
     if bundle.task == "binary":

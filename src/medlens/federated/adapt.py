@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from medlens.federated.local import SiteData, train_locally
+from medlens.models.probs import predict_proba
 
 
 def site_auc(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float | None:
     """ROC AUC of ``model`` on the cases, or None when they hold one class only."""
     from sklearn.metrics import roc_auc_score
 
-    from medlens.models.bundle import predict_proba
 
     if len(np.unique(y)) < 2:
         return None

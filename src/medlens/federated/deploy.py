@@ -27,6 +27,7 @@ import tomli_w
 
 from medlens.errors import ConfigError, FederationError
 from medlens.federated.flower import FederateConfig, read_status
+from medlens.federated.sites import load_site_split
 
 log = logging.getLogger(__name__)
 APP_DIR = Path(__file__).parent / "flower_app"
@@ -60,7 +61,6 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, log_path: Pa
 def run_deployment(cfg: FederateConfig, split_path: Path, out_dir: Path, data_dir: str | None = None,
                    timeout_s: float = 3600.0) -> Path:
     """Run the federation as a SuperLink, N SuperNodes and ``flwr run`` on 127.0.0.1; returns the bundle's path."""
-    from medlens.federated.sites import load_site_split
 
     split = load_site_split(split_path)
     split.check_usable()

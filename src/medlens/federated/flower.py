@@ -34,7 +34,21 @@ from typing import Any
 
 import numpy as np
 
+from medlens import __version__
+from medlens.bundle.manifest import save_bundle
+from medlens.classify.train import make_preprocessing
+from medlens.config import TrainConfig
+from medlens.datasets import load_medmnist
 from medlens.errors import ConfigError, FederationError
+from medlens.federated.local import (
+    auc_and_threshold,
+    load_site,
+    probability_histograms,
+    train_locally,
+)
+from medlens.federated.privacy import PrivacyBudget, epsilon_spent, noise_multiplier
+from medlens.federated.sites import load_site_split
+from medlens.models.networks import NetworkSpec, build_network
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("fedavg", "fedprox")
@@ -76,7 +90,6 @@ class FederateConfig:
 
     @property
     def budget(self) -> Any:
-        from medlens.federated.privacy import PrivacyBudget
 
         return None if self.dp_epsilon is None else PrivacyBudget(self.dp_epsilon, self.dp_delta, self.dp_max_grad_norm)
 
@@ -95,7 +108,6 @@ def run_federation(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from medlens.federated.sites import load_site_split
 
     # Ray otherwise raises a FutureWarning about GPU visibility on every CPU-only actor; this keeps its present behaviour
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -131,7 +143,6 @@ def read_status(out_dir: Path) -> Path:
 def build_model(cfg: FederateConfig, data: Any) -> Any:
     import torch
 
-    from medlens.models.networks import NetworkSpec, build_network
 
     torch.manual_seed(cfg.seed)
     return build_network(NetworkSpec(cfg.model, data.spatial_dims, data.n_channels, len(data.label_names), data.image_shape,
@@ -139,7 +150,6 @@ def build_model(cfg: FederateConfig, data: Any) -> Any:
 
 
 def _load(cfg: FederateConfig, data_dir: str | None) -> Any:
-    from medlens.datasets import load_medmnist
 
     return load_medmnist(cfg.dataset, size=cfg.size, data_dir=data_dir)
 
@@ -157,8 +167,6 @@ def check_server_config(cfg: FederateConfig, config: Any, site: int) -> None:
 
 def _site_and_model(cfg: FederateConfig, split_path: str, data_dir: str | None, msg: Any, context: Any) -> tuple[Any, Any]:
     """This client's own site (its data never leaves this function's process) and the global model it was sent."""
-    from medlens.federated.local import load_site
-    from medlens.federated.sites import load_site_split
 
     site = int(context.node_config["partition-id"])
     check_server_config(cfg, msg.content["config"], site)
@@ -173,7 +181,6 @@ def _client_train(cfg: FederateConfig, split_path: str, data_dir: str | None) ->
     def train(msg: Any, context: Any) -> Any:
         from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-        from medlens.federated.local import train_locally
 
         local, model = _site_and_model(cfg, split_path, data_dir, msg, context)
         site, n = local.site, len(local.y_train)
@@ -181,7 +188,6 @@ def _client_train(cfg: FederateConfig, split_path: str, data_dir: str | None) ->
         metrics: dict[str, Any] = {"num-examples": n, "site": site}
         noise = None
         if cfg.budget is not None:
-            from medlens.federated.privacy import epsilon_spent, noise_multiplier
 
             sigma = noise_multiplier(cfg.budget, n, cfg.batch_size, cfg.rounds * cfg.local_epochs)
             noise = (sigma, cfg.dp_max_grad_norm)
@@ -205,7 +211,6 @@ def _client_evaluate(cfg: FederateConfig, split_path: str, data_dir: str | None)
     def evaluate(msg: Any, context: Any) -> Any:
         from flwr.app import Message, MetricRecord, RecordDict
 
-        from medlens.federated.local import probability_histograms
 
         local, model = _site_and_model(cfg, split_path, data_dir, msg, context)
         negatives, positives = probability_histograms(model, local.x_val, local.y_val)
@@ -294,7 +299,6 @@ def _reason(text: str) -> str:
 
 
 def _site_auc(metrics: Any) -> dict[str, Any]:
-    from medlens.federated.local import auc_and_threshold
 
     auc, _ = auc_and_threshold(np.array(metrics["hist-neg"]), np.array(metrics["hist-pos"]))
     return {"val_auc": None if np.isnan(auc) else auc, "n_val": int(metrics["num-examples"])}
@@ -303,7 +307,6 @@ def _site_auc(metrics: Any) -> dict[str, Any]:
 def _sum_histograms(replies: list[Any], weight_key: str) -> Any:
     from flwr.app import MetricRecord
 
-    from medlens.federated.local import auc_and_threshold
 
     negatives = np.sum([np.array(r["metrics"]["hist-neg"]) for r in replies], axis=0)
     positives = np.sum([np.array(r["metrics"]["hist-pos"]) for r in replies], axis=0)
@@ -329,7 +332,6 @@ def server_main(cfg: FederateConfig, split_path: Path, out_dir: Path, data_dir: 
         from flwr.app import ArrayRecord, ConfigRecord
         from flwr.serverapp.strategy import FedAvg, FedProx
 
-        from medlens.federated.sites import load_site_split
 
         started = time.perf_counter()
         split = load_site_split(split_path)
@@ -368,10 +370,6 @@ def _round_row(r: int, result: Any, per_site: dict[int, Any]) -> dict[str, Any]:
 
 
 def _save(cfg: FederateConfig, split: Any, outcome: dict[str, Any], out_dir: Path, seconds: float, data_dir: str | None) -> Path:
-    from medlens import __version__
-    from medlens.config import TrainConfig
-    from medlens.models.bundle import save_bundle
-    from medlens.tasks.classify import make_preprocessing
 
     data = _load(cfg, data_dir)
     model = build_model(cfg, data)

@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from medlens.classify.train import make_preprocessing
+from medlens.config import TrainConfig
 from medlens.errors import DataError
+from medlens.models.probs import predict_proba
+from medlens.preprocess import normalize_intensity
+from medlens.trust.corruptions import corrupt
 
 HISTOGRAM_BINS = 50  # probability histogram per class: enough for a threshold, no single case recoverable
 
@@ -51,10 +56,6 @@ def site_images(data: object, split: object, site: int, part: str, index: object
 
     With ``index=None`` the whole split: the shared test set as that hospital would acquire it, which is what
     a site's own test metrics are measured on."""
-    from medlens.config import TrainConfig
-    from medlens.preprocess import normalize_intensity
-    from medlens.tasks.classify import make_preprocessing
-    from medlens.trust.corruptions import corrupt
 
     prep = make_preprocessing(TrainConfig(), data)
     shift = split.config.shifts[site] if split.config.shifts else "none"
@@ -109,7 +110,6 @@ def train_locally(model: nn.Module, site: SiteData, epochs: int, lr: float, batc
 
 def probability_histograms(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[list[int], list[int]]:
     """Counts of positive-class probabilities in HISTOGRAM_BINS bins, for negative and positive cases."""
-    from medlens.models.bundle import predict_proba
 
     probs = predict_proba(model, x, "binary")[:, 1] if len(x) else np.zeros(0)
     edges = histogram_edges()

@@ -16,7 +16,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medlens.classify.bundle import load_classifier
+from medlens.evaluate.stage import evaluate_bundle
+from medlens.federated.adapt import adapt_at_test_time, finetune, site_auc
+from medlens.federated.deploy import run_deployment
 from medlens.federated.flower import FederateConfig, _load, run_federation
+from medlens.federated.local import load_site, site_images
 from medlens.federated.sites import SiteSplitConfig, load_site_split, split_sites
 
 log = logging.getLogger(__name__)
@@ -28,9 +33,6 @@ def federate(cfg: FederateConfig, out_dir: Path, split_config: SiteSplitConfig |
 
     ``deployment`` runs it as separate processes (Flower's SuperLink, one SuperNode per site, ``flwr run``) on
     127.0.0.1 instead of Flower's in-process simulation engine; the result is the same kind of bundle."""
-    from medlens.federated.deploy import run_deployment
-    from medlens.evaluate.stage import evaluate_bundle
-    from medlens.models.bundle import load_bundle
 
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _load(cfg, data_dir)
@@ -39,7 +41,7 @@ def federate(cfg: FederateConfig, out_dir: Path, split_config: SiteSplitConfig |
         split_path = split_sites(data.splits["train"].labels, data.splits["val"].labels, split_config).save(out_dir / "sites.json")
     split = load_site_split(split_path)
     runner = run_deployment if deployment else run_federation
-    bundle = load_bundle(runner(cfg, split_path, out_dir, data_dir))
+    bundle = load_classifier(runner(cfg, split_path, out_dir, data_dir))
     report = evaluate_bundle(bundle, data, out_dir / "evaluation", split="test", n_bootstrap=n_bootstrap, seed=cfg.seed)
     federation = bundle.manifest["federation"]
     result = {
@@ -55,8 +57,6 @@ def federate(cfg: FederateConfig, out_dir: Path, split_config: SiteSplitConfig |
 
 def site_report(model: Any, data: Any, split: Any, adapt: bool = False, seed: int = 0) -> list[dict[str, Any]]:
     """Each site's test AUC for ``model``; with ``adapt`` also after fine-tuning and after test-time adaptation there."""
-    from medlens.federated.adapt import adapt_at_test_time, finetune, site_auc
-    from medlens.federated.local import load_site, site_images
 
     rows = []
     for k, summary in enumerate(split.summary or [{} for _ in split.train]):

@@ -30,9 +30,9 @@ with its own choices, written down because the standard leaves them open:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import uuid
@@ -46,7 +46,9 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from medlens import __version__
-from medlens.errors import ConfigError
+from medlens.errors import ConfigError, DicomError
+from medlens.io.dicom import read_dataset
+from medlens.io.series import find_dicom_files
 
 PSEUDONYM = re.compile(r"^ANON-[0-9A-F]{10}$")
 DUMMY_TEXT = "ANONYMIZED"
@@ -255,9 +257,6 @@ def deidentify_tree(source: str | Path, out_dir: str | Path, options: DeidOption
     often named after the patient). Bad files are listed and skipped. The report
     (``deid_report.json``) counts actions per attribute and holds no values.
     """
-    from medlens.io.dicom import read_dataset
-    from medlens.io.series import find_dicom_files
-    from medlens.errors import DicomError
 
     out = Path(out_dir)
     ctx = make_context(options)
@@ -300,9 +299,6 @@ def verify_tree(path: str | Path) -> dict[str, Any]:
     clean when it is empty, a dummy, a medlens pseudonym, a ``2.25.`` UID, or a
     date in a file marked as date-shifted.
     """
-    from medlens.io.dicom import read_dataset
-    from medlens.io.series import find_dicom_files
-    from medlens.errors import DicomError
 
     findings: list[dict[str, str]] = []
     checked, seen = 0, {}

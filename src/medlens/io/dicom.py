@@ -22,12 +22,25 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
-from pydicom.pixels.utils import _get_jpg_parameters  # the JPEG SOF parser pydicom's own decoders use
+from pydicom.pixels.utils import (
+    _get_jpg_parameters,  # the JPEG SOF parser pydicom's own decoders use
+)
 from pydicom.tag import Tag
 
-from medlens.errors import DicomError, InputMismatchError, MedlensError, UnsupportedTransferSyntaxError
-from medlens.io.dicom_guard import (DEFAULT_LIMITS, J2K_SYNTAXES, DicomLimits, check_deflate_bomb, check_j2k_codestream,
-                                   check_pixel_budget)
+from medlens.errors import (
+    DicomError,
+    InputMismatchError,
+    MedlensError,
+    UnsupportedTransferSyntaxError,
+)
+from medlens.io.dicom_guard import (
+    DEFAULT_LIMITS,
+    J2K_SYNTAXES,
+    DicomLimits,
+    check_deflate_bomb,
+    check_j2k_codestream,
+    check_pixel_budget,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 RADIOGRAPHY = {"CR", "DX", "DR"}  # one kind of image under several Modality codes

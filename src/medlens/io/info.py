@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from medlens.io.dicom_meta import phi_free_meta
-from medlens.io.series import DicomScan, Slice, find_dicom_files, group_slices, scan_headers
+from medlens.io.series import (
+    DicomScan,
+    Slice,
+    find_dicom_files,
+    group_slices,
+    scan_headers,
+)
 from medlens.io.volume import ITK_SUFFIXES, NIFTI_SUFFIXES, load_volume
 from medlens.types import slices_evenly_spaced
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from medlens.errors import ImageReadError
 from medlens.io.dicom import has_dicom_marker, read_dicom
+from medlens.io.nifti import read_nifti
+from medlens.io.raster import read_raster
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -32,11 +34,9 @@ def read_image(path: str | Path, expected_modality: str | None = None) -> np.nda
         raise ImageReadError(f"{path}: no such file; check the path (relative paths are from the current folder)")
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
-        from medlens.io.nifti import read_nifti
 
         array = read_nifti(path)
     elif name.endswith(RASTER_SUFFIXES):
-        from medlens.io.raster import read_raster
 
         array = read_raster(path)
     elif name.endswith(DICOM_SUFFIXES) or has_dicom_marker(path):

@@ -22,8 +22,14 @@ from pydicom.dataset import Dataset
 
 from medlens import errors
 from medlens.errors import DataError, DicomError, GeometryError, ImageReadError
+from medlens.io.assemble import (
+    FileProblem,
+    Slice,
+    assemble_volumes,
+    int_or,
+    series_label,
+)
 from medlens.io.dicom import check_numeric_tags, has_dicom_marker, read_dataset
-from medlens.io.assemble import FileProblem, Slice, assemble_volumes, int_or, series_label
 from medlens.types import Volume
 
 SKIP_NAMES = {"DICOMDIR"}

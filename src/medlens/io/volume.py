@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from medlens.errors import GeometryError, ImageReadError
+from medlens.io.series import read_dicom_volume
 from medlens.types import LPS_TO_RAS, Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -25,7 +26,6 @@ def load_volume(path: str | Path) -> Volume:
     path = Path(path)
     name = path.name.lower()
     if path.is_dir():
-        from medlens.io.series import read_dicom_volume
 
         return read_dicom_volume(path)
     if not path.is_file():
@@ -34,7 +34,6 @@ def load_volume(path: str | Path) -> Volume:
         return _load_nifti(path)
     if name.endswith(ITK_SUFFIXES):
         return _load_itk(path)
-    from medlens.io.series import read_dicom_volume
 
     return read_dicom_volume(path)
 

@@ -11,11 +11,14 @@ reported back so it is never silent.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from medlens.errors import InputMismatchError
+
+if TYPE_CHECKING:
+    from medlens.datasets.base import Split
 
 ArrayT = TypeVar("ArrayT")
 GREY_RGB_TOLERANCE = 8.0  # max channel difference (of 255) still treated as grey stored as RGB (JPEG chroma noise)
@@ -156,3 +159,8 @@ def _match_range(image: np.ndarray, prep: Preprocessing, adapt: bool, notes: lis
 
 def _fmt(shape: tuple[int, ...]) -> str:
     return "x".join(str(int(s)) for s in shape)
+
+
+def normalized_inputs(split: Split, prep: Preprocessing) -> np.ndarray:
+    """A whole split as model input (no augmentation): for validation and evaluation."""
+    return normalize_intensity(split.images.astype(np.float32), prep)

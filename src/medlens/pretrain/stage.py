@@ -23,9 +23,21 @@ import torch
 from torch import nn
 
 from medlens import __version__
+from medlens.classify.data import load_dataset, subsample
+from medlens.classify.semi import read_unlabelled_folder
+from medlens.classify.train import make_preprocessing
+from medlens.config import TrainConfig
 from medlens.errors import ConfigError
-from medlens.models.networks import FeatureExtractor, NetworkSpec, build_network, head_parameter_names
+from medlens.models.networks import (
+    FeatureExtractor,
+    NetworkSpec,
+    build_network,
+    head_parameter_names,
+)
+from medlens.preprocess.pipeline import normalized_inputs
 from medlens.pretrain.methods import METHODS
+from medlens.train.device import resolve_device, seed_everything
+from medlens.train.loop import optimise_epoch
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +75,6 @@ class PretrainConfig:
 
 def pretrain(cfg: PretrainConfig, out_dir: Path, data_dir: str | Path | None = None, show_progress: bool = True) -> Path:
     """Pretrain ``cfg.model``'s encoder with ``cfg.method`` and write the encoder folder; returns it."""
-    from medlens.tasks.classify import resolve_device, seed_everything
 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -89,10 +100,6 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, data_dir: str | Path | None = N
 
 
 def _unlabelled_images(cfg: PretrainConfig, data_dir: str | Path | None) -> tuple[torch.Tensor, NetworkSpec, dict[str, Any]]:
-    from medlens.config import TrainConfig
-    from medlens.tasks.classify import make_preprocessing
-    from medlens.tasks.data import load_dataset, normalized_inputs, subsample
-    from medlens.tasks.semi import read_unlabelled_folder
 
     data = load_dataset(cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, seed=cfg.seed)
     train = data.splits["train"]
@@ -119,27 +126,6 @@ def _one_epoch(encoder: nn.Module, objective: nn.Module, images: torch.Tensor, b
     batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)] or [order]
     return optimise_epoch(batches, lambda index: objective(encoder, images[index].to(device)), optimizer, scheduler,
                           title, show_progress)
-
-
-def optimise_epoch(batches: Any, loss_of: Any, optimizer: torch.optim.Optimizer, scheduler: Any, title: str,
-                   show_progress: bool) -> tuple[float, float]:
-    """One pass of a self-supervised objective: ``loss_of(batch) -> (loss, score)`` per batch, a step after each;
-    returns the epoch's mean loss and score (shared by classifier and U-Net pretraining)."""
-    from rich.progress import Progress
-
-    losses, scores = [], []
-    with Progress(transient=True, disable=not show_progress) as progress:
-        task = progress.add_task(title, total=len(batches))
-        for batch in batches:
-            loss, score = loss_of(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            scores.append(score)
-            progress.advance(task)
-    return float(np.mean(losses)), float(np.mean(scores))
 
 
 def _score_name(method: str) -> str:

@@ -8,12 +8,16 @@ and the ``pydicom`` / ``pydicom-data`` packages (other patients' CT).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from medlens.datasets.catalog import resolve_data_dir
 from medlens.errors import DataError
+from medlens.io.series import read_dicom_volume, read_dicom_volumes
+from medlens.recon.ct import simulate_low_doses
+from medlens.recon.learn import CENTRE_FRACTIONS
+from medlens.recon.mri import to_kspace, undersample
 
 MR_SERIES = {"train": ["11-T1post-18670", "26401-T1prereg-52906"], "val": ["36468-FLAIRreg-58706"],
              "test": ["37830-T2reg-78532"]}
@@ -25,16 +29,17 @@ DOSES = (0.25, 0.1)
 
 
 def data_root() -> Path:
-    root = Path(os.environ.get("MEDLENS_DATA_DIR", "../shared/data"))
-    if not (root / "dicom").is_dir():
-        raise DataError(f"{root}/dicom not found: set MEDLENS_DATA_DIR to the folder holding dicom/mr_pgbm003 and "
-                        "dicom/ct_kits_slices (TCIA PGBM-003 and C4KC-KiTS; see the README's data section)")
+    """``$MEDLENS_DATA_DIR``, which must hold ``dicom/mr_pgbm003`` and ``dicom/ct_kits_slices``."""
+    root = resolve_data_dir()
+    if root is None or not (root / "dicom").is_dir():
+        raise DataError(f"{root or '$MEDLENS_DATA_DIR (not set)'}: no dicom/ folder; set MEDLENS_DATA_DIR to the folder "
+                        "holding dicom/mr_pgbm003 and dicom/ct_kits_slices (TCIA PGBM-003 and C4KC-KiTS; see the "
+                        "data page of the documentation)")
     return root
 
 
 def mr_slices(split: str) -> list[np.ndarray]:
     """The PGBM-003 slices of a split as ``(rows, cols)`` magnitude images, series by series."""
-    from medlens.io.series import read_dicom_volume
 
     out = []
     for name in MR_SERIES[split]:
@@ -57,7 +62,6 @@ def ct_images() -> dict[str, list[tuple[np.ndarray, float]]]:
     """(HU slice ``(rows, cols)``, pixel mm) per split: train/val KiTS patient A, test four other patients."""
     import pydicom
 
-    from medlens.io.series import read_dicom_volume, read_dicom_volumes
 
     def rows_cols(volume) -> list[tuple[np.ndarray, float]]:
         # outside the field of view some scanners store -3024 HU: padding, not anatomy
@@ -79,8 +83,6 @@ def ct_low_dose_settings(image_index: int, realisations: int) -> list[tuple[floa
 
 def mri_test_cases(acceleration: int) -> list[tuple[np.ndarray, object, np.ndarray]]:
     """(truth, masked k-space, sampled columns) for each T2 test slice, with the benchmark's random masks."""
-    from medlens.recon.learn import CENTRE_FRACTIONS
-    from medlens.recon.mri import to_kspace, undersample
 
     out = []
     for i, image in enumerate(mr_slices("test")):
@@ -92,7 +94,6 @@ def mri_test_cases(acceleration: int) -> list[tuple[np.ndarray, object, np.ndarr
 
 def ct_pairs(split: str, realisations: int, doses: tuple[float, ...] = DOSES) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """(low-dose HU, full-dose HU, dose) for every image of a split, the benchmark's seeds."""
-    from medlens.recon.ct import simulate_low_doses
 
     out = []
     for k, (hu, mm) in enumerate(ct_images()[split]):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medlens.recon.metrics import volume_metrics
 from medlens.recon.mri import to_kspace, undersample, zero_filled
 from medlens.recon.networks import build_recon_network, pack_kspace
 from medlens.train import LoopOptions, fit
@@ -109,7 +110,6 @@ def train_mri(train: Sequence[np.ndarray], val: Sequence[np.ndarray], cfg: Enhan
 
     ``init`` is a state dict to start from (e.g. an unrolled network from a trained ``unet-recon``).
     """
-    from medlens.recon.metrics import volume_metrics
 
     torch.manual_seed(cfg.seed)
     model = build_recon_network(cfg.network, **cfg.network_kwargs)

@@ -34,7 +34,10 @@ def to_kspace(image: np.ndarray) -> torch.Tensor:
 def undersample(kspace: torch.Tensor, mask: str, acceleration: float, center_fraction: float,
                 seed: int = 0) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Mask k-space columns; returns (masked k-space, zero-filled magnitude ``(H, W)``, sampled-column mask ``(W,)``)."""
-    from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask, RandomKspaceMask
+    from monai.apps.reconstruction.transforms.array import (
+        EquispacedKspaceMask,
+        RandomKspaceMask,
+    )
 
     if mask not in MASKS:
         raise ConfigError(f"mask {mask!r}: choose one of {', '.join(MASKS)}")

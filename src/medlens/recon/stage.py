@@ -14,14 +14,21 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medlens.errors import DataError, MedlensError
+from medlens.io.dicom_write import write_derived_series
 from medlens.io.volume import load_volume, save_nifti
-from medlens.recon.bundle import EnhanceBundle
+from medlens.recon.enhance import denoise_ct, upscale
+from medlens.recon.learn import CENTRE_FRACTIONS, mri_reconstruct
+from medlens.recon.metrics import volume_metrics
+from medlens.recon.mri import to_kspace, undersample, zero_filled
 from medlens.types import Volume
+
+if TYPE_CHECKING:
+    from medlens.recon.bundle import EnhancerBundle
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
@@ -52,7 +59,6 @@ def _stem(path: Path) -> str:
 def _write(source: Path, volume: Volume, out: Path, what: str, zoom: int = 1) -> str:
     tag = what.split()[0]
     if is_dicom_input(source):
-        from medlens.io.dicom_write import write_derived_series
 
         target = out / f"{_stem(source)}_{tag}"
         write_derived_series(source, volume, target, what, zoom)
@@ -91,8 +97,7 @@ def check_ct_hu(volume: Volume, path: Path) -> None:
                         "(air is -1000 HU); give the image in HU")
 
 
-def denoise_files(bundle: EnhanceBundle, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
-    from medlens.recon.enhance import denoise_ct
+def denoise_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
 
     def process(path: Path) -> tuple[Volume, str, int, dict]:
         volume = load_volume(path)
@@ -105,8 +110,7 @@ def denoise_files(bundle: EnhanceBundle, inputs: list[Path], out_dir: Path) -> d
     return run_stage("denoise", inputs, out_dir, process)
 
 
-def upscale_files(bundle: EnhanceBundle, inputs: list[Path], out_dir: Path, scale: int) -> dict[str, Any]:
-    from medlens.recon.enhance import upscale
+def upscale_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path, scale: int) -> dict[str, Any]:
 
     scales = bundle.manifest.get("input", {}).get("scales", [2, 4])
     if scale not in scales:
@@ -140,14 +144,11 @@ def read_kspace(path: Path) -> tuple[list[np.ndarray], str]:
     return list(k), "k-space"
 
 
-def reconstruct_files(bundle: EnhanceBundle, inputs: list[Path], out_dir: Path, simulate: int | None,
+def reconstruct_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path, simulate: int | None,
                       seed: int = 0) -> dict[str, Any]:
     """Reconstruct measured k-space (``.npy``), or retrospectively undersample images (``simulate`` = acceleration)."""
     import torch
 
-    from medlens.recon.learn import CENTRE_FRACTIONS, mri_reconstruct
-    from medlens.recon.metrics import volume_metrics
-    from medlens.recon.mri import to_kspace, undersample, zero_filled
 
     mask = bundle.manifest.get("input", {}).get("mask", "random")
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medlens.errors import ConfigError, ModelError
-from medlens.models.bundle import Bundle
 from medlens.preprocess.pipeline import normalize_intensity
+from medlens.runtime.onnx_export import OnnxModule, cpu_session
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
@@ -59,12 +62,11 @@ def choose_backend(bundle: Any, requested: str = "auto") -> str:
 @lru_cache(maxsize=8)
 def _session(path: str, mtime: float) -> Any:
     """One cached session per graph file (and version of it) for repeated batches."""
-    from medlens.runtime.onnx_export import cpu_session
 
     return cpu_session(Path(path))
 
 
-def predict_raw(bundle: Bundle, raw: np.ndarray, backend: str = "auto", clinical: np.ndarray | None = None) -> np.ndarray:
+def predict_raw(bundle: ClassifierBundle, raw: np.ndarray, backend: str = "auto", clinical: np.ndarray | None = None) -> np.ndarray:
     """Calibrated probabilities for raw, checked images ``(N, C, ...)`` with the chosen backend; a fused bundle
     also takes their encoded clinical values ``(N, n_features)``."""
     if (bundle.tabular is not None) != (clinical is not None):
@@ -84,7 +86,6 @@ def with_backend(seg_bundle: Any, requested: str = "auto") -> Any:
     """A segmentation bundle whose network runs on the chosen backend (sliding window and pre-steps unchanged)."""
     if choose_backend(seg_bundle, requested) == "torch":
         return seg_bundle
-    from medlens.runtime.onnx_export import OnnxModule
 
     return replace(seg_bundle, model=OnnxModule(onnx_path(seg_bundle) or seg_bundle.path))
 

@@ -17,22 +17,26 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from medlens.bundle.manifest import MANIFEST
 from medlens.errors import ModelError
-from medlens.models.bundle import MANIFEST, Bundle
+from medlens.models.probs import logits_to_probabilities
 from medlens.preprocess.pipeline import Preprocessing, normalize_intensity
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
 TOLERANCE = 1e-4  # largest allowed |probability difference| between ONNX Runtime and PyTorch
 
 
-def _export(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], target: Path, output: str,
+def export_module(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], target: Path, output: str,
             input_names: tuple[str, ...] = ("image",)) -> None:
     """torch.export-based ONNX export with a dynamic batch axis, without the exporter's internal chatter."""
     examples = example if isinstance(example, tuple) else (example,)
@@ -81,11 +85,11 @@ class RawToProbabilities(nn.Module):
 
     def forward(self, raw: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         image = normalize_intensity(raw, self.prep)
-        logits = (self.model(image) if clinical is None else self.model(image, clinical)) / self.temperature
-        return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=1)
+        logits = self.model(image) if clinical is None else self.model(image, clinical)
+        return logits_to_probabilities(logits, self.task, self.temperature)
 
 
-def export_onnx(bundle: Bundle, check_images: np.ndarray, out: Path | None = None,
+def export_onnx(bundle: ClassifierBundle, check_images: np.ndarray, out: Path | None = None,
                 check_clinical: np.ndarray | None = None) -> dict[str, Any]:
     """Write ``model.onnx`` into the bundle (or ``out``), check it on ``check_images`` (raw, ``(N, C, ...)``) and,
     for a fused bundle, their encoded clinical values ``check_clinical`` ``(N, n_features)``.
@@ -103,7 +107,7 @@ def export_onnx(bundle: Bundle, check_images: np.ndarray, out: Path | None = Non
     feeds = {"image": np.ascontiguousarray(check_images, dtype=np.float32)}
     if check_clinical is not None:
         feeds["clinical"] = np.ascontiguousarray(check_clinical, dtype=np.float32)
-    _export(wrapper, tuple(torch.as_tensor(v[:2]) for v in feeds.values()), target, "probabilities", tuple(feeds))
+    export_module(wrapper, tuple(torch.as_tensor(v[:2]) for v in feeds.values()), target, "probabilities", tuple(feeds))
     session = cpu_session(target)
     x = feeds["image"]
     with torch.no_grad():
@@ -123,8 +127,6 @@ def export_onnx(bundle: Bundle, check_images: np.ndarray, out: Path | None = Non
     return record
 
 
-
-
 class OnnxModule(nn.Module):
     """An ONNX Runtime session behind the ``nn.Module`` call, so MONAI's sliding window can drive it."""
 
@@ -135,35 +137,3 @@ class OnnxModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {"image": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
         return torch.from_numpy(out)
-
-
-def export_segmentation_onnx(bundle: Any, check_image: Path) -> dict[str, Any]:
-    """Export a segmentation bundle's network (one patch in, logits out; batch dynamic) and check it on a real case.
-
-    Resampling, intensity normalisation and the sliding window stay in Python (the
-    documented pre-step, :func:`medlens.segment.preprocess.preprocess_image`), because
-    they depend on each case's geometry; the check runs the whole sliding window
-    both ways on ``check_image`` and compares the class probabilities.
-    """
-    from medlens.io.volume import load_volume
-    from medlens.segment.infer import predict_probabilities
-    from medlens.segment.preprocess import preprocess_image
-
-    plan, target = bundle.plan, bundle.path / ONNX_FILE
-    example = torch.zeros((2, 1, *plan.patch_size), dtype=torch.float32)
-    _export(bundle.model.eval(), example, target, "logits")
-    image, _grid = preprocess_image(load_volume(check_image), plan)
-    expected = predict_probabilities(bundle.model, image, plan).numpy()
-    got = predict_probabilities(OnnxModule(target), image, plan).numpy()
-    diff = float(np.abs(got - expected).max())
-    if diff > TOLERANCE:
-        raise ModelError(f"ONNX export of {bundle.path.name} differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
-                         f"{check_image.name}; keep using --backend torch and report this")
-    import onnxruntime as ort
-
-    record = {"file": target.name, "opset": OPSET, "input": "one preprocessed patch (N, 1, *patch_size): resample to "
-              "the plan's spacing and normalise first (medlens.segment.preprocess.preprocess_image); sliding window "
-              "outside the graph", "checked_on": check_image.name, "max_abs_difference": diff, "tolerance": TOLERANCE,
-              "onnxruntime": ort.__version__}
-    store_onnx_record(bundle, record)
-    return record

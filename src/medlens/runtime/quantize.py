@@ -17,13 +17,15 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medlens.errors import ConfigError, ModelError
-from medlens.models.bundle import Bundle
 from medlens.runtime.onnx_export import cpu_session, store_onnx_record
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 MAX_AUC_DROP = 0.005
 CALIBRATION_IMAGES = 256
@@ -65,14 +67,20 @@ def _feeds(images: np.ndarray, clinical: np.ndarray | None) -> dict[str, np.ndar
     return feeds
 
 
-def quantize_bundle(bundle: Bundle, kind: str, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+def quantize_bundle(bundle: ClassifierBundle, kind: str, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                     max_auc_drop: float = MAX_AUC_DROP,
                     clinical: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Write ``model.int8.onnx`` from the bundle's ``model.onnx``; keep it if the validation AUC holds.
 
     ``val`` and ``test`` are (images, labels); a fused bundle also needs ``clinical``, the two splits' encoded
     clinical values, which calibrate and score the graph's second input."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if kind not in KINDS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,15 +11,17 @@ from medlens import __version__
 from medlens.errors import GeometryError
 from medlens.io.dicom import read_dataset
 from medlens.io.series import find_dicom_files
-from medlens.segment.evaluate import SegBundle
 from medlens.types import LPS_TO_RAS, Volume
+
+if TYPE_CHECKING:
+    from medlens.segment.bundle import SegmenterBundle
 
 
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "AccessionNumber", "StudyID")
 
 
-def write_dicom_seg(source: Path, labels: Volume, bundle: SegBundle, target: Path) -> Path:
+def write_dicom_seg(source: Path, labels: Volume, bundle: SegmenterBundle, target: Path) -> Path:
     """One SEG instance: a segment per foreground label, frames aligned with the source slices by position."""
     import highdicom as hd
     from pydicom.sr.codedict import codes

@@ -1,56 +1,27 @@
-"""Loading segmentation bundles, segmenting files, and the evaluation stage (per-case CSV + summary with CIs)."""
+"""The segmentation evaluation stage: segment each case from its raw files, score it (per-case CSV + summary with CIs)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from medlens.errors import ConfigError, ModelError
-from medlens.models.bundle import WEIGHTS, read_manifest
+from medlens.errors import ConfigError
+from medlens.evaluate.bootstrap import bootstrap_intervals
 from medlens.segment.data import load_seg_dataset, read_pair
 from medlens.segment.infer import label_volumes_ml, segment_volume
 from medlens.segment.metrics import case_metrics
 from medlens.segment.plan import SegPlan
-from medlens.segment.preprocess import build_unet
+
+if TYPE_CHECKING:
+    from medlens.segment.bundle import SegmenterBundle
 
 
-@dataclass
-class SegBundle:
-    path: Path
-    manifest: dict[str, Any]
-    model: nn.Module
-    plan: SegPlan
-
-    @property
-    def postprocess(self) -> list[int]:
-        return [int(v) for v in self.manifest.get("postprocess_largest_component", [])]
-
-
-def load_seg_bundle(name_or_path: str | Path) -> SegBundle:
-    """A segmentation bundle by shipped name (``hippocampus``) or folder."""
-    path, manifest = read_manifest(name_or_path)
-    if manifest.get("task") != "segmentation":
-        raise ModelError(f"{path} is a {manifest.get('task')} bundle; `medlens segment` needs a segmentation bundle "
-                         "(e.g. `hippocampus`, or one from `medlens train DATA --task segment`)")
-    plan = SegPlan.from_dict(manifest["plan"])
-    model = build_unet(plan)
-    state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError as exc:
-        raise ModelError(f"{path / WEIGHTS} does not fit the network of its plan ({str(exc)[:200]})") from exc
-    return SegBundle(path, manifest, model.eval(), plan)
-
-
-def evaluate_segmentation(bundle: SegBundle, data: str | Path, out_dir: str | Path, split: str = "test",
+def evaluate_segmentation(bundle: SegmenterBundle, data: str | Path, out_dir: str | Path, split: str = "test",
                           tta: bool = False, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Segment the split's cases from their raw files (the same path users take), score against the labels.
 
@@ -88,8 +59,6 @@ def evaluate_segmentation(bundle: SegBundle, data: str | Path, out_dir: str | Pa
 
 def _summarise(rows: list[dict[str, Any]], plan: SegPlan, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """Means over cases (finite values only) and percentile-bootstrap 95% CIs (the project's bootstrap)."""
-    from medlens.evaluate.bootstrap import bootstrap_intervals
-
     keys = [k for k in rows[0] if k != "case" and not k.startswith("ml_")]
     table = np.asarray([[r[k] for k in keys] for r in rows], dtype=float)
     fg = [plan.label_names[v] for v in plan.label_names if v]

@@ -15,7 +15,11 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, label_names: dict[int, str
     Conventions for empty structures: both empty -> Dice 1, HD95 0; one empty -> Dice 0, HD95 NaN
     (left out of means and reported as a count), so an empty prediction is never silently scored well.
     """
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import (
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
 
     labels = [v for v in sorted(label_names) if v]
     n = max(label_names) + 1

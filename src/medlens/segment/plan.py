@@ -19,6 +19,7 @@ import numpy as np
 from medlens.errors import ConfigError, DataError
 from medlens.segment.data import SegDataset, check_dataset, read_pair
 
+
 @dataclass(frozen=True)
 class SegPlan:
     """Everything training and inference need to agree on; saved as ``plan.json`` and inside the bundle."""

@@ -34,15 +34,24 @@ import torch
 from torch import nn
 
 from medlens import __version__
-from medlens.errors import ConfigError, ModelError
+from medlens.errors import ConfigError
 from medlens.preprocess.views import ViewOptions, random_views
 from medlens.registry import Registry
+from medlens.segment.data import load_seg_dataset
+from medlens.segment.init import ARCHITECTURE, PREPROCESSING
 from medlens.segment.plan import SegPlan
+from medlens.segment.preprocess import build_unet
+from medlens.segment.semi import (
+    UnlabelledPatches,
+    read_unlabelled_volumes,
+    read_volume_for_plan,
+)
+from medlens.segment.train import SegTrainConfig, split_cases
+from medlens.train.device import resolve_device, seed_everything
+from medlens.train.loop import optimise_epoch
 
 log = logging.getLogger(__name__)
 ENCODER_PATH = ("input_block.", "downsamples.", "bottleneck.")
-ARCHITECTURE = ("dims", "strides", "filters")  # what decides the weights' shapes
-PREPROCESSING = ("target_spacing_mm", "normalization", "modality")  # what decides what the weights have seen
 # z-scored intensities have no [-1, 1] range (no gamma), and a view must not mirror what the plan does not mirror
 SEG_CONTRASTIVE_VIEWS = ViewOptions(rotate_deg=10.0, zoom=(0.7, 1.0), shift=0.1, contrast=0.3, brightness=0.3,
                                     gamma=(1.0, 1.0), noise=0.1, cutout=0.3)
@@ -144,11 +153,6 @@ SCORE_NAMES = {"masked": "hidden-voxel MSE", "simclr": "positive-pair accuracy"}
 def pretrain_segmenter(data: str | Path, plan: SegPlan, cfg: SegPretrainConfig, out_dir: str | Path,
                        show_progress: bool = True) -> Path:
     """Pretrain the plan's U-Net with ``cfg.method`` on the training split's images and write the encoder folder."""
-    from medlens.segment.data import load_seg_dataset
-    from medlens.segment.preprocess import build_unet
-    from medlens.segment.semi import UnlabelledPatches, read_unlabelled_volumes, read_volume_for_plan
-    from medlens.segment.train import SegTrainConfig, split_cases
-    from medlens.tasks.classify import resolve_device, seed_everything
 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -184,7 +188,6 @@ def pretrain_segmenter(data: str | Path, plan: SegPlan, cfg: SegPretrainConfig, 
 
 def _one_epoch(objective: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device,
                title: str, show_progress: bool) -> tuple[float, float]:
-    from medlens.pretrain.stage import optimise_epoch
 
     objective.train()
     return optimise_epoch(loader, lambda item: objective(item[0].to(device)), optimizer, scheduler, title, show_progress)
@@ -206,39 +209,3 @@ def _save(out_dir: Path, objective: nn.Module, plan: SegPlan, cfg: SegPretrainCo
     }
     (out_dir / "encoder.json").write_text(json.dumps(meta, indent=1, default=str))
     return out_dir
-
-
-def initialise_unet(model: nn.Module, plan: SegPlan, folder: str | Path, split: dict[str, list[str]]) -> dict[str, Any]:
-    """Load a segmentation encoder folder into ``model`` in place, after checking it fits and saw no held-out case."""
-    import hashlib
-
-    folder = Path(folder)
-    if not (folder / "encoder.json").is_file() or not (folder / "encoder.pt").is_file():
-        raise ConfigError(f"train.init: {folder} is not an encoder folder (encoder.json, encoder.pt); give the --out "
-                          "folder of `medlens pretrain DATA --task segment`")
-    meta = json.loads((folder / "encoder.json").read_text())
-    if meta.get("task") != "segmentation":
-        raise ConfigError(f"train.init: {folder} holds a {meta.get('network', {}).get('name', 'classification')} "
-                          "classification encoder; a U-Net needs `medlens pretrain DATA --task segment --out ENCODER`")
-    ours = plan.to_dict()
-    for field in ARCHITECTURE + PREPROCESSING:
-        theirs, mine = json.loads(json.dumps(meta["network"].get(field))), json.loads(json.dumps(ours[field]))
-        if theirs != mine:
-            raise ConfigError(f"train.init: the encoder in {folder} was pretrained for plan.{field}={theirs}, this run's "
-                              f"plan has {mine}; train with --plan {folder / 'plan.json'} or pretrain with this plan")
-    seen = set(meta["data"].get("train_cases", []))
-    held_out = sorted(seen & set(split.get("val", []) + split.get("test", [])))
-    if held_out:
-        raise ConfigError(f"train.init: the encoder in {folder} was pretrained on {len(held_out)} of this run's validation/"
-                          f"test images ({', '.join(held_out[:3])}{' ...' if len(held_out) > 3 else ''}), so scores would be "
-                          "optimistic; pretrain with this run's split settings (seed, split_seed, val_fraction, test_fraction)")
-    state = torch.load(folder / "encoder.pt", map_location="cpu", weights_only=True)
-    expected = model.state_dict()
-    wrong = sorted(k for k in state if k not in expected or tuple(expected[k].shape) != tuple(state[k].shape))
-    if wrong or not state:
-        raise ModelError(f"{folder / 'encoder.pt'} does not fit this U-Net ({', '.join(wrong[:3]) or 'no weights'}); "
-                         "it was saved for another plan")
-    model.load_state_dict(state, strict=False)
-    return {"source": "encoder", "path": str(folder), "method": meta.get("method"), "loads": meta.get("loads"),
-            "tensors": len(state), "sha256": hashlib.sha256((folder / "encoder.pt").read_bytes()).hexdigest(),
-            "pretrain_volumes": meta["data"].get("n_volumes")}

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from medlens.classify.semi import FixMatchLoss
 from medlens.errors import ConfigError, DataError, MedlensError
+from medlens.io.volume import load_volume
 from medlens.preprocess.views import PHOTOMETRIC_STRONG
 from medlens.segment.plan import SegPlan
 from medlens.segment.preprocess import preprocess_image
-from medlens.tasks.semi import FixMatchLoss
 
 log = logging.getLogger(__name__)
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -50,7 +51,6 @@ class UnlabelledPatches(Dataset):
 
 def read_volume_for_plan(path: Path, plan: SegPlan) -> np.ndarray:
     """One volume preprocessed like the plan's training images, or a DataError saying why it does not fit."""
-    from medlens.io.volume import load_volume
 
     volume = load_volume(path)
     if volume.array.ndim != 3 or min(volume.shape) < 2:

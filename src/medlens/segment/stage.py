@@ -6,15 +6,18 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medlens.errors import DataError, MedlensError
 from medlens.io.volume import load_volume, save_nifti
 from medlens.segment.data import check_dataset, load_seg_dataset
-from medlens.segment.evaluate import SegBundle
+from medlens.segment.dicom_seg import write_dicom_seg
 from medlens.segment.infer import label_volumes_ml, segment_volume
 from medlens.segment.plan import SegPlan, fingerprint, load_plan, make_plan, save_plan
 from medlens.segment.train import SegTrainConfig, train_segmenter
+
+if TYPE_CHECKING:
+    from medlens.segment.bundle import SegmenterBundle
 
 
 def plan_stage(data: str | Path, out_dir: str | Path, dims: int = 3, memory_mb: int = 2000, width: int = 8) -> tuple[SegPlan, dict[str, Any]]:
@@ -48,7 +51,7 @@ def output_name(source: Path) -> str:
     return f"{name}.nii.gz"
 
 
-def segment_files(bundle: SegBundle, inputs: list[Path], out_dir: str | Path, tta: bool = False,
+def segment_files(bundle: SegmenterBundle, inputs: list[Path], out_dir: str | Path, tta: bool = False,
                   on_item: Callable[[], None] | None = None) -> dict[str, Any]:
     """One label map per input (same grid, same file name), DICOM SEG for DICOM inputs, ``volumes.json``; bad inputs listed.
 
@@ -96,12 +99,11 @@ def _read(source: Path) -> Any:
         return exc
 
 
-def _segment_one(bundle: SegBundle, source: Path, volume: Any, out: Path, tta: bool) -> dict[str, Any]:
+def _segment_one(bundle: SegmenterBundle, source: Path, volume: Any, out: Path, tta: bool) -> dict[str, Any]:
     labels = segment_volume(bundle.model, volume, bundle.plan, bundle.postprocess, tta=tta)
     target = save_nifti(labels, out / output_name(source))
     row = {"input": str(source), "labels": target.name, "volumes_ml": label_volumes_ml(labels, bundle.plan.label_names)}
     if _is_dicom(source):
-        from medlens.segment.dicom_seg import write_dicom_seg
 
         row["dicom_seg"] = write_dicom_seg(source, labels, bundle, out / (target.name.removesuffix(".nii.gz") + "_seg.dcm")).name
     return row

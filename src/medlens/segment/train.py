@@ -13,16 +13,24 @@ import numpy as np
 import torch
 
 from medlens import __version__
+from medlens.bundle.manifest import save_bundle
+from medlens.classify.semi import confident_share
 from medlens.errors import ConfigError
-from medlens.models.bundle import save_bundle
 from medlens.segment.data import SegDataset, load_seg_dataset, read_pair
 from medlens.segment.infer import keep_largest_component, predict_probabilities
+from medlens.segment.init import initialise_unet
 from medlens.segment.metrics import case_metrics, mean_foreground_dice
 from medlens.segment.plan import SegPlan
 from medlens.segment.preprocess import build_unet, preprocess_image, preprocess_label
-from medlens.segment.pretrain import initialise_unet
+from medlens.segment.semi import make_seg_fixmatch_loss
 from medlens.train import LoopOptions, fit
-from medlens.train.distributed import DistInfo, barrier, distributed_session, shard_batch_size
+from medlens.train.device import resolve_device, seed_everything
+from medlens.train.distributed import (
+    DistInfo,
+    barrier,
+    distributed_session,
+    shard_batch_size,
+)
 
 
 @dataclass(frozen=True)
@@ -137,8 +145,16 @@ class PatchDataset(torch.utils.data.Dataset):
 
 
 def _augmentation(plan: SegPlan) -> Any:
-    from monai.transforms import (Compose, RandAffined, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised,
-                                  RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
 
     keys = ["image", "label"]
     rotate = (0.26,) * (1 if plan.dims == 2 else 3)  # +-15 degrees
@@ -176,7 +192,6 @@ def train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_di
     Under ``torchrun`` each process draws its own patches (``samples_per_epoch`` and the plan's batch are
     split across processes) and rank 0 validates and writes the bundle.
     """
-    from medlens.tasks.classify import resolve_device
 
     with distributed_session(resolve_device(cfg.device)) as (info, device):
         bundle = _train_segmenter(data, plan, cfg, Path(out_dir), show_progress and info.is_main, info, device)
@@ -186,7 +201,6 @@ def train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_di
 
 def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_dir: Path, show_progress: bool,
                      info: DistInfo, device: torch.device) -> Path:
-    from medlens.tasks.classify import seed_everything
 
     seed_everything(cfg.seed)
     dataset = load_seg_dataset(data)
@@ -200,7 +214,6 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
     init = initialise_unet(model, plan, cfg.init, split) if cfg.init else {"source": "random"}
     loss_fn = _dice_ce()
     if cfg.semi_supervised == "fixmatch":
-        from medlens.segment.semi import make_seg_fixmatch_loss
 
         held_back = load_cases(dataset, split.get("train_unlabelled", []), plan)[0]
         loss_fn = make_seg_fixmatch_loss(cfg, loss_fn, model, held_back, plan, info.world_size)
@@ -233,7 +246,6 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
         "metrics": {"validation": val_metrics},
     }
     if cfg.semi_supervised == "fixmatch":
-        from medlens.tasks.semi import confident_share
 
         manifest["training"]["fixmatch"] = {"unlabelled_images": loss_fn.n_unlabelled, "confident_share": confident_share(loss_fn)}
     return save_bundle(out_dir / "model", model, manifest)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from medlens.classify.select import Selection
 from medlens.errors import ConfigError, MedlensError
-from medlens.segment.evaluate import SegBundle
 from medlens.segment.infer import predict_probabilities
 from medlens.segment.plan import SegPlan
-from medlens.tasks.select import Selection
+from medlens.segment.semi import VOLUME_SUFFIXES, read_volume_for_plan
+
+if TYPE_CHECKING:
+    from medlens.segment.bundle import SegmenterBundle
 
 
 def case_uncertainty(model: torch.nn.Module, image: np.ndarray, plan: SegPlan, region_threshold: float = 0.1) -> float:
@@ -27,7 +31,7 @@ def case_uncertainty(model: torch.nn.Module, image: np.ndarray, plan: SegPlan, r
     return float(entropy[region].mean()) if bool(region.any()) else 1.0
 
 
-def select_volumes(bundle: SegBundle, pool: Path, budget: int, strategy: str = "uncertainty",
+def select_volumes(bundle: SegmenterBundle, pool: Path, budget: int, strategy: str = "uncertainty",
                    seed: int = 0) -> tuple[list[str], Selection, list[dict[str, str]]]:
     """Rank the volumes of a folder for labelling: most uncertain first (or ``random``).
 
@@ -35,7 +39,6 @@ def select_volumes(bundle: SegBundle, pool: Path, budget: int, strategy: str = "
     rest are ranked. Diversity needs image features a U-Net does not pool into
     one vector per case, so segmentation offers uncertainty and random only.
     """
-    from medlens.segment.semi import VOLUME_SUFFIXES, read_volume_for_plan
 
     if strategy not in ("uncertainty", "random"):
         raise ConfigError(f"--strategy {strategy}: a segmentation bundle ranks by uncertainty or random")

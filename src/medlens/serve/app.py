@@ -26,14 +26,29 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from medlens import __version__
+from medlens.errors import DataError
+from medlens.io.dicom import read_dicom
 from medlens.io.dicom_guard import DicomLimits
-from medlens.serve.auth import User, load_tokens, user_for
 from medlens.phi import install_phi_filter
-from medlens.serve.worker import WorkerOptions
+from medlens.serve.agreement import agreement_table
+from medlens.serve.auth import User, load_tokens, user_for
+from medlens.serve.ingest import split_multipart_related, store_instances
+from medlens.serve.models import load_models
+from medlens.serve.monitor import build_reference, drift_report
+from medlens.serve.pacs import OrthancConnector, PacsPoller
+from medlens.serve.store import Store
+from medlens.serve.worker import Worker, WorkerOptions
 
 STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {"app.js": "text/javascript", "app.css": "text/css"}
@@ -81,12 +96,6 @@ class ReadIn(BaseModel):
 
 
 def create_app(config: ServeConfig) -> FastAPI:
-    from medlens.errors import DataError
-    from medlens.serve.ingest import split_multipart_related, store_instances
-    from medlens.serve.models import load_models
-    from medlens.serve.pacs import OrthancConnector, PacsPoller
-    from medlens.serve.store import Store
-    from medlens.serve.worker import Worker
 
     install_phi_filter()
     config.storage.mkdir(parents=True, exist_ok=True)
@@ -227,7 +236,6 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/api/agreement")
     def agreement(user: Annotated[User, Depends(requires("viewer"))]) -> dict[str, Any]:
-        from medlens.serve.agreement import agreement_table
 
         return agreement_table(store.reads_with_results())
 
@@ -239,7 +247,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     references: dict[str, Any] = {}
 
     def monitoring_report() -> dict[str, Any]:
-        from medlens.serve.monitor import build_reference, drift_report
 
         out = {}
         for name, model in models.items():
@@ -306,7 +313,6 @@ def _png(result: dict[str, Any], kind: str, job_id: int) -> bytes:
     if not source or not Path(source).is_file():
         raise HTTPException(404, f"job {job_id} has no {kind} (not finished, or no heatmap for this model)")
     if kind == "image.png":
-        from medlens.io.dicom import read_dicom
 
         grey = read_dicom(Path(source)).mean(axis=0)
         low, high = np.percentile(grey, [0.5, 99.5])
@@ -332,6 +338,5 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 
 def _version() -> str:
-    from medlens import __version__
 
     return __version__

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medlens.bundle.manifest import resolve_bundle_path
 from medlens.errors import ConfigError, ModelError, UnknownNameError
-from medlens.models.bundle import resolve_bundle_path
+from medlens.kinds import open_bundle
+from medlens.tabular.dicom import DicomClinical
 
 PROJECTION = {"CR", "DX"}
 
@@ -48,7 +50,6 @@ class ServedModel:
         """Where a fused bundle's clinical values come from here: each instance's DICOM header; None otherwise."""
         if self.task == "segmentation" or self.bundle.tabular is None:
             return None
-        from medlens.tabular.dicom import DicomClinical
 
         return DicomClinical.for_bundle(self.bundle)
 
@@ -91,19 +92,13 @@ def _bundle_path(item: str) -> Path:
 
 
 def _load(path: Path) -> ServedModel:
-    from medlens.models.bundle import read_manifest
 
-    _, manifest = read_manifest(path)
+    bundle: Any = open_bundle(path, needs="serve")
+    manifest = bundle.manifest
     routing = manifest.get("routing", {})
-    if manifest.get("task") == "segmentation":
-        from medlens.segment.evaluate import load_seg_bundle
-
-        bundle: Any = load_seg_bundle(path)
+    if bundle.kind == "segmenter":
         default = {str(manifest["plan"].get("modality") or "MR").upper()}
     else:
-        from medlens.models.bundle import load_bundle
-
-        bundle = load_bundle(path)
         default = {(manifest.get("expected_input", {}).get("modality") or "").upper()}
     try:
         served = ServedModel(

@@ -21,6 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from medlens.classify.data import dataset_for_bundle, training_data
+from medlens.errors import MedlensError
+from medlens.io import read_image
+from medlens.models.fusion import image_network
+from medlens.models.probs import predict_proba
+from medlens.preprocess.pipeline import (
+    fit_image,
+    normalize_intensity,
+    normalized_inputs,
+)
+from medlens.trust.shift import BatchShiftScorer, batch_indices, embeddings
+
 log = logging.getLogger(__name__)
 FALSE_ALARM_QUANTILE = 0.99
 CALIBRATION_WINDOWS = 400
@@ -36,10 +48,6 @@ class Reference:
 
 def observe(model: Any, files: list[Path], probabilities: np.ndarray) -> dict[str, Any]:
     """One study's observation: mean raw intensity and mean embedding over its images, with the job's mean probabilities."""
-    from medlens.io import read_image
-    from medlens.models.fusion import image_network
-    from medlens.preprocess.pipeline import fit_image, normalize_intensity
-    from medlens.trust.shift import embeddings
 
     bundle = model.bundle
     raw = np.stack([fit_image(read_image(f, expected_modality=bundle.preprocessing.modality), bundle.preprocessing, adapt=True)[0]
@@ -50,11 +58,6 @@ def observe(model: Any, files: list[Path], probabilities: np.ndarray) -> dict[st
 
 def build_reference(model: Any, window: int, data_dir: str | Path | None = None, seed: int = 0) -> Reference | None:
     """Scores of random validation windows give the alarm levels; None when the validation data is not available."""
-    from medlens.errors import MedlensError
-    from medlens.models.bundle import predict_proba
-    from medlens.models.fusion import image_network
-    from medlens.tasks.data import dataset_for_bundle, normalized_inputs, training_data
-    from medlens.trust.shift import BatchShiftScorer, batch_indices, embeddings
 
     bundle = model.bundle
     try:

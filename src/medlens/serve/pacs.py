@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import MedlensError
+from medlens.serve.samples import stow_body
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ class OrthancConnector:
         """STOW-RS the files into Orthanc (its DICOMweb plugin); refused or unreachable raises PacsError."""
         import httpx
 
-        from medlens.serve.samples import stow_body
 
         body, content_type = stow_body(files)
         try:

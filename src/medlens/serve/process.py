@@ -19,16 +19,26 @@ from typing import Any
 
 import numpy as np
 
+from medlens.classify.predict import predict_files
 from medlens.errors import DataError
+from medlens.explain.stage import explain_files
+from medlens.models.probs import finding_thresholds
+from medlens.segment.stage import segment_files
 from medlens.serve.models import ServedModel
-from medlens.serve.reports import finding_code, fhir_report, uid_for, write_sr
+from medlens.serve.monitor import observe
+from medlens.serve.reports import (
+    fhir_report,
+    fhir_volume_report,
+    finding_code,
+    uid_for,
+    write_sr,
+)
 
 
 def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job_id: int, job_key: str) -> tuple[str, float, dict[str, Any]]:
     """(state, urgency, result) for a classification model on a study's DICOM instances."""
     import pydicom
 
-    from medlens.tasks.predict import predict_files
 
     clinical = model.clinical()  # a fused bundle reads age, sex, view... from each instance's header
     rows = predict_files(model.bundle, files, adapt=True, clinical=clinical)
@@ -37,12 +47,12 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     if not good:
         raise DataError(f"no image of the study could be read by model {model.name}: " + "; ".join(s["reason"] for s in skipped[:3]))
     codes = model.bundle.manifest.get("routing", {}).get("codes")
-    threshold = model.bundle.thresholds[0] if model.task == "binary" and model.bundle.thresholds else 0.5
+    cut = finding_thresholds(model.task, model.bundle.label_names, model.bundle.thresholds)
     findings = []
-    for k, name in enumerate(model.findings()):
+    for name in model.findings():
         probs = np.array([r.probabilities[name] for _, r in good])
         best = int(np.argmax(probs))
-        t = threshold if model.task == "binary" else (model.bundle.thresholds[k] if model.bundle.thresholds else 0.5)
+        t = cut[name]
         findings.append({"name": name, "probability": float(probs[best]), "present": bool(probs[best] >= t), "threshold": float(t),
                          "severity": model.severity.get(name, 1.0), "image_index": best, "code": finding_code(name, codes)})
     refer = any(bool(r.refer) for _, r in good)
@@ -57,7 +67,6 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     header = pydicom.dcmread(sources[0], stop_before_pixels=True)
     (out_dir / "fhir.json").write_text(json.dumps(fhir_report(header, findings, model.name, job_id, refer), indent=1))
     outputs["fhir"] = str(out_dir / "fhir.json")
-    from medlens.serve.monitor import observe
 
     observation = observe(model, sources, [[r.probabilities[n] for n in model.bundle.label_names] for _, r in good])
     result = {"findings": [{k: v for k, v in f.items() if k != "image_index"} for f in findings], "refer": refer,
@@ -71,8 +80,6 @@ def run_segmentation(model: ServedModel, folder: Path, out_dir: Path, job_id: in
     """(state, urgency, result) for a segmentation model on a study's DICOM series: label map, DICOM SEG, volumes, FHIR."""
     import pydicom
 
-    from medlens.segment.stage import segment_files
-    from medlens.serve.reports import fhir_volume_report
 
     report = segment_files(model.bundle, [folder], out_dir)
     if report["problems"]:
@@ -101,7 +108,6 @@ def _fix_uids(path: Path, job_key: str, what: str, target: Path) -> Path:
 
 def _heatmap(model: ServedModel, source: Path, out_dir: Path, job_key: str, clinical: Any = None) -> str | None:
     """Grad-CAM as an RGB Secondary Capture in the source study, with UIDs fixed by the job (idempotent)."""
-    from medlens.explain.stage import explain_files
 
     report = explain_files(model.bundle, [source], out_dir / "explain", method="gradcam", adapt=True, clinical=clinical)
     made = [Path(o) for o in report["files"][0]["outputs"] if o.endswith(".dcm")]

@@ -23,10 +23,10 @@ from typing import Any
 import pydicom
 
 from medlens.errors import MedlensError
+from medlens.phi import remember_identifiers
 from medlens.serve.ingest import instance_files
 from medlens.serve.models import ServedModel, load_models
 from medlens.serve.pacs import PacsError
-from medlens.phi import remember_identifiers
 from medlens.serve.process import run_classification, run_segmentation
 from medlens.serve.sandbox import JobCrashed, JobError, Sandbox
 from medlens.serve.store import Job, Store

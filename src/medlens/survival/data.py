@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.datasets.catalog import file_sha256
+from medlens.datasets.catalog import file_sha256, resolve_data_dir
 from medlens.errors import DataError
 
 ID_COLUMNS = ("PatientID", "patient_id", "Patient ID", "id")
@@ -69,7 +69,6 @@ def load_survival_folder(folder: str | Path, seed: int = 0, val_fraction: float 
     """Read the folder's npz (+ clinical CSV), check it, and split patients (stratified by event)."""
     folder = Path(folder)
     if not folder.exists() and len(folder.parts) == 1:  # a dataset name: look in $MEDLENS_DATA_DIR
-        from medlens.datasets.catalog import resolve_data_dir
 
         folder = Path(resolve_data_dir(None) or ".") / folder
     arrays = sorted(folder.glob("*.npz")) if folder.is_dir() else []

@@ -30,9 +30,9 @@ from medlens.registry import Registry
 
 class CoxLoss(nn.Module):
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from torchsurv.loss.cox import neg_partial_log_likelihood
-
         import warnings
+
+        from torchsurv.loss.cox import neg_partial_log_likelihood
 
         time, event = target[:, 0].float().contiguous(), target[:, 1].bool().contiguous()
         if not event.any():  # a batch without an event has no risk set to compare; nothing to learn from it

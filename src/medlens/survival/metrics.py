@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlens.evaluate.bootstrap import bootstrap_intervals
+
 HORIZONS_DAYS = (365.0, 730.0)
 
 
@@ -59,7 +61,6 @@ def integrated_brier(survival: np.ndarray, time: np.ndarray, event: np.ndarray, 
 def c_index_interval(risk: np.ndarray, time: np.ndarray, event: np.ndarray, n_resamples: int = 500,
                      seed: int = 0) -> dict[str, float]:
     """Percentile bootstrap 95 % interval of the C-index (the project's bootstrap)."""
-    from medlens.evaluate.bootstrap import bootstrap_intervals
 
     def metric(y: np.ndarray, r: np.ndarray) -> dict[str, float]:
         if not y[:, 1].any():

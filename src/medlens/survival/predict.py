@@ -12,36 +12,24 @@ models (README), so it must be usable, not only a line in a benchmark.
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from medlens.datasets.folder import FILE_COLUMNS
 from medlens.errors import DataError, MedlensError, ModelError
+from medlens.io import read_image
+from medlens.models.probs import predict_logits
+from medlens.survival.data import ID_COLUMNS
 from medlens.survival.heads import HEADS
 from medlens.survival.metrics import HORIZONS_DAYS, risk_groups
+from medlens.tabular.encode import check_columns, encode_rows
 
-
-def load_survival_model(path: Path, manifest: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
-    from medlens.models.bundle import WEIGHTS
-    from medlens.models.networks import NetworkSpec, build_network
-
-    if manifest["inputs"] == "clinical":
-        raise ModelError(f"{path}: a clinical-only Cox model holds no network and reads no image; predict with "
-                         "`medlens predict BUNDLE --clinical CSV` (one row per patient, no image files)")
-    raw = dict(manifest["settings"]["network"])
-    raw["image_shape"] = tuple(raw["image_shape"])
-    model = build_network(NetworkSpec(**raw))
-    encoder = None
-    if manifest["inputs"] == "fused":
-        from medlens.models.fusion import FusionNet
-        from medlens.tabular.encode import load_tabular
-
-        encoder = load_tabular(path)
-        model = FusionNet(model, len(manifest["tabular"]["features"]), raw["num_classes"])
-    model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
-    return model.eval(), encoder
+if TYPE_CHECKING:
+    from medlens.survival.bundle import SurvivalBundle
 
 
 def _risk_fields(output: np.ndarray, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -54,12 +42,12 @@ def _risk_fields(output: np.ndarray, manifest: dict[str, Any]) -> dict[str, Any]
             **{f"survival_{int(h)}d": float(p) for h, p in zip(HORIZONS_DAYS, curve[0])}}
 
 
-def predict_survival_files(path: Path, manifest: dict[str, Any], files: list[Path], clinical: Any = None) -> list[dict[str, Any]]:
+def predict_survival_files(bundle: SurvivalBundle, files: list[Path], clinical: Any = None) -> list[dict[str, Any]]:
     """One row per file: ``risk``, ``risk_group``, ``survival_<days>d`` at each horizon, ``error``."""
-    from medlens.io import read_image
-    from medlens.models.bundle import predict_logits
-
-    model, encoder = load_survival_model(path, manifest)
+    path, manifest, model, encoder = bundle.path, bundle.manifest, bundle.model, bundle.tabular
+    if model is None:
+        raise ModelError(f"{path}: a clinical-only Cox model holds no network and reads no image; predict with "
+                         "`medlens predict BUNDLE --clinical CSV` (one row per patient, no image files)")
     if encoder is not None and clinical is None:
         raise DataError(f"{path} predicts from the image and clinical values ({', '.join(encoder.columns)}): give them "
                         "with --clinical CSV (a 'file' column plus those columns)")
@@ -85,21 +73,16 @@ def predict_survival_files(path: Path, manifest: dict[str, Any], files: list[Pat
     return rows
 
 
-def predict_survival_clinical(path: Path, manifest: dict[str, Any], csv_path: Path) -> list[dict[str, Any]]:
+def predict_survival_clinical(bundle: SurvivalBundle, csv_path: Path) -> list[dict[str, Any]]:
     """One row per CSV row for a clinical-only Cox bundle: ``case`` (the row's ID or file column, else its line),
     ``line``, ``risk``, ``risk_group``, ``survival_<days>d``, ``error``. A bad row gets its error; the rest go on."""
-    import csv
-
-    from medlens.datasets.folder import FILE_COLUMNS
-    from medlens.survival.data import ID_COLUMNS
-    from medlens.tabular.encode import check_columns, encode_rows, load_tabular
-
+    path, manifest = bundle.path, bundle.manifest
     if manifest["inputs"] != "clinical":
         raise DataError(f"{path} predicts from images: give image files as well as --clinical {csv_path}")
     if not csv_path.is_file():
         raise DataError(f"--clinical {csv_path}: no such file; give a CSV with one row per patient and the model's "
                         f"clinical columns")
-    encoder = load_tabular(path)
+    encoder = bundle.tabular
     with csv_path.open(newline="", encoding="utf-8-sig") as f:
         table = list(csv.DictReader(f))
     if not table:
@@ -117,3 +100,22 @@ def predict_survival_clinical(path: Path, manifest: dict[str, Any], csv_path: Pa
             row |= _risk_fields(log_hazard[i : i + 1, None], manifest)
         rows.append(row)
     return rows
+
+
+def survival_fields(clinical_only: bool) -> list[str]:
+    """The columns of survival predictions: per CSV line and case for a clinical-only model, else per file."""
+    first = ["line", "case"] if clinical_only else ["file"]
+    return [*first, "risk", "risk_group", *(f"survival_{int(h)}d" for h in HORIZONS_DAYS), "error"]
+
+
+def write_survival_rows(rows: list[dict[str, Any]], fields: list[str], out: Path) -> Path:
+    """Survival predictions as JSON (``.json``) or CSV (anything else)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(rows, indent=1))
+        return out
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

@@ -24,10 +24,23 @@ import torch
 from torch import nn
 
 from medlens import __version__
+from medlens.bundle.manifest import save_bundle
 from medlens.errors import ConfigError
+from medlens.models.fusion import FusionNet
+from medlens.models.networks import NetworkSpec, build_network
+from medlens.models.probs import predict_logits
 from medlens.survival.data import SurvivalData, check_survival, load_survival_folder
 from medlens.survival.heads import HEADS, event_time_cuts
-from medlens.survival.metrics import c_index_interval, kaplan_meier_plot, risk_groups, survival_metrics, time_grid
+from medlens.survival.metrics import (
+    c_index_interval,
+    kaplan_meier_plot,
+    risk_groups,
+    survival_metrics,
+    time_grid,
+)
+from medlens.tabular.encode import fit_tabular, leakage_report
+from medlens.train import LoopOptions, fit
+from medlens.train.device import resolve_device, seed_everything
 
 INPUTS = ("image", "fused", "clinical")
 GROUP_NAMES = {2: ["low risk", "high risk"], 3: ["low risk", "intermediate risk", "high risk"]}
@@ -96,7 +109,6 @@ class SurvivalSet(torch.utils.data.Dataset):
 def train_survival(data_path: str | Path, cfg: SurvivalConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
     """Train and write ``OUT/model`` (a bundle; clinical-only writes no network), ``OUT/survival_report.json`` and
     ``OUT/km_test.png``; returns ``OUT``."""
-    from medlens.tasks.classify import seed_everything
 
     out = Path(out_dir)
     seed_everything(cfg.seed)
@@ -125,25 +137,15 @@ def train_survival(data_path: str | Path, cfg: SurvivalConfig, out_dir: str | Pa
         **({"tabular": {**encoder.describe(), "leakage_warnings": leakage}} if encoder else {}),
     }
     (out / "survival_report.json").write_text(json.dumps(report, indent=1, default=float))
-    if model is not None:
-        from medlens.models.bundle import save_bundle
-
-        bundle = save_bundle(out / "model", model, manifest)
-        if encoder is not None:
-            encoder.save(bundle)
-    else:
-        from medlens.models.bundle import BUNDLE_FORMAT, MANIFEST
-
-        (out / "model").mkdir(parents=True, exist_ok=True)
-        (out / "model" / MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, **manifest}, indent=1, default=float))
-        encoder.save(out / "model")  # the clinical-only model predicts from a CSV alone (survival/predict.py)
+    bundle = save_bundle(out / "model", model, manifest)  # no model: a Cox model's coefficients are in the manifest
+    if encoder is not None:
+        encoder.save(bundle)  # the clinical-only model predicts from a CSV alone
     return out
 
 
 def _clinical(cfg: SurvivalConfig, parts: dict[str, SurvivalData]) -> tuple[Any, dict[str, np.ndarray | None], list[str]]:
     if cfg.inputs == "image":
         return None, {k: None for k in parts}, []
-    from medlens.tabular.encode import fit_tabular, leakage_report
 
     train = parts["train"]
     encoder = fit_tabular(train.metadata, cfg.numeric_columns, cfg.categorical_columns, f"{train.name}: training split")
@@ -158,10 +160,6 @@ def _normalise(images: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def _fit_network(cfg: SurvivalConfig, parts: dict[str, SurvivalData], features: dict[str, np.ndarray | None],
                  show_progress: bool) -> tuple[nn.Module, dict[str, Any], dict[str, np.ndarray], list[dict[str, float]]]:
-    from medlens.models.bundle import predict_logits
-    from medlens.models.networks import NetworkSpec, build_network
-    from medlens.tasks.classify import resolve_device
-    from medlens.train import LoopOptions, fit
 
     train = parts["train"]
     low, high = (float(v) for v in np.percentile(train.images, [0.5, 99.5]))
@@ -174,7 +172,6 @@ def _fit_network(cfg: SurvivalConfig, parts: dict[str, SurvivalData], features: 
     settings["network"] = asdict(spec)
     model = build_network(spec)
     if features["train"] is not None:
-        from medlens.models.fusion import FusionNet
 
         model = FusionNet(model, features["train"].shape[1], spec.num_classes)
     images = {k: _normalise(v.images, low, high) for k, v in parts.items()}
@@ -240,3 +237,18 @@ def _score(head: Any, settings: dict[str, Any], scores: dict[str, np.ndarray], p
         test.time, test.event, groups, GROUP_NAMES[cfg.risk_groups], out / "km_test.png",
         f"{test.name}, test split: {cfg.inputs} {settings['head']} model\n(risk groups cut at training-risk quantiles)")
     return report
+
+
+def survival_summary(folder: Path) -> dict[str, Any]:
+    """What ``medlens train --task survival`` shows from ``survival_report.json``: a metric table per split
+    (titled with the C-index 95% CI) and the Kaplan-Meier line of the test split."""
+    report = json.loads((Path(folder) / "survival_report.json").read_text())
+    tables = []
+    for split in ("validation", "test"):
+        if split in report:
+            ci = report[split].get("c_index_ci", {})
+            title = f"{split} (C-index 95% CI {ci.get('low', float('nan')):.3f}-{ci.get('high', float('nan')):.3f})"
+            tables.append((title, {k: v for k, v in report[split].items() if isinstance(v, (int, float))}))
+    km = report["kaplan_meier_test"]
+    line = f"Kaplan-Meier by predicted risk group (test split): {Path(folder) / km['plot']}, log-rank p = {km['logrank_p']:.3g}"
+    return {"tables": tables, "kaplan_meier": line}

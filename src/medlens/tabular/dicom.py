@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medlens.errors import ConfigError, DataError
+from medlens.tabular.encode import ClinicalTable
 
 DEFAULT_FIELDS = {"age": "PatientAge", "patientage": "PatientAge", "sex": "PatientSex", "gender": "PatientSex",
                   "patientsex": "PatientSex", "patientgender": "PatientSex", "view": "ViewPosition",
@@ -109,6 +110,5 @@ def clinical_source(value: Path | None, bundle: Any) -> Any:
         if bundle.tabular is None:
             raise ConfigError(f"--clinical dicom: {bundle.path} takes no clinical values")
         return DicomClinical.for_bundle(bundle)
-    from medlens.tabular.encode import ClinicalTable
 
     return ClinicalTable(value)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens.datasets.folder import FILE_COLUMNS
 from medlens.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,6 @@ class ClinicalTable:
     def __init__(self, path: Path) -> None:
         import csv
 
-        from medlens.datasets.folder import FILE_COLUMNS
 
         if not path.is_file():
             raise DataError(f"--clinical {path}: no such file; give a CSV with a 'file' column and the model's clinical columns")

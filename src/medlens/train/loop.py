@@ -23,7 +23,12 @@ import torch
 from torch import nn
 
 from medlens.errors import ConfigError
-from medlens.train.distributed import broadcast_from_main, is_main_process, mean_across_processes, wrap_model
+from medlens.train.distributed import (
+    broadcast_from_main,
+    is_main_process,
+    mean_across_processes,
+    wrap_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +255,24 @@ def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, run_ke
 
 def _fmt(scores: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+
+
+def optimise_epoch(batches: Any, loss_of: Any, optimizer: torch.optim.Optimizer, scheduler: Any, title: str,
+                   show_progress: bool) -> tuple[float, float]:
+    """One pass of a self-supervised objective: ``loss_of(batch) -> (loss, score)`` per batch, a step after each;
+    returns the epoch's mean loss and score (shared by classifier and U-Net pretraining)."""
+    from rich.progress import Progress
+
+    losses, scores = [], []
+    with Progress(transient=True, disable=not show_progress) as progress:
+        task = progress.add_task(title, total=len(batches))
+        for batch in batches:
+            loss, score = loss_of(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            scores.append(score)
+            progress.advance(task)
+    return float(np.mean(losses)), float(np.mean(scores))

@@ -17,18 +17,47 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medlens.bundle.manifest import json_default
+from medlens.classify.data import subsample
 from medlens.datasets import ClassificationData
+from medlens.errors import MedlensError, ModelError
 from medlens.evaluate.metrics import classification_metrics
-from medlens.models.bundle import Bundle, json_default
+from medlens.evaluate.stage import evaluate_bundle
+from medlens.explain.clinical import WithClinical
+from medlens.explain.maps import ExplainOptions, explain
+from medlens.explain.overlay import write_overlay_png
+from medlens.explain.sanity import deletion_insertion, randomisation_correlation
+from medlens.explain.stage import black_level
+from medlens.models.fusion import image_network
+from medlens.models.probs import predict_logits, scale_logits
+from medlens.models.uncertainty import (
+    REFERRAL_FRACTIONS,
+    SampleOptions,
+    probability_samples,
+    referral_curve,
+    referral_threshold,
+    uncertainty_scores,
+)
+from medlens.preprocess.pipeline import normalize_intensity
 from medlens.trust import plots
-from medlens.trust.calibrate import fit_temperature, map_threshold, scale_logits
+from medlens.trust.calibrate import fit_temperature, map_threshold
 from medlens.trust.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from medlens.trust.uncertainty import (REFERRAL_FRACTIONS, SampleOptions, probability_samples, referral_curve,
-                                       referral_threshold, uncertainty_scores)
+from medlens.trust.fairness import check_columns, group_values, subgroup_metrics
+from medlens.trust.model_card import write_model_card
+from medlens.trust.shift import (
+    BatchShiftScorer,
+    batch_indices,
+    bn_adapted,
+    detection_auroc,
+    embeddings,
+)
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +84,11 @@ class AuditConfig:
 
 @dataclass
 class _Ctx:
-    bundle: Bundle
+    bundle: ClassifierBundle
     data: ClassificationData
     cfg: AuditConfig
     out: Path
-    members: list[Bundle]
+    members: list[ClassifierBundle]
     temperature: float = 1.0
     thresholds: list[float] = field(default_factory=list)
 
@@ -77,24 +106,20 @@ class _Ctx:
     def split(self, name: str) -> Any:
         part = self.data.split(name)
         if name == self.cfg.split and self.cfg.max_cases and self.cfg.max_cases < len(part):
-            from medlens.tasks.data import subsample
 
             part = subsample(part, self.cfg.max_cases, self.cfg.seed)
         return part
 
 
-def audit_bundle(bundle: Bundle, data: ClassificationData, out_dir: Path, cfg: AuditConfig = AuditConfig(),
-                 members: list[Bundle] | None = None) -> dict[str, Any]:
+def audit_bundle(bundle: ClassifierBundle, data: ClassificationData, out_dir: Path, cfg: AuditConfig = AuditConfig(),
+                 members: list[ClassifierBundle] | None = None) -> dict[str, Any]:
     """Run every audit section and write ``audit.json``, the plots and the model card into ``out_dir``.
 
     ``members``: other bundles of the same model trained with different seeds, for the deep-ensemble rows.
     """
-    from medlens.evaluate.stage import evaluate_bundle
-    from medlens.trust.model_card import write_model_card
 
     ctx = _Ctx(bundle, data, cfg, out_dir, list(members or []))
     if cfg.group_columns:  # fail before the long sections, not after them
-        from medlens.trust.fairness import check_columns
 
         check_columns(ctx.split(cfg.split).metadata, cfg.group_columns)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,13 +149,13 @@ def audit_bundle(bundle: Bundle, data: ClassificationData, out_dir: Path, cfg: A
     return result
 
 
-def _training_summary(bundle: Bundle) -> dict[str, Any]:
+def _training_summary(bundle: ClassifierBundle) -> dict[str, Any]:
     training = bundle.manifest.get("training", {})
     return {k: training.get(k) for k in ("best_epoch", "epochs_run", "seconds")} | {
         "n_train": bundle.manifest.get("data", {}).get("n_train"), "n_val": bundle.manifest.get("data", {}).get("n_val")}
 
 
-def _with_temperature(bundle: Bundle, ctx: _Ctx) -> Bundle:
+def _with_temperature(bundle: ClassifierBundle, ctx: _Ctx) -> ClassifierBundle:
     """The same network with the audit's temperature and mapped thresholds (the bundle on disk is untouched)."""
     from dataclasses import replace
 
@@ -178,7 +203,6 @@ def _opts(ctx: _Ctx) -> SampleOptions:
 
 def audit_referral(ctx: _Ctx) -> dict[str, Any]:
     """Per uncertainty method: the referral curve on the audited split and the validation-chosen operating point."""
-    from medlens.errors import MedlensError
 
     val, test = ctx.split("val"), ctx.split(ctx.cfg.split)
     x_val, x_test = ctx.inputs(val), ctx.inputs(test)
@@ -214,10 +238,6 @@ def _pick(metrics: dict[str, float]) -> dict[str, float]:
 
 def audit_robustness(ctx: _Ctx) -> dict[str, Any]:
     """Metrics under each corruption and severity; shift-detection AUROC; batch-norm adaptation gain."""
-    from medlens.errors import ModelError
-    from medlens.models.bundle import predict_logits
-    from medlens.models.fusion import image_network
-    from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc, embeddings
 
     model, task = ctx.bundle.model, ctx.bundle.task
     val, test = ctx.split("val"), ctx.split(ctx.cfg.split)
@@ -261,17 +281,12 @@ def _images(inputs: Any) -> np.ndarray:
 
 
 def normalize_raw(images: np.ndarray, prep: Any) -> np.ndarray:
-    from medlens.preprocess.pipeline import normalize_intensity
 
     return normalize_intensity(np.asarray(images, dtype=np.float32), prep)
 
 
 def audit_explanations(ctx: _Ctx) -> dict[str, Any]:
     """Randomisation sanity check and deletion/insertion faithfulness on a seeded sample; example overlays."""
-    from medlens.explain.maps import ExplainOptions, explain
-    from medlens.explain.overlay import write_overlay_png
-    from medlens.explain.sanity import deletion_insertion, randomisation_correlation
-    from medlens.explain.stage import black_level
 
     test = ctx.split(ctx.cfg.split)
     rng = np.random.default_rng(ctx.cfg.seed)
@@ -301,9 +316,6 @@ def _explain_fused(model: Any, x: np.ndarray, clinical: np.ndarray, method: str,
                    seed: int) -> tuple[np.ndarray, dict[str, float], dict[str, float]]:
     """The explanation checks case by case, each with its own clinical values held fixed (the maps and checks
     perturb the image alone); the same summaries as for an image-only bundle."""
-    from medlens.explain.clinical import WithClinical
-    from medlens.explain.maps import explain
-    from medlens.explain.sanity import deletion_insertion, randomisation_correlation
 
     per_case = [WithClinical(model, clinical[i]) for i in range(len(x))]
     maps = np.concatenate([explain(m, x[i : i + 1], method, opts=opts) for i, m in enumerate(per_case)])
@@ -318,7 +330,6 @@ def _explain_fused(model: Any, x: np.ndarray, clinical: np.ndarray, method: str,
 
 def audit_subgroups(ctx: _Ctx) -> dict[str, Any]:
     """Per-group metrics for the split's metadata columns (none: says so)."""
-    from medlens.trust.fairness import group_values, subgroup_metrics
 
     test = ctx.split(ctx.cfg.split)
     if not test.metadata:

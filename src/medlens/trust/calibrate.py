@@ -3,7 +3,7 @@
 Guo et al. (ICML 2017): dividing the logits by a temperature T > 0 leaves the
 ranking of cases (hence AUC) unchanged and fixes most of a modern network's
 over-confidence. T is fitted by minimising the validation negative
-log-likelihood; the bundle stores it, and :class:`medlens.models.bundle.Bundle`
+log-likelihood; the bundle stores it, and :class:`medlens.classify.bundle.ClassifierBundle`
 applies it to every prediction. The validation-chosen operating threshold is
 mapped through the same transform, so calibrated and uncalibrated bundles make
 exactly the same decisions: only the reported probability changes.
@@ -18,11 +18,21 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
+from medlens.bundle.manifest import save_bundle
 from medlens.errors import DataError
+from medlens.evaluate.metrics import classification_metrics
+from medlens.models.probs import scale_logits
+from medlens.models.uncertainty import (
+    SampleOptions,
+    probability_samples,
+    referral_threshold,
+    uncertainty_scores,
+)
+from medlens.preprocess.pipeline import normalized_inputs
 
 if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
     from medlens.datasets import ClassificationData
-    from medlens.models.bundle import Bundle
 
 T_BOUNDS = (0.05, 20.0)
 
@@ -44,13 +54,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, task: str) -> float:
     return float(np.exp(result.x))
 
 
-def scale_logits(logits: np.ndarray | torch.Tensor, task: str, temperature: float = 1.0) -> np.ndarray:
-    """Probabilities from logits at a temperature: softmax, or sigmoid per label for multi-label."""
-    z = torch.as_tensor(logits, dtype=torch.float32) / temperature
-    probs = torch.sigmoid(z) if task == "multilabel" else torch.softmax(z, dim=1)
-    return probs.numpy()
-
-
 def map_threshold(threshold: float, temperature: float) -> float:
     """A positive-class threshold on uncalibrated probabilities -> the same decision boundary after scaling.
 
@@ -61,7 +64,7 @@ def map_threshold(threshold: float, temperature: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.log(t / (1 - t)) / temperature)))
 
 
-def calibrate_bundle(bundle: Bundle, data: ClassificationData, out: Path, referral_fraction: float = 0.1,
+def calibrate_bundle(bundle: ClassifierBundle, data: ClassificationData, out: Path, referral_fraction: float = 0.1,
                      method: str = "softmax") -> dict[str, Any]:
     """Fit the temperature and the referral operating point on the validation split; write the bundle to ``out``.
 
@@ -70,10 +73,6 @@ def calibrate_bundle(bundle: Bundle, data: ClassificationData, out: Path, referr
     so ``medlens predict`` with it reports calibrated probabilities and flags the
     cases to refer. Returns what was fitted, with the validation ECE before and after.
     """
-    from medlens.evaluate.metrics import classification_metrics
-    from medlens.models.bundle import save_bundle
-    from medlens.tasks.data import normalized_inputs
-    from medlens.trust.uncertainty import SampleOptions, probability_samples, referral_threshold, uncertainty_scores
 
     val = data.split("val")
     inputs: Any = normalized_inputs(val, bundle.preprocessing)

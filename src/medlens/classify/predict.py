@@ -8,15 +8,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medlens.errors import DataError, MedlensError
+from medlens.errors import ConfigError, DataError, MedlensError
 from medlens.io import IMAGE_SUFFIXES, read_image
-from medlens.models.bundle import Bundle
+from medlens.models.uncertainty import (
+    SampleOptions,
+    probability_samples,
+    uncertainty_scores,
+)
 from medlens.preprocess.pipeline import fit_image, normalize_intensity
+from medlens.runtime.backends import choose_backend, predict_raw
 from medlens.tabular.encode import encode_rows
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 
 @dataclass
@@ -44,7 +52,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_size: int = 64,
+def predict_files(bundle: ClassifierBundle, files: list[Path], adapt: bool = False, batch_size: int = 64,
                   backend: str = "auto", reader: Callable[..., Iterable[Any]] = map,
                   clinical: Any = None) -> list[FilePrediction]:
     """Read, check and predict each file; a file that fails gets a row with its error and the batch goes on.
@@ -55,8 +63,6 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
     required by a fused bundle (a file
     without a valid clinical row gets its error, like an unreadable image).
     """
-    from medlens.errors import ConfigError
-    from medlens.runtime.backends import choose_backend, predict_raw
 
     if bundle.tabular is not None and clinical is None:
         raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
@@ -89,7 +95,7 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
             probabilities = predict_raw(bundle, raw, backend, clinical_features)
             for i, (row, probs) in enumerate(zip(ready, probabilities)):
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
-                row.label = decide_label(bundle, probs)
+                row.label = bundle.decide(probs)
                 if referred is not None:
                     row.refer = bool(referred[i])
                     if row.refer:
@@ -97,7 +103,7 @@ def predict_files(bundle: Bundle, files: list[Path], adapt: bool = False, batch_
     return rows
 
 
-def _read_checked(bundle: Bundle, adapt: bool, row: FilePrediction) -> tuple[np.ndarray | None, list[str], str]:
+def _read_checked(bundle: ClassifierBundle, adapt: bool, row: FilePrediction) -> tuple[np.ndarray | None, list[str], str]:
     """(raw checked image, notes, error) for one file; errors are returned, so a thread pool can run it."""
     try:
         image = read_image(row.file, expected_modality=bundle.preprocessing.modality)
@@ -107,31 +113,18 @@ def _read_checked(bundle: Bundle, adapt: bool, row: FilePrediction) -> tuple[np.
     return array, notes, ""
 
 
-def referral_flags(bundle: Bundle, raw: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray | None:
+def referral_flags(bundle: ClassifierBundle, raw: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray | None:
     """True where a (raw, checked) case is less certain than the bundle's referral point (``medlens calibrate``);
     ``clinical``: the cases' encoded clinical values, for a fused bundle."""
     referral = bundle.manifest.get("referral")
     if not referral:
         return None
-    from medlens.trust.uncertainty import SampleOptions, probability_samples, uncertainty_scores
 
     opts = SampleOptions(modality=bundle.preprocessing.modality, temperature=bundle.temperature)
     inputs = normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing)
     samples = probability_samples(referral["method"], [bundle.model], inputs if clinical is None else (inputs, clinical),
                                   bundle.task, opts)
     return uncertainty_scores(samples, bundle.task, bundle.thresholds) >= float(referral["threshold"])
-
-
-def decide_label(bundle: Bundle, probs: np.ndarray) -> str:
-    """The bundle's decision rule: validation-chosen threshold (binary, multi-label) or arg-max."""
-    names = bundle.label_names
-    if bundle.task == "binary":
-        threshold = bundle.thresholds[0] if bundle.thresholds else 0.5
-        return names[1] if probs[1] >= threshold else names[0]
-    if bundle.task == "multilabel":
-        thresholds = bundle.thresholds or [0.5] * len(names)
-        return "|".join(n for n, p, t in zip(names, probs, thresholds) if p >= t)
-    return names[int(np.argmax(probs))]
 
 
 def prediction_record(row: FilePrediction, label_names: list[str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from medlens.errors import ConfigError, DataError, ModelError
+from medlens.models.probs import logits_to_probabilities
 from medlens.registry import Registry
 
 SampleFn = Callable[[Sequence[nn.Module], "np.ndarray | tuple[np.ndarray, ...]", str, "SampleOptions"], np.ndarray]
@@ -43,11 +44,6 @@ class SampleOptions:
     temperature: float = 1.0
 
 
-def _logits_to_probs(logits: torch.Tensor, task: str, temperature: float) -> np.ndarray:
-    logits = logits.float() / temperature
-    return (torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)).cpu().numpy()
-
-
 @torch.no_grad()
 def _passes(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...], transform: Callable[[torch.Tensor], torch.Tensor],
             task: str, temperature: float, batch_size: int = 256) -> np.ndarray:
@@ -58,7 +54,7 @@ def _passes(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...], trans
     out = []
     for start in range(0, len(parts[0]), batch_size):
         batch = [torch.as_tensor(p[start : start + batch_size], dtype=torch.float32, device=device) for p in parts]
-        out.append(_logits_to_probs(model(transform(batch[0]), *batch[1:]), task, temperature))
+        out.append(logits_to_probabilities(model(transform(batch[0]), *batch[1:]), task, temperature).cpu().numpy())
     return np.concatenate(out)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -16,36 +15,36 @@ import torch
 from torch import nn
 
 from medlens import __version__
-from medlens.config import TrainConfig
+from medlens.bundle.manifest import save_bundle
+from medlens.classify.data import (
+    ArrayDataset,
+    load_training_data,
+    make_loader,
+)
+from medlens.classify.semi import confident_share, make_fixmatch_loss
+from medlens.config import TrainConfig, fusion_mode
 from medlens.datasets import ClassificationData
 from medlens.errors import ConfigError
 from medlens.evaluate.metrics import choose_thresholds, classification_metrics
-from medlens.models.bundle import predict_proba, save_bundle
+from medlens.models.fusion import FusionNet
 from medlens.models.init import initialise
 from medlens.models.networks import NetworkSpec, build_network, head_parameter_names
+from medlens.models.probs import predict_proba
 from medlens.preprocess import Preprocessing
 from medlens.preprocess.augment import build_augmentation, resolve_augmentation
+from medlens.preprocess.pipeline import normalized_inputs
 from medlens.preprocess.window import window_preset
-from medlens.tasks.data import ArrayDataset, load_training_data, make_loader, normalized_inputs
-from medlens.tasks.semi import confident_share, make_fixmatch_loss
+from medlens.tabular.encode import fit_tabular, leakage_report
 from medlens.train import LoopOptions, fit
-from medlens.train.distributed import DistInfo, barrier, distributed_session, shard_batch_size
+from medlens.train.device import resolve_device, seed_everything
+from medlens.train.distributed import (
+    DistInfo,
+    barrier,
+    distributed_session,
+    shard_batch_size,
+)
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def train_classifier(
@@ -86,7 +85,6 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
     init = initialise(model, spec, cfg.init)
     fused = _clinical_inputs(cfg, data, info)
     if fused is not None:
-        from medlens.models.fusion import FusionNet
 
         model = FusionNet(model, fused["encoder"].n_features, len(data.label_names))
     features = fused["features"] if fused else {}
@@ -157,7 +155,6 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
 def _clinical_inputs(cfg: TrainConfig, data: ClassificationData, info: DistInfo) -> dict[str, Any] | None:
     """The clinical encoder fitted on the training split, every split's features, and leakage warnings;
     ``None`` for an image-only run. Late fusion and the tabular-only baseline live in medlens.tabular.baselines."""
-    from medlens.config import fusion_mode
 
     mode = fusion_mode(cfg)
     if mode == "image":
@@ -167,7 +164,6 @@ def _clinical_inputs(cfg: TrainConfig, data: ClassificationData, info: DistInfo)
                           "the tabular-only baseline are compared in benchmarks/multimodal.py for now")
     if info.active:
         raise ConfigError("train.fusion=intermediate runs in one process; start it without torchrun")
-    from medlens.tabular.encode import fit_tabular, leakage_report
 
     train = data.splits["train"]
     encoder = fit_tabular(train.metadata, cfg.numeric_columns, cfg.categorical_columns, f"{data.name}: training split")

@@ -1,13 +1,20 @@
-"""``medlens pretrain`` and ``medlens select``: learning from few labels; thin shells over the library."""
+"""``medlens pretrain`` and ``medlens select``: learning from few labels.
+
+Commands import the library inside their function: it loads PyTorch, MONAI and
+friends, and ``medlens --help`` must stay fast.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from medlens.cli_common import DataDir, user_errors
+from medlens.cli.common import DataDir, overrides, user_errors
+from medlens.cli.display import print_table
+from medlens.errors import ConfigError
 
 
 @user_errors
@@ -22,36 +29,35 @@ def pretrain(
     data_dir: DataDir = None,
 ) -> None:
     """Pretrain an encoder on images without labels (self-supervised); train from it with --init."""
-    import json
-
-    from medlens.config import load_config
-    from medlens.display import print_table
-
-    overrides = [f"method={method}", *(set_ or [])]
-    overrides += [f"unlabelled={unlabelled}"] if unlabelled else []
-    if task == "segment":
-        from medlens.segment.pretrain import SegPretrainConfig, pretrain_segmenter
-        from medlens.segment.stage import plan_stage
-        from medlens.segment.plan import load_plan
-
-        cfg = load_config(SegPretrainConfig, None, overrides, section="pretrain")
-        folder = pretrain_segmenter(dataset, load_plan(plan) if plan else plan_stage(dataset, out)[0], cfg, out)
-    elif task == "classify":
-        from medlens.pretrain.stage import PretrainConfig, pretrain as run
-
-        cfg = load_config(PretrainConfig, None, [f"dataset={dataset}", *overrides], section="pretrain")
-        folder = run(cfg, out, data_dir=data_dir)
-    else:
-        from medlens.errors import ConfigError
-
+    if task not in ("classify", "segment"):
         raise ConfigError(f"--task {task!r}: choose classify or segment")
+    given = overrides(set_, unlabelled=unlabelled)
+    folder = (_pretrain_segment if task == "segment" else _pretrain_classify)(dataset, out, [f"method={method}", *given], plan, data_dir)
     meta = json.loads((folder / "encoder.json").read_text())
-    rows = [[str(h["epoch"] + 1), f"{h['loss']:.4f}", f"{h['score']:.4f}"] for h in meta["history"]]
     data = meta["data"]
     count = f"{data['n_images']} unlabelled images" if "n_images" in data else f"patches of {data['n_volumes']} unlabelled volumes"
-    typer.echo(f"{cfg.method} on {count}, {meta['seconds']} s")
-    print_table(["epoch", "loss", meta["score_name"]], rows)
+    typer.echo(f"{meta['method']} on {count}, {meta['seconds']} s")
+    print_table(["epoch", "loss", meta["score_name"]],
+                [[str(h["epoch"] + 1), f"{h['loss']:.4f}", f"{h['score']:.4f}"] for h in meta["history"]])
     typer.echo(f"encoder written to {folder}; use it with: {meta['use']}")
+
+
+def _pretrain_segment(dataset: str, out: Path, given: list[str], plan: Path | None, data_dir: Path | None) -> Path:
+    from medlens.config import load_config
+    from medlens.segment.plan import load_plan
+    from medlens.segment.pretrain import SegPretrainConfig, pretrain_segmenter
+    from medlens.segment.stage import plan_stage
+
+    cfg = load_config(SegPretrainConfig, None, given, section="pretrain")
+    return pretrain_segmenter(dataset, load_plan(plan) if plan else plan_stage(dataset, out)[0], cfg, out)
+
+
+def _pretrain_classify(dataset: str, out: Path, given: list[str], plan: Path | None, data_dir: Path | None) -> Path:
+    from medlens.config import load_config
+    from medlens.pretrain.stage import PretrainConfig, pretrain
+
+    cfg = load_config(PretrainConfig, None, [f"dataset={dataset}", *given], section="pretrain")
+    return pretrain(cfg, out, data_dir=data_dir)
 
 
 @user_errors
@@ -66,19 +72,17 @@ def select(
     data_dir: DataDir = None,
 ) -> None:
     """Rank unlabelled cases for an expert to label next (active learning)."""
-    from medlens.display import print_table
-    from medlens.models.bundle import load_bundle, read_manifest
-    from medlens.tasks.select import read_pool, select_cases, write_selection
+    from medlens.kinds import open_bundle
+    from medlens.classify.select import read_pool, select_cases, write_selection
+    from medlens.cli.display import print_table
 
-    if read_manifest(bundle)[1].get("task") == "segmentation":  # a folder of volumes, ranked by voxel uncertainty
-        from medlens.segment.evaluate import load_seg_bundle
-        from medlens.segment.uncertainty import select_volumes
+    from medlens.segment.uncertainty import select_volumes
 
-        loaded = load_seg_bundle(bundle)
+    loaded = open_bundle(bundle, needs="select")
+    if loaded.kind == "segmenter":  # a folder of volumes, ranked by voxel uncertainty
         names, selection, skipped = select_volumes(loaded, Path(pool), budget, "uncertainty" if strategy == "hybrid" else strategy, seed)
         strategy = "uncertainty" if strategy == "hybrid" else strategy
     else:
-        loaded = load_bundle(bundle)
         inputs, names, skipped = read_pool(loaded, pool, str(data_dir) if data_dir else None)
         selection = select_cases(loaded, inputs, budget, strategy, method, seed)
     settings = {"bundle": str(loaded.path), "pool": pool, "strategy": strategy, "budget": budget, "seed": seed}
@@ -91,6 +95,6 @@ def select(
     typer.echo(f"{len(selection.index)} cases written to {out}" + (f"; {len(skipped)} files skipped" if skipped else ""))
 
 
-def register_label_commands(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     app.command()(pretrain)
     app.command()(select)

@@ -67,3 +67,11 @@ def print_predictions(rows: list[Any], label_names: list[str], truths: list[str]
         extra = [truths[i]] if truths else []
         table.add_row(Path(r.file).name, *probs, r.label, *extra, r.error or "; ".join(r.notes))
     make_console().print(table)
+
+
+def exit_on_failed_rows(failed: int, total: int, what: str = "files", verb: str = "predicted") -> None:
+    """Rows with an error were reported in their row; say how many and exit 1 (the others were done)."""
+    if failed:
+        make_console(stderr=True).print(f"[red]error:[/red] {failed} of {total} {what} could not be {verb} "
+                                        "(see the error column)", highlight=False)
+        raise typer.Exit(1)

@@ -18,14 +18,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from medlens.errors import ConfigError
-from medlens.models.bundle import Bundle
+from medlens.classify.data import dataset_for_bundle
+from medlens.classify.predict import FilePrediction, _read_checked, expand_inputs
+from medlens.errors import ConfigError, DataError
 from medlens.models.networks import FeatureExtractor
+from medlens.models.uncertainty import (
+    SampleOptions,
+    probability_samples,
+    uncertainty_scores,
+)
+from medlens.preprocess import normalize_intensity
 from medlens.registry import Registry
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 HYBRID_POOL_FACTOR = 4
 
@@ -40,9 +51,8 @@ Strategy = Callable[[np.ndarray, np.ndarray, int, np.random.Generator], np.ndarr
 STRATEGIES: Registry[Strategy] = Registry("selection strategy")
 
 
-def pool_uncertainty(bundle: Bundle, inputs: np.ndarray, method: str | None = None) -> np.ndarray:
+def pool_uncertainty(bundle: ClassifierBundle, inputs: np.ndarray, method: str | None = None) -> np.ndarray:
     """Per-case uncertainty at the bundle's decision rule (higher: less sure)."""
-    from medlens.trust.uncertainty import SampleOptions, probability_samples, uncertainty_scores
 
     method = method or bundle.manifest.get("referral", {}).get("method", "tta")
     opts = SampleOptions(modality=bundle.preprocessing.modality, temperature=bundle.temperature)
@@ -51,7 +61,7 @@ def pool_uncertainty(bundle: Bundle, inputs: np.ndarray, method: str | None = No
 
 
 @torch.no_grad()
-def pool_features(bundle: Bundle, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def pool_features(bundle: ClassifierBundle, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """What the classifier head sees for each case, L2-normalised."""
     encoder = FeatureExtractor(bundle.model).eval()
     device = next(bundle.model.parameters()).device
@@ -92,7 +102,7 @@ def _at_random(uncertainty: np.ndarray, features: np.ndarray, budget: int, rng: 
     return rng.permutation(len(uncertainty))[:budget]
 
 
-def select_cases(bundle: Bundle, inputs: np.ndarray, budget: int, strategy: str = "hybrid",
+def select_cases(bundle: ClassifierBundle, inputs: np.ndarray, budget: int, strategy: str = "hybrid",
                  method: str | None = None, seed: int = 0) -> Selection:
     """Rank ``budget`` of the normalised pool ``inputs`` for labelling; the pool must hold at least ``budget``."""
     choose = STRATEGIES.get(strategy)
@@ -107,19 +117,15 @@ def select_cases(bundle: Bundle, inputs: np.ndarray, budget: int, strategy: str 
     return Selection(np.asarray(index, dtype=np.int64), uncertainty)
 
 
-def read_pool(bundle: Bundle, pool: str, data_dir: str | None = None) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+def read_pool(bundle: ClassifierBundle, pool: str, data_dir: str | None = None) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
     """(normalised images, case names, skipped files with the reason) for a folder/file pool or a dataset name.
 
     A dataset name (``pneumoniamnist``) pools its train split, labels unread.
     Files are checked against the bundle's expected input one by one: a file
     of another size, dimension or modality is skipped and reported, the rest go on.
     """
-    from medlens.errors import DataError
-    from medlens.preprocess import normalize_intensity
-    from medlens.tasks.predict import FilePrediction, _read_checked, expand_inputs
 
     if not Path(pool).exists():
-        from medlens.tasks.data import dataset_for_bundle
 
         split = dataset_for_bundle(bundle, pool, data_dir=data_dir).splits["train"]
         return normalize_intensity(split.images.astype(np.float32), bundle.preprocessing), list(split.ids), []

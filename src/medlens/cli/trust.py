@@ -1,4 +1,8 @@
-"""``medlens explain``, ``medlens calibrate`` and ``medlens audit``: thin shells over :mod:`medlens.explain` and :mod:`medlens.trust`."""
+"""``medlens explain``, ``medlens calibrate`` and ``medlens audit``: thin shells over :mod:`medlens.explain` and :mod:`medlens.trust`.
+
+Commands import the library inside their function: it loads PyTorch, MONAI and
+friends, and ``medlens --help`` must stay fast.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli_common import DataDir, user_errors
-from medlens.display import make_console, print_table
+from medlens.cli.common import DataDir, user_errors
+from medlens.cli.display import make_console, print_table
 
 Bundle = Annotated[str, typer.Argument(help="Bundle folder or shipped model name (see `medlens models`).")]
 Size = Annotated[int | None, typer.Option("--size", help="MedMNIST image size (default: the bundle's training size).")]
@@ -27,14 +31,14 @@ def explain(
     """Heatmaps of where the model looked, over each image: PNG, and a Secondary Capture beside DICOM input.
 
     For a fused model, also what each clinical value did to the probability (explain.json, overlay title)."""
+    from medlens.kinds import open_bundle
+    from medlens.classify.predict import expand_inputs
     from medlens.explain.maps import EXPLAINERS
     from medlens.explain.stage import explain_files
-    from medlens.models.bundle import load_bundle
     from medlens.tabular.dicom import clinical_source
-    from medlens.tasks.predict import expand_inputs
 
     EXPLAINERS.get(method)  # an unknown method fails before any work
-    loaded = load_bundle(bundle)
+    loaded = open_bundle(bundle, needs="explain")
     table = clinical_source(clinical, loaded)
     report = explain_files(loaded, expand_inputs(list(files)), out, method, layer, fit_input, table)
     rows = [[Path(r["file"]).name, r.get("label", ""), ", ".join(Path(o).name for o in r["outputs"]), r["error"]]
@@ -63,11 +67,11 @@ def calibrate(
     data_dir: DataDir = None,
 ) -> None:
     """Fit temperature scaling and a referral operating point on validation; write a bundle that uses them."""
-    from medlens.models.bundle import load_bundle
-    from medlens.tasks.data import dataset_for_bundle
+    from medlens.kinds import open_bundle
+    from medlens.classify.data import dataset_for_bundle
     from medlens.trust.calibrate import calibrate_bundle
 
-    loaded = load_bundle(bundle)
+    loaded = open_bundle(bundle, needs="calibrate")
     result = calibrate_bundle(loaded, dataset_for_bundle(loaded, data, size, data_dir), out, refer, method)
     c, r = result["calibration"], result["referral"]
     typer.echo(f"temperature {c['temperature']:.3f}: validation ECE {c['val_ece_before']:.4f} -> {c['val_ece_after']:.4f}")
@@ -90,12 +94,12 @@ def audit(
     data_dir: DataDir = None,
 ) -> None:
     """Everything a reviewer asks: performance, calibration, referral, robustness, explanations, subgroups, model card."""
-    from medlens.models.bundle import load_bundle
-    from medlens.tasks.data import dataset_for_bundle
+    from medlens.kinds import open_bundle
+    from medlens.classify.data import dataset_for_bundle
     from medlens.trust.audit import AuditConfig, audit_bundle
 
-    loaded = load_bundle(bundle)
-    members = [load_bundle(b) for b in ensemble or []]
+    loaded = open_bundle(bundle, needs="audit")
+    members = [open_bundle(b, needs="audit") for b in ensemble or []]
     cfg = AuditConfig(split=split, max_cases=max_cases, seed=seed, n_bootstrap=bootstrap,
                       group_columns=tuple(c.strip() for c in groups.split(",")) if groups else None)
     result = audit_bundle(loaded, dataset_for_bundle(loaded, data, size, data_dir), out, cfg, members)
@@ -105,6 +109,6 @@ def audit(
     typer.echo(f"model card: {out / 'model_card.md'} (and .html); numbers: {out / 'audit.json'}")
 
 
-def register_trust_commands(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     for command in (explain, calibrate, audit):
         app.command()(command)

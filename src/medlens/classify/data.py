@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    WeightedRandomSampler,
+)
 
 from medlens.config import TrainConfig
-from medlens.datasets import ClassificationData, Split, load_folder_dataset, load_medmnist
+from medlens.datasets import (
+    ClassificationData,
+    Split,
+    load_folder_dataset,
+    load_medmnist,
+)
 from medlens.errors import ConfigError
 from medlens.preprocess import Preprocessing, normalize_intensity
 from medlens.train.distributed import DistInfo
@@ -111,11 +122,6 @@ def make_loader(dataset: ArrayDataset, batch_size: int, seed: int, balanced: boo
         dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
         drop_last=len(dataset) // info.world_size > batch_size,  # BatchNorm cannot take a last batch of one
     )
-
-
-def normalized_inputs(split: Split, prep: Preprocessing) -> np.ndarray:
-    """A whole split as model input (no augmentation): for validation and evaluation."""
-    return normalize_intensity(split.images.astype(np.float32), prep)
 
 
 def dataset_for_bundle(bundle: Any, data: str, size: int | None = None, data_dir: str | Path | None = None) -> ClassificationData:

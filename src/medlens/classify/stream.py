@@ -18,11 +18,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from medlens.classify.predict import FilePrediction, predict_files, prediction_record
 from medlens.errors import ConfigError
-from medlens.models.bundle import Bundle
-from medlens.tasks.predict import FilePrediction, predict_files, prediction_record
+
+if TYPE_CHECKING:
+    from medlens.classify.bundle import ClassifierBundle
 
 STREAM_SUFFIXES = (".csv", ".jsonl")
 
@@ -53,7 +55,7 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[start : start + size]
 
 
-def stream_predictions(bundle: Bundle, files: list[Path], out: Path, adapt: bool = False, batch_size: int = 64,
+def stream_predictions(bundle: ClassifierBundle, files: list[Path], out: Path, adapt: bool = False, batch_size: int = 64,
                        backend: str = "auto", workers: int | None = None,
                        on_batch: Callable[[int], None] | None = None, clinical: Any = None) -> StreamReport:
     """Predict ``files`` into ``out`` (.csv or .jsonl), appending batch by batch; resume from what ``out`` holds."""

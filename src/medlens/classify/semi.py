@@ -19,12 +19,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from medlens.classify.data import ArrayDataset
+from medlens.classify.predict import expand_inputs
 from medlens.config import TrainConfig
 from medlens.datasets import ClassificationData, Split
 from medlens.errors import ConfigError, DataError, MedlensError
+from medlens.io import read_image
 from medlens.preprocess import Preprocessing
+from medlens.preprocess.pipeline import fit_image
 from medlens.preprocess.views import FIXMATCH_STRONG, ViewOptions, random_views
-from medlens.tasks.data import ArrayDataset
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +87,6 @@ def unlabelled_split(cfg: TrainConfig, data: ClassificationData, left_out: Split
 
 def read_unlabelled_folder(folder: Path, data: ClassificationData) -> np.ndarray:
     """Every image under ``folder``, resized to the data's shape; a wrong modality or dimension is an error."""
-    from medlens.preprocess.pipeline import fit_image
-    from medlens.tasks.predict import expand_inputs
-    from medlens.io import read_image
 
     if not folder.is_dir():
         raise ConfigError(f"train.unlabelled: {folder} is not a folder of images")

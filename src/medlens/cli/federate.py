@@ -1,4 +1,8 @@
-"""``medlens federate``: a thin shell over :func:`medlens.federated.stage.federate`."""
+"""``medlens federate``: a thin shell over :func:`medlens.federated.stage.federate`.
+
+Commands import the library inside their function: it loads PyTorch, MONAI and
+friends, and ``medlens --help`` must stay fast.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli_common import DataDir, user_errors
+from medlens.cli.common import DataDir, user_errors
 
 
 @user_errors
@@ -31,7 +35,7 @@ def federate(
     data_dir: DataDir = None,
 ) -> None:
     """Train one model across simulated hospitals with Flower (only weights and counts travel) and score it at each site."""
-    from medlens.display import cell, print_table
+    from medlens.cli.display import cell, print_table
     from medlens.federated.flower import FederateConfig
     from medlens.federated.sites import SiteSplitConfig
     from medlens.federated.stage import federate as run
@@ -62,5 +66,5 @@ def _auc(value: float | None) -> str:
     return "n/a (one class)" if value is None else f"{value:.4f}"
 
 
-def register_federate_commands(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     app.command()(federate)

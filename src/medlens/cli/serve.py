@@ -1,4 +1,8 @@
-"""``medlens serve`` and ``medlens token``: a thin shell over :mod:`medlens.serve`."""
+"""``medlens serve`` and ``medlens token``: a thin shell over :mod:`medlens.serve`.
+
+Commands import the library inside their function: it loads PyTorch, MONAI and
+friends, and ``medlens --help`` must stay fast.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli_common import user_errors
+from medlens.cli.common import user_errors
 
 token_app = typer.Typer(help="API tokens for `medlens serve` (only their hashes are stored).", no_args_is_help=True,
                         pretty_exceptions_show_locals=False)
@@ -53,6 +57,6 @@ def token_add(
     typer.echo(add_token(tokens, name, role))
 
 
-def register_serve_commands(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.add_typer(token_app, name="token")
