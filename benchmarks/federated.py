@@ -60,7 +60,9 @@ def clean_test_images(data) -> np.ndarray:
     from medlens.config import TrainConfig
     from medlens.preprocess import normalize_intensity
 
-    return normalize_intensity(data.splits["test"].images.astype(np.float32), make_preprocessing(TrainConfig(), data)).astype(np.float32)
+    return normalize_intensity(
+        data.splits["test"].images.astype(np.float32), make_preprocessing(TrainConfig(), data)
+    ).astype(np.float32)
 
 
 def youden(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -102,37 +104,69 @@ def main() -> None:
     sites = [load_site(data, split, k) for k in range(split.config.n_sites)]
     out_path = RESULTS / "federated.json"
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
-    results.update({"data": "PneumoniaMNIST 28 px (train 4708 / val 524 / test 624), 5 sites: " + json.dumps(split.summary),
-                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
-                    "rounds": args.rounds, "model": "MONAI Classifier (cnn), AdamW 1e-3, batch 32, 1 local epoch per round"})
+    results.update(
+        {
+            "data": "PneumoniaMNIST 28 px (train 4708 / val 524 / test 624), 5 sites: " + json.dumps(split.summary),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
+            "rounds": args.rounds,
+            "model": "MONAI Classifier (cnn), AdamW 1e-3, batch 32, 1 local epoch per round",
+        }
+    )
     runs = results.setdefault("runs", {})
     base = FederateConfig(rounds=args.rounds)
     for name in args.runs:
         started = time.perf_counter()
         if name == "central":
-            pooled = SiteData(-1, *(np.concatenate([getattr(s, f) for s in sites]) for f in ("x_train", "y_train", "x_val", "y_val")))
+            pooled = SiteData(
+                -1, *(np.concatenate([getattr(s, f) for s in sites]) for f in ("x_train", "y_train", "x_val", "y_val"))
+            )
             model, epoch = train_selected(base, data, pooled, args.rounds)
-            row = {"selected_epoch": epoch, "test": clean_test_metrics(model, data, youden(model, pooled.x_val, pooled.y_val)),
-                   "sites": site_report(model, data, split)}
+            row = {
+                "selected_epoch": epoch,
+                "test": clean_test_metrics(model, data, youden(model, pooled.x_val, pooled.y_val)),
+                "sites": site_report(model, data, split),
+            }
         elif name == "local":
             row = {"sites": []}
             for site in sites:
                 model, epoch = train_selected(base, data, site, args.rounds)
                 x_test, y_test = site_images(data, split, site.site, "test")
-                row["sites"].append({"site": site.site, "selected_epoch": epoch, "n_train": len(site.y_train),
-                                     "test_auc": site_auc(model, x_test, y_test), "clean_test": clean_test_metrics(model, data)})
+                row["sites"].append(
+                    {
+                        "site": site.site,
+                        "selected_epoch": epoch,
+                        "n_train": len(site.y_train),
+                        "test_auc": site_auc(model, x_test, y_test),
+                        "clean_test": clean_test_metrics(model, data),
+                    }
+                )
         else:
-            cfg = {"fedavg": base, "fedprox": FederateConfig(rounds=args.rounds, strategy="fedprox"),
-                   "dp1": FederateConfig(rounds=args.rounds, dp_epsilon=1.0), "dp3": FederateConfig(rounds=args.rounds, dp_epsilon=3.0),
-                   "dp8": FederateConfig(rounds=args.rounds, dp_epsilon=8.0)}[name]
+            cfg = {
+                "fedavg": base,
+                "fedprox": FederateConfig(rounds=args.rounds, strategy="fedprox"),
+                "dp1": FederateConfig(rounds=args.rounds, dp_epsilon=1.0),
+                "dp3": FederateConfig(rounds=args.rounds, dp_epsilon=3.0),
+                "dp8": FederateConfig(rounds=args.rounds, dp_epsilon=8.0),
+            }[name]
             with tempfile.TemporaryDirectory() as tmp:
-                result = federate(cfg, Path(tmp), split_path=split_path, data_dir=data_dir, adapt=name == "fedavg", n_bootstrap=500)
+                result = federate(
+                    cfg, Path(tmp), split_path=split_path, data_dir=data_dir, adapt=name == "fedavg", n_bootstrap=500
+                )
             fed = result["config"]
-            row = {"selected_round": fed["selected_round"], "test": result["test"], "test_auc_ci": result["test_auc_ci"],
-                   "sites": result["sites"], "history": fed["history"], "privacy": fed["privacy"]}
+            row = {
+                "selected_round": fed["selected_round"],
+                "test": result["test"],
+                "test_auc_ci": result["test_auc_ci"],
+                "sites": result["sites"],
+                "history": fed["history"],
+                "privacy": fed["privacy"],
+            }
         row["seconds"] = round(time.perf_counter() - started, 1)
         runs[name] = row
-        print(f"{name}: {json.dumps({k: v for k, v in row.items() if k in ('test', 'seconds', 'selected_round', 'selected_epoch')})}", flush=True)
+        print(
+            f"{name}: {json.dumps({k: v for k, v in row.items() if k in ('test', 'seconds', 'selected_round', 'selected_epoch')})}",
+            flush=True,
+        )
         out_path.write_text(json.dumps(results, indent=1, default=float))
     summarise(results)
     out_path.write_text(json.dumps(results, indent=1, default=float))
@@ -146,29 +180,55 @@ def summarise(results: dict) -> None:
             continue
         r = runs[name]
         eps = (r.get("privacy") or {}).get("epsilon_spent")
-        table.append({"run": name, "test_auc": r["test"]["auc"], "test_accuracy": r["test"]["accuracy"],
-                      "epsilon": eps, "seconds": r["seconds"], "site_test_auc": [s["test_auc"] for s in r["sites"]]})
+        table.append(
+            {
+                "run": name,
+                "test_auc": r["test"]["auc"],
+                "test_accuracy": r["test"]["accuracy"],
+                "epsilon": eps,
+                "seconds": r["seconds"],
+                "site_test_auc": [s["test_auc"] for s in r["sites"]],
+            }
+        )
     if "local" in runs:
-        table.append({"run": "each site alone", "test_auc": None, "test_accuracy": None, "epsilon": None,
-                      "seconds": runs["local"]["seconds"], "site_test_auc": [s["test_auc"] for s in runs["local"]["sites"]]})
+        table.append(
+            {
+                "run": "each site alone",
+                "test_auc": None,
+                "test_accuracy": None,
+                "epsilon": None,
+                "seconds": runs["local"]["seconds"],
+                "site_test_auc": [s["test_auc"] for s in runs["local"]["sites"]],
+            }
+        )
     results["table"] = table
-    print(f"{'run':<16}{'test AUC':>10}{'accuracy':>10}{'epsilon':>9}{'seconds':>9}   site test AUC (each site's scanner)")
+    print(
+        f"{'run':<16}{'test AUC':>10}{'accuracy':>10}{'epsilon':>9}{'seconds':>9}   site test AUC (each site's scanner)"
+    )
     for t in table:
         fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
-        print(f"{t['run']:<16}{fmt(t['test_auc'], '.4f'):>10}{fmt(t['test_accuracy'], '.4f'):>10}{fmt(t['epsilon'], '.2f'):>9}"
-              f"{t['seconds']:>9.0f}   " + " ".join(fmt(a, ".3f") or "n/a" for a in t["site_test_auc"]))
+        print(
+            f"{t['run']:<16}{fmt(t['test_auc'], '.4f'):>10}{fmt(t['test_accuracy'], '.4f'):>10}{fmt(t['epsilon'], '.2f'):>9}"
+            f"{t['seconds']:>9.0f}   " + " ".join(fmt(a, ".3f") or "n/a" for a in t["site_test_auc"])
+        )
     if "central" in runs and "fedavg" in runs:
         gap = runs["central"]["test"]["auc"] - runs["fedavg"]["test"]["auc"]
         results["fedavg_gap_to_central"] = gap
-        print(f"FedAvg vs centralised: {gap:+.4f} AUC below (target: within 0.01) -> {'met' if gap <= 0.01 else 'NOT met'}")
+        print(
+            f"FedAvg vs centralised: {gap:+.4f} AUC below (target: within 0.01) -> {'met' if gap <= 0.01 else 'NOT met'}"
+        )
     if "fedavg" in runs and "local" in runs:
-        better = [fed["test_auc"] > own["test_auc"] for fed, own in zip(runs["fedavg"]["sites"], runs["local"]["sites"])]
+        better = [
+            fed["test_auc"] > own["test_auc"] for fed, own in zip(runs["fedavg"]["sites"], runs["local"]["sites"])
+        ]
         results["fedavg_beats_local_at_every_site"] = all(better)
         print(f"FedAvg better than the site alone at {sum(better)}/{len(better)} sites (on each site's test set)")
         adapted = runs["fedavg"]["sites"]
         print("site  fedavg  fine-tuned  Tent")
         for s in adapted:
-            print(f"{s['site']:<6}{s['test_auc']:.4f}  {s.get('finetuned_test_auc') or float('nan'):.4f}      {s.get('tta_test_auc') or float('nan'):.4f}")
+            print(
+                f"{s['site']:<6}{s['test_auc']:.4f}  {s.get('finetuned_test_auc') or float('nan'):.4f}      {s.get('tta_test_auc') or float('nan'):.4f}"
+            )
 
 
 if __name__ == "__main__":

@@ -36,20 +36,26 @@ def main() -> None:
     with ThreadPoolExecutor(2) as pool:
         futures = {t: pool.submit(run, t, seeds, args.data_dir, 10.0, budget) for t in ("reader", "upload")}
         tallies = {t: f.result() for t, f in futures.items()}
-    result = {"what": "mutations of real files (byte flips, truncation, trusted-tag values, length fields, nested "
-                      "sequences; broken multipart framing for uploads), one child process per target",
-              "corpus": [str(p.relative_to(args.data_dir)) for p in corpus_sources(Path(args.data_dir))]
-              + ["cxr_kermany_224 test image as CR: uncompressed, JPEG 2000, deflated"],
-              "first_seed": args.first_seed, "minutes_per_target": args.minutes, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
-              "targets": {t: tally.as_dict() for t, tally in tallies.items()}}
+    result = {
+        "what": "mutations of real files (byte flips, truncation, trusted-tag values, length fields, nested "
+        "sequences; broken multipart framing for uploads), one child process per target",
+        "corpus": [str(p.relative_to(args.data_dir)) for p in corpus_sources(Path(args.data_dir))]
+        + ["cxr_kermany_224 test image as CR: uncompressed, JPEG 2000, deflated"],
+        "first_seed": args.first_seed,
+        "minutes_per_target": args.minutes,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
+        "targets": {t: tally.as_dict() for t, tally in tallies.items()},
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{'target':8} {'cases':>8} {'ok':>8} {'escapes':>8} {'aborts':>7} {'hangs':>6} {'cases/s':>8}")
     for target, tally in tallies.items():
         o = tally.outcomes
-        print(f"{target:8} {tally.cases:>8} {o.get('ok', 0):>8} {o.get('escape', 0):>8} {o.get('abort', 0):>7} {o.get('hang', 0):>6} "
-              f"{tally.cases / max(tally.seconds, 1e-9):>8.1f}")
+        print(
+            f"{target:8} {tally.cases:>8} {o.get('ok', 0):>8} {o.get('escape', 0):>8} {o.get('abort', 0):>7} {o.get('hang', 0):>6} "
+            f"{tally.cases / max(tally.seconds, 1e-9):>8.1f}"
+        )
     for target, tally in tallies.items():
         for finding in tally.findings[:10]:
             print(f"  {target} seed {finding['seed']}: {finding['outcome']}: {finding['detail'][:160]}")

@@ -44,8 +44,13 @@ def rare_finding(data, fraction: float = 0.05, seed: int = 0):
     rng = np.random.default_rng(seed)
     normal, pneumonia = np.flatnonzero(train.labels == 0), np.flatnonzero(train.labels == 1)
     keep = np.sort(np.r_[normal, rng.choice(pneumonia, int(round(fraction * len(normal))), replace=False)])
-    cut = dataclasses.replace(train, images=train.images[keep], labels=train.labels[keep], ids=[train.ids[i] for i in keep],
-                              metadata=[train.metadata[i] for i in keep] if train.metadata else [])
+    cut = dataclasses.replace(
+        train,
+        images=train.images[keep],
+        labels=train.labels[keep],
+        ids=[train.ids[i] for i in keep],
+        metadata=[train.metadata[i] for i in keep] if train.metadata else [],
+    )
     return dataclasses.replace(data, splits={**data.splits, "train": cut})
 
 
@@ -59,12 +64,18 @@ def score(bundle_dir: Path, data, minority: int) -> dict[str, float]:
     probs = bundle.predict_proba(normalized_inputs(test, bundle.preprocessing))[:, 1]
     positive_call = {"youden": probs >= bundle.thresholds[0], "argmax": probs >= 0.5}
     is_minority = test.labels == minority
-    return {"auc": float(roc_auc_score(test.labels, probs)),
-            **{f"minority_sensitivity_{k}": float(((calls == bool(minority)) & is_minority).sum() / is_minority.sum())
-               for k, calls in positive_call.items()},
-            **{f"majority_sensitivity_{k}": float(((calls != bool(minority)) & ~is_minority).sum() / (~is_minority).sum())
-               for k, calls in positive_call.items()},
-            "threshold": float(bundle.thresholds[0])}
+    return {
+        "auc": float(roc_auc_score(test.labels, probs)),
+        **{
+            f"minority_sensitivity_{k}": float(((calls == bool(minority)) & is_minority).sum() / is_minority.sum())
+            for k, calls in positive_call.items()
+        },
+        **{
+            f"majority_sensitivity_{k}": float(((calls != bool(minority)) & ~is_minority).sum() / (~is_minority).sum())
+            for k, calls in positive_call.items()
+        },
+        "threshold": float(bundle.thresholds[0]),
+    }
 
 
 def main() -> None:
@@ -83,18 +94,33 @@ def main() -> None:
                 started = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
                     bundle = train_classifier(cfg, Path(tmp), data=data, show_progress=False)
-                    row = {"setting": setting, "imbalance": option, "seed": seed, "train_images": len(data.splits["train"].labels),
-                           **score(bundle, data, minority), "seconds": round(time.perf_counter() - started, 1)}
+                    row = {
+                        "setting": setting,
+                        "imbalance": option,
+                        "seed": seed,
+                        "train_images": len(data.splits["train"].labels),
+                        **score(bundle, data, minority),
+                        "seconds": round(time.perf_counter() - started, 1),
+                    }
                 rows.append(row)
-                print(f"{setting:<28}{option:<18}seed {seed}  AUC {row['auc']:.4f}  minority sens. "
-                      f"{row['minority_sensitivity_youden']:.3f} (Youden) {row['minority_sensitivity_argmax']:.3f} (argmax)  "
-                      f"majority {row['majority_sensitivity_youden']:.3f} / {row['majority_sensitivity_argmax']:.3f}  "
-                      f"{row['seconds']:.0f} s", flush=True)
-    RESULTS.write_text(json.dumps({
-        "data": "PneumoniaMNIST 28 px; test split 624 images (234 normal, 390 pneumonia) untouched",
-        "recipe": f"MONAI Classifier (cnn), {args.epochs} epochs, AdamW 1e-3, batch 64, selection on validation AUC",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
-        "rows": rows}, indent=1))
+                print(
+                    f"{setting:<28}{option:<18}seed {seed}  AUC {row['auc']:.4f}  minority sens. "
+                    f"{row['minority_sensitivity_youden']:.3f} (Youden) {row['minority_sensitivity_argmax']:.3f} (argmax)  "
+                    f"majority {row['majority_sensitivity_youden']:.3f} / {row['majority_sensitivity_argmax']:.3f}  "
+                    f"{row['seconds']:.0f} s",
+                    flush=True,
+                )
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "data": "PneumoniaMNIST 28 px; test split 624 images (234 normal, 390 pneumonia) untouched",
+                "recipe": f"MONAI Classifier (cnn), {args.epochs} epochs, AdamW 1e-3, batch 64, selection on validation AUC",
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def load(method: str, folder: Path) -> tuple[int, tuple[int, ...]]:
         slices = []
         for f in files:
             ds = pydicom.dcmread(f)
-            values = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+            values = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(
+                ds.get("RescaleIntercept", 0)
+            )
             slices.append((float(ds.ImagePositionPatient[2]), values))
         slices.sort(key=lambda s: s[0])
         volume = np.stack([s[1] for s in slices])
@@ -72,7 +74,9 @@ def run_one(method: str, folder: Path) -> None:
     n, shape = load(method, folder)
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "slices": n, "shape": list(shape), "peak_mb": max(0, peak_kb - base_kb) / 1024}))
+    print(
+        json.dumps({"seconds": seconds, "slices": n, "shape": list(shape), "peak_mb": max(0, peak_kb - base_kb) / 1024})
+    )
 
 
 def _rss_kb() -> int:
@@ -90,14 +94,19 @@ def make_large_series(source: Path, out: Path, copies: int, compress: bool) -> P
     first = pydicom.dcmread(files[0])
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
-    positions = [float(np.dot(np.asarray(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient, float), normal)) for f in files]
+    positions = [
+        float(np.dot(np.asarray(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient, float), normal))
+        for f in files
+    ]
     extent = (max(positions) - min(positions)) + float(first.get("SpacingBetweenSlices", 6.5))
     series_uid = generate_uid()
     index = 0
     for copy in range(copies):
         for f in files:
             ds = pydicom.dcmread(f)
-            ds.ImagePositionPatient = [round(float(v), 4) for v in np.asarray(ds.ImagePositionPatient, float) + copy * extent * normal]
+            ds.ImagePositionPatient = [
+                round(float(v), 4) for v in np.asarray(ds.ImagePositionPatient, float) + copy * extent * normal
+            ]
             ds.SeriesInstanceUID, ds.SOPInstanceUID = series_uid, generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.InstanceNumber = index + 1
@@ -111,7 +120,9 @@ def make_large_series(source: Path, out: Path, copies: int, compress: bool) -> P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--copies", type=int, default=25, help="times the 22-slice series is repeated (25 -> 550 slices)")
+    parser.add_argument(
+        "--copies", type=int, default=25, help="times the 22-slice series is repeated (25 -> 550 slices)"
+    )
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -125,27 +136,52 @@ def main() -> None:
         cases = {
             "PGBM-003 T1 post (MR, 22 x 320x280)": t1,
             "KiTS CT (11 files, 512x512, uneven)": data / "ct_kits_slices",
-            f"PGBM-003 T1 x{args.copies} ({22 * args.copies} slices, uncompressed)": make_large_series(t1, Path(tmp) / "raw", args.copies, False),
-            f"PGBM-003 T1 x{args.copies} ({22 * args.copies} slices, JPEG 2000 lossless)": make_large_series(t1, Path(tmp) / "j2k", args.copies, True),
+            f"PGBM-003 T1 x{args.copies} ({22 * args.copies} slices, uncompressed)": make_large_series(
+                t1, Path(tmp) / "raw", args.copies, False
+            ),
+            f"PGBM-003 T1 x{args.copies} ({22 * args.copies} slices, JPEG 2000 lossless)": make_large_series(
+                t1, Path(tmp) / "j2k", args.copies, True
+            ),
         }
         rows = []
         for case, folder in cases.items():
             for method in METHODS:
                 runs = [_child(method, folder) for _ in range(args.repeats + 1)][1:]
                 seconds = statistics.median(r["seconds"] for r in runs)
-                rows.append({"case": case, "method": method, "slices": runs[0]["slices"], "seconds": round(seconds, 4),
-                             "slices_per_second": round(runs[0]["slices"] / seconds, 1),
-                             "peak_mb": round(max(r["peak_mb"] for r in runs), 1)})
-                print(f"{case:<55} {method:<20} {rows[-1]['slices']:>5} slices {seconds:8.3f} s "
-                      f"{rows[-1]['slices_per_second']:>8.1f} slices/s {rows[-1]['peak_mb']:>7.1f} MB", flush=True)
+                rows.append(
+                    {
+                        "case": case,
+                        "method": method,
+                        "slices": runs[0]["slices"],
+                        "seconds": round(seconds, 4),
+                        "slices_per_second": round(runs[0]["slices"] / seconds, 1),
+                        "peak_mb": round(max(r["peak_mb"] for r in runs), 1),
+                    }
+                )
+                print(
+                    f"{case:<55} {method:<20} {rows[-1]['slices']:>5} slices {seconds:8.3f} s "
+                    f"{rows[-1]['slices_per_second']:>8.1f} slices/s {rows[-1]['peak_mb']:>7.1f} MB",
+                    flush=True,
+                )
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                                   "python": platform.python_version(), "repeats": args.repeats, "rows": rows}, indent=2))
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                "python": platform.python_version(),
+                "repeats": args.repeats,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"written {RESULTS}")
 
 
 def _child(method: str, folder: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", method, str(folder)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", method, str(folder)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

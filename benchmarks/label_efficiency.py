@@ -52,12 +52,23 @@ PRETRAIN_EPOCHS = 15
 def recipe(method: str, n_train: int, n_val: int, seed: int, fraction: float) -> dict[str, object]:
     steps_per_epoch = max(1, n_train // BATCH)
     epochs = max(5, math.ceil(STEPS / steps_per_epoch))
-    settings: dict[str, object] = {"model": "cnn", "batch_size": BATCH, "epochs": epochs, "patience": max(5, epochs // 3),
-                                   "seed": seed, "warmup_epochs": max(1, epochs // 10)}
+    settings: dict[str, object] = {
+        "model": "cnn",
+        "batch_size": BATCH,
+        "epochs": epochs,
+        "patience": max(5, epochs // 3),
+        "seed": seed,
+        "warmup_epochs": max(1, epochs // 10),
+    }
     if fraction < 1:
         settings |= {"max_train_samples": n_train}
     if method == "imagenet":
-        settings |= {"model": "efficientnet-lite0", "init": "imagenet", "freeze_epochs": epochs // 2, "encoder_lr_scale": 0.1}
+        settings |= {
+            "model": "efficientnet-lite0",
+            "init": "imagenet",
+            "freeze_epochs": epochs // 2,
+            "encoder_lr_scale": 0.1,
+        }
     if method == "fixmatch":
         settings |= {"semi_supervised": "fixmatch", "unlabelled_ratio": 3}
     return settings
@@ -97,10 +108,21 @@ def pretrained_encoder(method: str, data_dir: str, cache: Path, log: dict) -> Pa
     folder = cache / f"encoder-{method}"
     if not (folder / "encoder.pt").is_file():
         wall, cpu = time.perf_counter(), time.process_time()
-        pretrain(PretrainConfig(method=method, model="cnn", epochs=PRETRAIN_EPOCHS, seed=0), folder, data_dir, show_progress=False)
+        pretrain(
+            PretrainConfig(method=method, model="cnn", epochs=PRETRAIN_EPOCHS, seed=0),
+            folder,
+            data_dir,
+            show_progress=False,
+        )
         meta = json.loads((folder / "encoder.json").read_text())
-        log[method] = {"epochs": PRETRAIN_EPOCHS, "images": meta["data"]["n_images"], "wall_s": round(time.perf_counter() - wall, 1),
-                       "cpu_s": round(time.process_time() - cpu, 1), "final": meta["history"][-1], "score_name": meta["score_name"]}
+        log[method] = {
+            "epochs": PRETRAIN_EPOCHS,
+            "images": meta["data"]["n_images"],
+            "wall_s": round(time.perf_counter() - wall, 1),
+            "cpu_s": round(time.process_time() - cpu, 1),
+            "final": meta["history"][-1],
+            "score_name": meta["score_name"],
+        }
     return folder
 
 
@@ -115,13 +137,34 @@ def run_standard(method: str, fraction: float, seed: int, data, data_dir: str, c
     return _row(method, fraction, seed, n_train, n_val, auc, wall, cpu, manifest)
 
 
-def _row(method: str, fraction: float, seed: int, n_train: int, n_val: int, auc: float, wall: float, cpu: float,
-         manifest: dict, **extra: object) -> dict:
+def _row(
+    method: str,
+    fraction: float,
+    seed: int,
+    n_train: int,
+    n_val: int,
+    auc: float,
+    wall: float,
+    cpu: float,
+    manifest: dict,
+    **extra: object,
+) -> dict:
     training = manifest["training"]
-    return {"method": method, "fraction": fraction, "seed": seed, "labels": n_train, "val_labels": n_val,
-            "test_auc": round(auc, 4), "val_auc": round(manifest["metrics"]["validation"]["auc"], 4),
-            "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"], "wall_s": round(wall, 1),
-            "cpu_s": round(cpu, 1), **({"fixmatch": training["fixmatch"]} if "fixmatch" in training else {}), **extra}
+    return {
+        "method": method,
+        "fraction": fraction,
+        "seed": seed,
+        "labels": n_train,
+        "val_labels": n_val,
+        "test_auc": round(auc, 4),
+        "val_auc": round(manifest["metrics"]["validation"]["auc"], 4),
+        "epochs_run": training["epochs_run"],
+        "best_epoch": training["best_epoch"],
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        **({"fixmatch": training["fixmatch"]} if "fixmatch" in training else {}),
+        **extra,
+    }
 
 
 def run_active(seed: int, data, data_dir: str, fractions: list[float]) -> list[dict]:
@@ -145,15 +188,28 @@ def run_active(seed: int, data, data_dir: str, fractions: list[float]) -> list[d
         with tempfile.TemporaryDirectory() as tmp:
             bundle_dir, wall, cpu, manifest = train_once(settings, data_dir, Path(tmp), run_data)
             wall_total, cpu_total = wall_total + wall, cpu_total + cpu
-            rows.append(_row("active", fraction, seed, len(chosen), n_val, test_auc(bundle_dir, data), wall_total,
-                             cpu_total, manifest, selection="random" if i == 0 else "hybrid"))
+            rows.append(
+                _row(
+                    "active",
+                    fraction,
+                    seed,
+                    len(chosen),
+                    n_val,
+                    test_auc(bundle_dir, data),
+                    wall_total,
+                    cpu_total,
+                    manifest,
+                    selection="random" if i == 0 else "hybrid",
+                )
+            )
             if i + 1 < len(steps):
                 started = time.perf_counter(), time.process_time()
                 rest = np.setdiff1d(np.arange(len(train)), chosen)
                 budget = label_counts(data, steps[i + 1])[0] - len(chosen)
                 bundle = load_classifier(bundle_dir)
-                picked = select_cases(bundle, normalized_inputs(take(train, rest), bundle.preprocessing), budget,
-                                      "hybrid", seed=seed).index
+                picked = select_cases(
+                    bundle, normalized_inputs(take(train, rest), bundle.preprocessing), budget, "hybrid", seed=seed
+                ).index
                 chosen = np.r_[chosen, rest[picked]]
                 wall_total += time.perf_counter() - started[0]
                 cpu_total += time.process_time() - started[1]
@@ -173,24 +229,37 @@ def summarise(runs: list[dict], methods=METHODS, fractions=FRACTIONS, metric: st
                 table.setdefault(method, {})[str(fraction)] = {
                     f"{test}_mean": round(float(np.mean(scores)), 4),
                     f"{test}_sd": round(float(np.std(scores, ddof=1)), 4) if len(scores) > 1 else None,
-                    f"{val}_mean": round(float(np.mean([r[val] for r in rows])), 4), "seeds": len(rows),
-                    "labels": rows[0]["labels"], "cpu_s_mean": round(float(np.mean([r["cpu_s"] for r in rows])), 1)}
+                    f"{val}_mean": round(float(np.mean([r[val] for r in rows])), 4),
+                    "seeds": len(rows),
+                    "labels": rows[0]["labels"],
+                    "cpu_s_mean": round(float(np.mean([r["cpu_s"] for r in rows])), 1),
+                }
     target = None
     reference = table.get("scratch", {}).get("1.0")
     at_10 = {m: v["0.1"] for m, v in table.items() if "0.1" in v}
     if reference and at_10:
         by_val = max(at_10, key=lambda m: at_10[m][f"{val}_mean"])  # chosen on validation, never on test
-        target = {f"reference_scratch_100pct_{test}": reference[f"{test}_mean"], "best_at_10pct_by_validation": by_val,
-                  f"its_{test}": at_10[by_val][f"{test}_mean"],
-                  "ratio": round(at_10[by_val][f"{test}_mean"] / reference[f"{test}_mean"], 4), "required_ratio": share,
-                  "met": at_10[by_val][f"{test}_mean"] >= share * reference[f"{test}_mean"],
-                  "best_at_10pct_by_test_for_reference_only": max(at_10, key=lambda m: at_10[m][f"{test}_mean"])}
+        target = {
+            f"reference_scratch_100pct_{test}": reference[f"{test}_mean"],
+            "best_at_10pct_by_validation": by_val,
+            f"its_{test}": at_10[by_val][f"{test}_mean"],
+            "ratio": round(at_10[by_val][f"{test}_mean"] / reference[f"{test}_mean"], 4),
+            "required_ratio": share,
+            "met": at_10[by_val][f"{test}_mean"] >= share * reference[f"{test}_mean"],
+            "best_at_10pct_by_test_for_reference_only": max(at_10, key=lambda m: at_10[m][f"{test}_mean"]),
+        }
     return {"table": table, "target_10pct": target}
 
 
-def plot(summary: dict, path: Path, metric: str = "auc", share: float = 0.98,
-         title: str = "PneumoniaMNIST 28 px: label efficiency (mean ± SD over seeds)",
-         xlabel: str = "share of the 4708 training labels (log scale)", ylabel: str = "test AUC (624 images)") -> None:
+def plot(
+    summary: dict,
+    path: Path,
+    metric: str = "auc",
+    share: float = 0.98,
+    title: str = "PneumoniaMNIST 28 px: label efficiency (mean ± SD over seeds)",
+    xlabel: str = "share of the 4708 training labels (log scale)",
+    ylabel: str = "test AUC (624 images)",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,8 +272,13 @@ def plot(summary: dict, path: Path, metric: str = "auc", share: float = 0.98,
         ax.errorbar([100 * x for x in xs], ys, yerr=sds, marker="o", capsize=3, label=method)
     reference = summary["table"].get("scratch", {}).get("1.0")
     if reference:
-        ax.axhline(share * reference[f"test_{metric}_mean"], color="grey", ls="--", lw=1,
-                   label=f"{100 * share:g}% of scratch at 100%")
+        ax.axhline(
+            share * reference[f"test_{metric}_mean"],
+            color="grey",
+            ls="--",
+            lw=1,
+            label=f"{100 * share:g}% of scratch at 100%",
+        )
     ax.set_xscale("log")
     ax.set_xticks([1, 5, 10, 25, 100], ["1%", "5%", "10%", "25%", "100%"])
     ax.set_xlabel(xlabel)
@@ -222,7 +296,9 @@ def print_table(summary: dict, fractions=FRACTIONS, metric: str = "auc") -> None
         cells = []
         for fraction in fractions:
             v = row.get(str(fraction))
-            cells.append(f"{v[f'test_{metric}_mean']:.3f}±{v[f'test_{metric}_sd'] or 0:.3f}({v['seeds']})" if v else "-")
+            cells.append(
+                f"{v[f'test_{metric}_mean']:.3f}±{v[f'test_{metric}_sd'] or 0:.3f}({v['seeds']})" if v else "-"
+            )
         print(f"{method:10s}" + "".join(f"{c:>16s}" for c in cells))
     if summary["target_10pct"]:
         print("target at 10%:", json.dumps(summary["target_10pct"]))
@@ -262,12 +338,26 @@ def main() -> None:
     def save() -> dict:
         summary = summarise(runs)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({
-            "benchmark": "label efficiency, PneumoniaMNIST 28 px (issue 10)", "data": "pneumoniamnist.npz (MedMNIST v2, CC BY 4.0)",
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-            "recipe": {"batch": BATCH, "steps": STEPS, "pretrain_epochs": PRETRAIN_EPOCHS, "note": __doc__.split("\n\n")[2]},
-            "active_costs": "active rows' wall_s/cpu_s add up every round before them and the selection",
-            "pretraining": pretrain_log, **summary, "runs": runs}, indent=1))
+        RESULTS.write_text(
+            json.dumps(
+                {
+                    "benchmark": "label efficiency, PneumoniaMNIST 28 px (issue 10)",
+                    "data": "pneumoniamnist.npz (MedMNIST v2, CC BY 4.0)",
+                    "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                    "recipe": {
+                        "batch": BATCH,
+                        "steps": STEPS,
+                        "pretrain_epochs": PRETRAIN_EPOCHS,
+                        "note": __doc__.split("\n\n")[2],
+                    },
+                    "active_costs": "active rows' wall_s/cpu_s add up every round before them and the selection",
+                    "pretraining": pretrain_log,
+                    **summary,
+                    "runs": runs,
+                },
+                indent=1,
+            )
+        )
         return summary
 
     if not args.plot_only:
@@ -276,7 +366,9 @@ def main() -> None:
                 if method == "active":
                     new = run_active(seed, data, data_dir, args.fractions)
                 else:
-                    fractions = [f for f in args.fractions if not (method == "fixmatch" and f >= 1)]  # no unlabelled left
+                    fractions = [
+                        f for f in args.fractions if not (method == "fixmatch" and f >= 1)
+                    ]  # no unlabelled left
                     new = [run_standard(method, f, seed, data, data_dir, args.cache, pretrain_log) for f in fractions]
                 merge(runs, new, show=True)
                 save()

@@ -57,10 +57,17 @@ SPLIT = {"test_fraction": 0.2, "val_fraction": 0.15, "split_seed": 0}
 def config(method: str, seed: int, n_labelled: int | None, labelled_file: Path | None = None, init: Path | None = None):
     from medlens.segment.train import SegTrainConfig
 
-    return SegTrainConfig(epochs=RECIPE["epochs"], samples_per_epoch=RECIPE["samples"], seed=seed, **SPLIT,
-                          patience=RECIPE["epochs"], max_train_cases=n_labelled,
-                          labelled_cases=str(labelled_file) if labelled_file else None,
-                          semi_supervised="fixmatch" if method == "fixmatch" else "none", init=str(init) if init else None)
+    return SegTrainConfig(
+        epochs=RECIPE["epochs"],
+        samples_per_epoch=RECIPE["samples"],
+        seed=seed,
+        **SPLIT,
+        patience=RECIPE["epochs"],
+        max_train_cases=n_labelled,
+        labelled_cases=str(labelled_file) if labelled_file else None,
+        semi_supervised="fixmatch" if method == "fixmatch" else "none",
+        init=str(init) if init else None,
+    )
 
 
 def pretrained(data: Path, plan, cache: Path, log: dict) -> Path:
@@ -70,11 +77,18 @@ def pretrained(data: Path, plan, cache: Path, log: dict) -> Path:
     folder = cache / f"hippocampus-masked-{RECIPE['epochs']}x{RECIPE['samples']}"
     if not (folder / "encoder.json").is_file():
         wall, cpu = time.perf_counter(), time.process_time()
-        cfg = SegPretrainConfig(method="masked", epochs=RECIPE["epochs"], samples_per_epoch=RECIPE["samples"], seed=0, **SPLIT)
+        cfg = SegPretrainConfig(
+            method="masked", epochs=RECIPE["epochs"], samples_per_epoch=RECIPE["samples"], seed=0, **SPLIT
+        )
         pretrain_segmenter(data, plan, cfg, folder, show_progress=False)
-        log["masked"] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
-                         "volumes": json.loads((folder / "encoder.json").read_text())["data"]["n_volumes"],
-                         "final_hidden_voxel_mse": round(json.loads((folder / "encoder.json").read_text())["history"][-1]["loss"], 4)}
+        log["masked"] = {
+            "wall_s": round(time.perf_counter() - wall, 1),
+            "cpu_s": round(time.process_time() - cpu, 1),
+            "volumes": json.loads((folder / "encoder.json").read_text())["data"]["n_volumes"],
+            "final_hidden_voxel_mse": round(
+                json.loads((folder / "encoder.json").read_text())["history"][-1]["loss"], 4
+            ),
+        }
         print("pretrained:", json.dumps(log["masked"]), flush=True)
     return folder
 
@@ -112,11 +126,21 @@ def test_dice(bundle_dir: Path, data: Path) -> tuple[dict, float]:
 
 def row(method: str, fraction: float, seed: int, manifest: dict, dice: float, wall: float, cpu: float, **extra) -> dict:
     training = manifest["training"]
-    return {"method": method, "fraction": fraction, "seed": seed, "labels": len(manifest["split"]["train"]),
-            "val_labels": len(manifest["split"]["val"]), "test_dice": round(dice, 4),
-            "val_dice": round(manifest["metrics"]["validation"]["mean_dice"], 4), "epochs_run": training["epochs_run"],
-            "best_epoch": training["best_epoch"], "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            **({"fixmatch": training["fixmatch"]} if "fixmatch" in training else {}), **extra}
+    return {
+        "method": method,
+        "fraction": fraction,
+        "seed": seed,
+        "labels": len(manifest["split"]["train"]),
+        "val_labels": len(manifest["split"]["val"]),
+        "test_dice": round(dice, 4),
+        "val_dice": round(manifest["metrics"]["validation"]["mean_dice"], 4),
+        "epochs_run": training["epochs_run"],
+        "best_epoch": training["best_epoch"],
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        **({"fixmatch": training["fixmatch"]} if "fixmatch" in training else {}),
+        **extra,
+    }
 
 
 def n_labelled(fraction: float, n_train: int) -> int | None:
@@ -143,8 +167,18 @@ def run_active(seed: int, data: Path, plan, fractions: list[float], n_train: int
             cfg = config("active", seed, n_labelled(fraction, n_train) if labelled is None else None, listing)
             manifest, dice, wall, cpu = train_and_test(cfg, data, plan, Path(tmp) / f"round-{i}")
             wall_total, cpu_total = wall_total + wall, cpu_total + cpu
-            rows.append(row("active", fraction, seed, manifest, dice, wall_total, cpu_total,
-                            selection="random" if i == 0 else "uncertainty"))
+            rows.append(
+                row(
+                    "active",
+                    fraction,
+                    seed,
+                    manifest,
+                    dice,
+                    wall_total,
+                    cpu_total,
+                    selection="random" if i == 0 else "uncertainty",
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
             if i + 1 < len(steps):
                 started = time.perf_counter(), time.process_time()
@@ -181,14 +215,27 @@ def main() -> None:
     def save() -> dict:
         summary = summarise(runs, METHODS, FRACTIONS, metric="dice", share=SHARE)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({
-            "benchmark": "label efficiency, MSD Task04 Hippocampus, 2D DynUNet (issue 10)",
-            "data": f"MSD Task04 Hippocampus, {len(ids)} local cases (CC BY-SA 4.0); split seed 0: {n_train} training cases",
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-            "recipe": {"plan": "2D, width 8", "epochs": RECIPE["epochs"], "patches_per_epoch": RECIPE["samples"], "batch": plan.batch_size,
-                       "note": __doc__.split("\n\n")[2]},
-            "active_costs": "active rows' wall_s/cpu_s add up every round before them and the selection",
-            "pretraining": pretrain_log, **summary, "runs": runs}, indent=1))
+        RESULTS.write_text(
+            json.dumps(
+                {
+                    "benchmark": "label efficiency, MSD Task04 Hippocampus, 2D DynUNet (issue 10)",
+                    "data": f"MSD Task04 Hippocampus, {len(ids)} local cases (CC BY-SA 4.0); split seed 0: {n_train} training cases",
+                    "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                    "recipe": {
+                        "plan": "2D, width 8",
+                        "epochs": RECIPE["epochs"],
+                        "patches_per_epoch": RECIPE["samples"],
+                        "batch": plan.batch_size,
+                        "note": __doc__.split("\n\n")[2],
+                    },
+                    "active_costs": "active rows' wall_s/cpu_s add up every round before them and the selection",
+                    "pretraining": pretrain_log,
+                    **summary,
+                    "runs": runs,
+                },
+                indent=1,
+            )
+        )
         return summary
 
     if not args.plot_only:
@@ -203,14 +250,23 @@ def main() -> None:
                         if method == "fixmatch" and fraction >= 1:
                             continue  # no unlabelled cases left
                         with tempfile.TemporaryDirectory() as tmp:
-                            result = train_and_test(config(method, seed, n_labelled(fraction, n_train), init=init), data, plan, Path(tmp))
+                            result = train_and_test(
+                                config(method, seed, n_labelled(fraction, n_train), init=init), data, plan, Path(tmp)
+                            )
                         new.append(row(method, fraction, seed, *result))
                         print(json.dumps(new[-1]), flush=True)
                 merge(runs, new)
                 save()
     summary = save()
-    plot(summary, PLOT, metric="dice", share=SHARE, title="MSD Hippocampus, 2D U-Net: label efficiency (mean ± SD over seeds)",
-         xlabel=f"share of the {n_train} labelled training cases (log scale)", ylabel="test mean Dice (42 cases)")
+    plot(
+        summary,
+        PLOT,
+        metric="dice",
+        share=SHARE,
+        title="MSD Hippocampus, 2D U-Net: label efficiency (mean ± SD over seeds)",
+        xlabel=f"share of the {n_train} labelled training cases (log scale)",
+        ylabel="test mean Dice (42 cases)",
+    )
     print_table(summary, FRACTIONS, metric="dice")
 
 

@@ -48,9 +48,15 @@ PUBLISHED = {
 }
 
 EXPERIMENTS = {
-    "pneumoniamnist-28": TrainConfig(dataset="pneumoniamnist", size=28, model="resnet18", width=0.5, epochs=8, patience=4),
-    "adrenalmnist3d-64": TrainConfig(dataset="adrenalmnist3d", size=64, model="cnn", width=0.5, epochs=12, batch_size=32, lr=1e-3, patience=6),
-    "adrenalmnist3d-28": TrainConfig(dataset="adrenalmnist3d", size=64, model="cnn", width=1.0, epochs=30, batch_size=32, lr=1e-3, patience=10),
+    "pneumoniamnist-28": TrainConfig(
+        dataset="pneumoniamnist", size=28, model="resnet18", width=0.5, epochs=8, patience=4
+    ),
+    "adrenalmnist3d-64": TrainConfig(
+        dataset="adrenalmnist3d", size=64, model="cnn", width=0.5, epochs=12, batch_size=32, lr=1e-3, patience=6
+    ),
+    "adrenalmnist3d-28": TrainConfig(
+        dataset="adrenalmnist3d", size=64, model="cnn", width=1.0, epochs=30, batch_size=32, lr=1e-3, patience=10
+    ),
 }
 SHIP_AS = {"pneumoniamnist-28": "pneumonia", "adrenalmnist3d-64": "adrenal"}
 
@@ -84,7 +90,8 @@ def run_one(name: str, cfg: TrainConfig, seed: int, out_root: Path, data: Classi
         "test": {k: result["metrics"][k] for k in ("auc", "accuracy", "sensitivity", "specificity", "brier", "ece")},
         "test_auc_ci": result["confidence_intervals"]["auc"],
         "peak_rss_mb": round(  # the process's peak so far (ru_maxrss): cumulative over the runs before it
-resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
     }
 
 
@@ -139,7 +146,11 @@ def main() -> None:
         }
         if args.ship and name in SHIP_AS:
             ship(name, runs)
-        results["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+        results["machine"] = {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
         results_path.write_text(json.dumps(results, indent=1))
         print_table(results)
 

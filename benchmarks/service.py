@@ -62,9 +62,24 @@ class Service:
 
     def start(self, storage: str) -> None:
         port = self.base.rsplit(":", 1)[1]
-        self.process = subprocess.Popen([sys.executable, "-m", "medlens", "serve", "--models", str(self.models), "--tokens", str(self.tokens),
-                                         "--storage", str(self.work / storage), "--port", port],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "medlens",
+                "serve",
+                "--models",
+                str(self.models),
+                "--tokens",
+                str(self.tokens),
+                "--storage",
+                str(self.work / storage),
+                "--port",
+                port,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -81,7 +96,12 @@ class Service:
 
     def send(self, files: list[Path]) -> int:
         body, content_type = stow_body(files)
-        return httpx.post(f"{self.base}/dicomweb/studies", content=body, timeout=120, headers={**self.sender, "Content-Type": content_type}).status_code
+        return httpx.post(
+            f"{self.base}/dicomweb/studies",
+            content=body,
+            timeout=120,
+            headers={**self.sender, "Content-Type": content_type},
+        ).status_code
 
     def counts(self) -> dict[str, int]:
         return httpx.get(f"{self.base}/api/status", timeout=10, headers=self.viewer).json()["jobs"]
@@ -105,7 +125,9 @@ def make_studies(data_dir: Path, out: Path, n: int) -> list[Path]:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     rng = np.random.default_rng(0)
     picked = [rows[i] for i in rng.choice(len(rows), n, replace=False)]
-    return [write_cr_study(root / r["image_file"], out / f"study{i:03d}.dcm", f"BENCH{i:03d}") for i, r in enumerate(picked)]
+    return [
+        write_cr_study(root / r["image_file"], out / f"study{i:03d}.dcm", f"BENCH{i:03d}") for i, r in enumerate(picked)
+    ]
 
 
 def make_mr_studies(data_dir: Path, out: Path, n: int) -> list[list[Path]]:
@@ -119,7 +141,12 @@ def make_mr_studies(data_dir: Path, out: Path, n: int) -> list[list[Path]]:
 
 def latencies(jobs: list[dict]) -> dict[str, float]:
     seconds = np.array([j["finished_at"] - j["received_at"] for j in jobs])
-    return {"n": len(jobs), "p50_s": float(np.percentile(seconds, 50)), "p95_s": float(np.percentile(seconds, 95)), "max_s": float(seconds.max())}
+    return {
+        "n": len(jobs),
+        "p50_s": float(np.percentile(seconds, 50)),
+        "p95_s": float(np.percentile(seconds, 95)),
+        "max_s": float(seconds.max()),
+    }
 
 
 def paced(service: Service, files: list[Path], rate_per_min: float) -> dict:
@@ -130,7 +157,12 @@ def paced(service: Service, files: list[Path], rate_per_min: float) -> dict:
         statuses.append(service.send([f]))
         deepest = max(deepest, service.counts()["queued"])
     finished = service.wait_idle(300)
-    return {"rate_per_min": rate_per_min, "upload_errors": sum(s != 200 for s in statuses), "deepest_queue": deepest, "drained": finished}
+    return {
+        "rate_per_min": rate_per_min,
+        "upload_errors": sum(s != 200 for s in statuses),
+        "deepest_queue": deepest,
+        "drained": finished,
+    }
 
 
 def kill_and_restart(service: Service, part: list[Path], round_: int) -> dict:
@@ -147,9 +179,16 @@ def kill_and_restart(service: Service, part: list[Path], round_: int) -> dict:
     jobs = [j for j in service.worklist() if j["model"] == "pneumonia"]
     service.kill()
     finished = [j for j in jobs if j["state"] in ("done", "referred")]
-    return {"round": round_, "studies_sent": len(part), "at_kill": before, "jobs_after_restart": len(jobs), "finished": len(finished),
-            "lost": len(part) - len({j["study_uid"] for j in finished}), "redone_after_kill": sum(j["attempts"] > 1 for j in jobs),
-            "duplicates": len(jobs) - len({j["study_uid"] for j in jobs})}
+    return {
+        "round": round_,
+        "studies_sent": len(part),
+        "at_kill": before,
+        "jobs_after_restart": len(jobs),
+        "finished": len(finished),
+        "lost": len(part) - len({j["study_uid"] for j in finished}),
+        "redone_after_kill": sum(j["attempts"] > 1 for j in jobs),
+        "duplicates": len(jobs) - len({j["study_uid"] for j in jobs}),
+    }
 
 
 def concurrent_clients(service: Service, clients: int, requests: int) -> dict:
@@ -171,8 +210,14 @@ def concurrent_clients(service: Service, clients: int, requests: int) -> dict:
     with ThreadPoolExecutor(clients) as pool:
         answers = list(pool.map(client, range(clients)))
     seconds = np.concatenate([np.array(t) for t, _ in answers])
-    return {"clients": clients, "requests_each": requests, "errors": sum(e for _, e in answers),
-            "p50_s": float(np.percentile(seconds, 50)), "p99_s": float(np.percentile(seconds, 99)), "max_s": float(seconds.max())}
+    return {
+        "clients": clients,
+        "requests_each": requests,
+        "errors": sum(e for _, e in answers),
+        "p50_s": float(np.percentile(seconds, 50)),
+        "p99_s": float(np.percentile(seconds, 99)),
+        "max_s": float(seconds.max()),
+    }
 
 
 def deflate_bomb(service: Service, cr: Path) -> dict:
@@ -183,14 +228,21 @@ def deflate_bomb(service: Service, cr: Path) -> dict:
 
     inflated = 1536 << 20
     bomb = deflate_bomb(cr, inflated)
-    body, content_type = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + bomb + b"\r\n--b--\r\n", "multipart/related; boundary=b"
+    body, content_type = (
+        b"--b\r\nContent-Type: application/dicom\r\n\r\n" + bomb + b"\r\n--b--\r\n",
+        "multipart/related; boundary=b",
+    )
     pid = service.process.pid
     before, answer, latencies = peak_rss_mb(pid), {}, []
 
     def upload() -> None:
         start = time.perf_counter()
-        answer["status"] = httpx.post(f"{service.base}/dicomweb/studies", content=body, timeout=120,
-                                      headers={**service.sender, "Content-Type": content_type}).status_code
+        answer["status"] = httpx.post(
+            f"{service.base}/dicomweb/studies",
+            content=body,
+            timeout=120,
+            headers={**service.sender, "Content-Type": content_type},
+        ).status_code
         answer["seconds"] = time.perf_counter() - start
 
     sender = threading.Thread(target=upload)
@@ -201,15 +253,24 @@ def deflate_bomb(service: Service, cr: Path) -> dict:
         latencies.append(time.perf_counter() - start)
         time.sleep(0.02)
     sender.join()
-    return {"upload_bytes": len(bomb), "inflated_bytes": inflated, "status": answer["status"], "upload_seconds": answer["seconds"],
-            "peak_memory_increase_mb": peak_rss_mb(pid) - before, "health_checks": len(latencies), "health_max_s": max(latencies)}
+    return {
+        "upload_bytes": len(bomb),
+        "inflated_bytes": inflated,
+        "status": answer["status"],
+        "upload_seconds": answer["seconds"],
+        "peak_memory_increase_mb": peak_rss_mb(pid) - before,
+        "health_checks": len(latencies),
+        "health_max_s": max(latencies),
+    }
 
 
 def main() -> None:
     data_dir = Path(os.environ.get("MEDLENS_DATA_DIR", "../shared/data"))
-    results: dict = {"machine": f"{os.cpu_count()}-core CPU; medlens serve (uvicorn, one job runner thread), SQLite",
-                     "data": "Kermany chest radiographs (test split, 224 px) wrapped as one-image CR studies; shipped pneumonia model; "
-                             "each job: inference, DICOM SR, Grad-CAM Secondary Capture, FHIR DiagnosticReport"}
+    results: dict = {
+        "machine": f"{os.cpu_count()}-core CPU; medlens serve (uvicorn, one job runner thread), SQLite",
+        "data": "Kermany chest radiographs (test split, 224 px) wrapped as one-image CR studies; shipped pneumonia model; "
+        "each job: inference, DICOM SR, Grad-CAM Secondary Capture, FHIR DiagnosticReport",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         files = make_studies(data_dir, work / "studies", BURST + 2 * PACED + ROUNDS * RESTART)
@@ -221,11 +282,19 @@ def main() -> None:
         burst_seconds = time.time() - started
         jobs = [j for j in service.worklist() if j["model"] == "pneumonia"]
         capacity = 60 * BURST / burst_seconds
-        results["capacity"] = {"studies": BURST, "seconds": burst_seconds, "studies_per_min": capacity,
-                               "failed": sum(j["state"] == "failed" for j in jobs), "latency_in_burst": latencies(jobs)}
+        results["capacity"] = {
+            "studies": BURST,
+            "seconds": burst_seconds,
+            "studies_per_min": capacity,
+            "failed": sum(j["state"] == "failed" for j in jobs),
+            "latency_in_burst": latencies(jobs),
+        }
         service.kill()
 
-        for name, factor, part in (("load_1x", 1.0, files[BURST:BURST + PACED]), ("load_2x", 2.0, files[BURST + PACED:BURST + 2 * PACED])):
+        for name, factor, part in (
+            ("load_1x", 1.0, files[BURST : BURST + PACED]),
+            ("load_2x", 2.0, files[BURST + PACED : BURST + 2 * PACED]),
+        ):
             service.start(name)
             results[name] = paced(service, part, capacity * factor)
             done = [j for j in service.worklist() if j["model"] == "pneumonia"]
@@ -238,13 +307,20 @@ def main() -> None:
         statuses = [service.send(case) for case in series]  # one series per request, as a modality sends a study
         service.wait_idle(600)
         mr_jobs = [j for j in service.worklist() if j["model"] == "hippocampus"]
-        results["hippocampus"] = {"studies": len(series), "seconds": time.time() - started, "upload_errors": sum(c != 200 for c in statuses),
-                                  "done": sum(j["state"] == "done" for j in mr_jobs), "failed": sum(j["state"] == "failed" for j in mr_jobs),
-                                  "latency": latencies([j for j in mr_jobs if j["state"] == "done"])}
+        results["hippocampus"] = {
+            "studies": len(series),
+            "seconds": time.time() - started,
+            "upload_errors": sum(c != 200 for c in statuses),
+            "done": sum(j["state"] == "done" for j in mr_jobs),
+            "failed": sum(j["state"] == "failed" for j in mr_jobs),
+            "latency": latencies([j for j in mr_jobs if j["state"] == "done"]),
+        }
         service.kill()
 
-        results["restart"] = [kill_and_restart(service, files[BURST + 2 * PACED + r * RESTART:BURST + 2 * PACED + (r + 1) * RESTART], r)
-                              for r in range(ROUNDS)]
+        results["restart"] = [
+            kill_and_restart(service, files[BURST + 2 * PACED + r * RESTART : BURST + 2 * PACED + (r + 1) * RESTART], r)
+            for r in range(ROUNDS)
+        ]
         service.start("clients")
         assert service.send(files[:10]) == 200
         service.wait_idle(300)
@@ -253,24 +329,36 @@ def main() -> None:
         service.kill()
     RESULTS.write_text(json.dumps(results, indent=1))
     c = results["capacity"]
-    print(f"capacity: {c['studies']} studies in {c['seconds']:.1f} s = {c['studies_per_min']:.1f} studies/min "
-          f"(latency in the burst p50 {c['latency_in_burst']['p50_s']:.1f} s, p95 {c['latency_in_burst']['p95_s']:.1f} s)")
+    print(
+        f"capacity: {c['studies']} studies in {c['seconds']:.1f} s = {c['studies_per_min']:.1f} studies/min "
+        f"(latency in the burst p50 {c['latency_in_burst']['p50_s']:.1f} s, p95 {c['latency_in_burst']['p95_s']:.1f} s)"
+    )
     for name in ("load_1x", "load_2x"):
         r = results[name]
-        print(f"{name}: {r['rate_per_min']:.1f} studies/min offered, latency p50 {r['latency']['p50_s']:.2f} s p95 {r['latency']['p95_s']:.2f} s, "
-              f"deepest queue {r['deepest_queue']}, upload errors {r['upload_errors']}, failed jobs {r['failed']}")
+        print(
+            f"{name}: {r['rate_per_min']:.1f} studies/min offered, latency p50 {r['latency']['p50_s']:.2f} s p95 {r['latency']['p95_s']:.2f} s, "
+            f"deepest queue {r['deepest_queue']}, upload errors {r['upload_errors']}, failed jobs {r['failed']}"
+        )
     r = results["hippocampus"]
-    print(f"hippocampus: {r['studies']} MR series sent at once, {r['done']} done, {r['failed']} failed, latency p50 "
-          f"{r['latency']['p50_s']:.2f} s p95 {r['latency']['p95_s']:.2f} s (DICOM series in, DICOM SEG + FHIR out)")
+    print(
+        f"hippocampus: {r['studies']} MR series sent at once, {r['done']} done, {r['failed']} failed, latency p50 "
+        f"{r['latency']['p50_s']:.2f} s p95 {r['latency']['p95_s']:.2f} s (DICOM series in, DICOM SEG + FHIR out)"
+    )
     for r in results["restart"]:
-        print(f"restart {r['round']}: {r['studies_sent']} sent, killed at {r['at_kill']}, after restart {r['finished']} finished, "
-              f"{r['lost']} lost, {r['duplicates']} duplicated, {r['redone_after_kill']} redone")
+        print(
+            f"restart {r['round']}: {r['studies_sent']} sent, killed at {r['at_kill']}, after restart {r['finished']} finished, "
+            f"{r['lost']} lost, {r['duplicates']} duplicated, {r['redone_after_kill']} redone"
+        )
     r = results["clients"]
-    print(f"clients: {r['clients']} x {r['requests_each']} requests, {r['errors']} errors, latency p50 {r['p50_s']:.3f} s "
-          f"p99 {r['p99_s']:.3f} s max {r['max_s']:.3f} s")
+    print(
+        f"clients: {r['clients']} x {r['requests_each']} requests, {r['errors']} errors, latency p50 {r['p50_s']:.3f} s "
+        f"p99 {r['p99_s']:.3f} s max {r['max_s']:.3f} s"
+    )
     r = results["deflate_bomb"]
-    print(f"deflate bomb: {r['upload_bytes'] / 2**20:.1f} MB upload claiming {r['inflated_bytes'] / 2**30:.1f} GiB: HTTP {r['status']}, "
-          f"peak memory +{r['peak_memory_increase_mb']:.0f} MB, /health max {r['health_max_s']:.3f} s during {r['upload_seconds']:.2f} s")
+    print(
+        f"deflate bomb: {r['upload_bytes'] / 2**20:.1f} MB upload claiming {r['inflated_bytes'] / 2**30:.1f} GiB: HTTP {r['status']}, "
+        f"peak memory +{r['peak_memory_increase_mb']:.0f} MB, /health max {r['health_max_s']:.3f} s during {r['upload_seconds']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -64,9 +64,13 @@ def measure(run, raw: np.ndarray, labels: np.ndarray) -> dict:
         t = time.perf_counter()
         run(raw[i % len(raw) : i % len(raw) + 1])
         latencies.append((time.perf_counter() - t) * 1000)
-    return {"images_per_s": throughput, "latency_ms_p50": float(np.percentile(latencies, 50)),
-            "latency_ms_p95": float(np.percentile(latencies, 95)), "auc": float(roc_auc_score(labels, probs[:, 1])),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "images_per_s": throughput,
+        "latency_ms_p50": float(np.percentile(latencies, 50)),
+        "latency_ms_p95": float(np.percentile(latencies, 95)),
+        "auc": float(roc_auc_score(labels, probs[:, 1])),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def classifier_rows(name: str, data_dir: str | None, peak: float) -> dict:
@@ -93,8 +97,10 @@ def classifier_rows(name: str, data_dir: str | None, peak: float) -> dict:
                 xt = torch.from_numpy(normalize_intensity(x, prep)).contiguous(memory_format=fmt)
                 return torch.softmax(tuned_model(xt) / t, 1).numpy()
 
-        rows = {"pytorch eager (MONAI defaults)": measure(eager, raw, test.labels),
-                "medlens tuned pytorch (inference mode, channels-last)": measure(tuned, raw, test.labels)}
+        rows = {
+            "pytorch eager (MONAI defaults)": measure(eager, raw, test.labels),
+            "medlens tuned pytorch (inference mode, channels-last)": measure(tuned, raw, test.labels),
+        }
         bundle = load_classifier(copy)
         export_onnx(bundle, val.images[:64].astype(np.float32))
         q = quantize_bundle(bundle, "static", (val.images, val.labels), (test.images, test.labels))
@@ -105,7 +111,9 @@ def classifier_rows(name: str, data_dir: str | None, peak: float) -> dict:
                 rows[label] = {"skipped": "int8 not kept (validation AUC bound or no speed-up)", **q}
                 continue
             session = ort.InferenceSession(str(copy / file), providers=["CPUExecutionProvider"])
-            rows[label] = measure(lambda x, s=session: s.run(None, {"image": np.ascontiguousarray(x)})[0], raw, test.labels)
+            rows[label] = measure(
+                lambda x, s=session: s.run(None, {"image": np.ascontiguousarray(x)})[0], raw, test.labels
+            )
         flops = flops_per_image(model, torch.from_numpy(normalize_intensity(raw[:1], prep)))
     for row in rows.values():
         if "images_per_s" in row:
@@ -142,17 +150,24 @@ def main() -> None:
     data_dir = os.environ.get("MEDLENS_DATA_DIR")
     torch.set_num_threads(os.cpu_count() or 1)
     peak = matmul_gflops()
-    result = {"machine": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
-              "matmul_gflops_fp32": peak, "classifiers": {n: classifier_rows(n, data_dir, peak) for n in CLASSIFIERS},
-              "hippocampus": segmenter_rows(data_dir)}
+    result = {
+        "machine": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "matmul_gflops_fp32": peak,
+        "classifiers": {n: classifier_rows(n, data_dir, peak) for n in CLASSIFIERS},
+        "hippocampus": segmenter_rows(data_dir),
+    }
     RESULTS.write_text(json.dumps(result, indent=1))
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s ({result['machine']})")
-    print("| model | path | images/s (batch 64) | latency p50 / p95 ms | test AUC | % of matmul peak |\n|---|---|---|---|---|---|")
+    print(
+        "| model | path | images/s (batch 64) | latency p50 / p95 ms | test AUC | % of matmul peak |\n|---|---|---|---|---|---|"
+    )
     for name, r in result["classifiers"].items():
         for path, row in r["paths"].items():
             if "images_per_s" in row:
-                print(f"| {name} | {path} | {row['images_per_s']:.0f} | {row['latency_ms_p50']:.2f} / "
-                      f"{row['latency_ms_p95']:.2f} | {row['auc']:.4f} | {row['percent_of_matmul_peak']:.1f} |")
+                print(
+                    f"| {name} | {path} | {row['images_per_s']:.0f} | {row['latency_ms_p50']:.2f} / "
+                    f"{row['latency_ms_p95']:.2f} | {row['auc']:.4f} | {row['percent_of_matmul_peak']:.1f} |"
+                )
             else:
                 print(f"| {name} | {path} | {row['skipped']} | | | |")
     for path, row in result["hippocampus"].items():

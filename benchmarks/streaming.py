@@ -43,8 +43,11 @@ def rss_mb(pid: int) -> float:
 def run(folder: Path, out: Path, kill_after_rows: int | None = None) -> dict:
     """Run predict; optionally SIGKILL once the CSV holds ``kill_after_rows`` rows. Returns time and peak RSS."""
     started = time.perf_counter()
-    child = subprocess.Popen([*MEDLENS, "predict", "pneumonia", str(folder), "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [*MEDLENS, "predict", "pneumonia", str(folder), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     peak, killed = 0.0, False
     while child.poll() is None:
         peak = max(peak, rss_mb(child.pid))
@@ -52,7 +55,12 @@ def run(folder: Path, out: Path, kill_after_rows: int | None = None) -> dict:
             os.kill(child.pid, signal.SIGKILL)
             killed = True
         time.sleep(0.05)
-    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak, "killed": killed, "returncode": child.returncode}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": peak,
+        "killed": killed,
+        "returncode": child.returncode,
+    }
 
 
 def rows_in(out: Path) -> list[str]:
@@ -70,15 +78,24 @@ def main() -> None:
             for i in range(n):
                 Image.fromarray(images[i % len(images), 0]).save(folder / f"img_{i:05d}.png")
             clean = run(folder, Path(tmp) / f"clean{n}.csv")
-            result[f"{n} files"] = {**clean, "images_per_s": n / clean["seconds"], "rows": len(rows_in(Path(tmp) / f"clean{n}.csv"))}
+            result[f"{n} files"] = {
+                **clean,
+                "images_per_s": n / clean["seconds"],
+                "rows": len(rows_in(Path(tmp) / f"clean{n}.csv")),
+            }
         out = Path(tmp) / "killed.csv"
         first = run(Path(tmp) / "png10000", out, kill_after_rows=4000)
         after_kill = len(rows_in(out))
         second = run(Path(tmp) / "png10000", out)
         files = rows_in(out)
         result["kill and resume, 10000 files"] = {
-            "first_run": first, "rows_after_kill": after_kill, "second_run": second, "rows_final": len(files),
-            "unique_files": len(set(files)), "every_file_once": len(files) == len(set(files)) == 10000}
+            "first_run": first,
+            "rows_after_kill": after_kill,
+            "second_run": second,
+            "rows_final": len(files),
+            "unique_files": len(set(files)),
+            "every_file_once": len(files) == len(set(files)) == 10000,
+        }
     RESULTS.write_text(json.dumps({"machine": f"{os.cpu_count()}-core CPU", **result}, indent=1))
     for k, v in result.items():
         print(k, json.dumps(v))

@@ -37,8 +37,14 @@ SETTINGS = {
 }
 
 
-def one_pass(x: torch.Tensor, y: torch.Tensor, channels_last: bool = False, bf16: bool = False, batch: int = 64,
-             threads: int | None = None) -> float:
+def one_pass(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    channels_last: bool = False,
+    bf16: bool = False,
+    batch: int = 64,
+    threads: int | None = None,
+) -> float:
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     model = build_network(NetworkSpec("resnet18", 2, 1, 2, (28, 28), width=0.5))
@@ -79,14 +85,24 @@ def loader_pass(data: object, augment: bool, cached: bool, workers: int) -> dict
         dataset = TensorDataset(torch.from_numpy(normalized_inputs(part, prep)), torch.from_numpy(part.labels))
     else:
         dataset = ArrayDataset(part, prep, build_augmentation("xray", 2, 0) if augment else None)
-    loader = DataLoader(dataset, batch_size=64, shuffle=True, num_workers=workers, persistent_workers=workers > 0,
-                        worker_init_fn=(lambda _: torch.set_num_threads(1)) if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=64,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=(lambda _: torch.set_num_threads(1)) if workers else None,
+    )
     started = time.perf_counter()
     for _ in loader:
         pass
     data_only = time.perf_counter() - started
     torch.manual_seed(0)
-    model = build_network(NetworkSpec("resnet18", 2, 1, 2, (28, 28), width=0.5)).to(memory_format=torch.channels_last).train()
+    model = (
+        build_network(NetworkSpec("resnet18", 2, 1, 2, (28, 28), width=0.5))
+        .to(memory_format=torch.channels_last)
+        .train()
+    )
     opt, loss_fn, times = torch.optim.AdamW(model.parameters(), lr=1e-3), torch.nn.CrossEntropyLoss(), []
     for repeat in range(3):
         started = time.perf_counter()
@@ -101,7 +117,11 @@ def loader_pass(data: object, augment: bool, cached: bool, workers: int) -> dict
 
 
 DATA_SETTINGS = {
-    "trainer pipeline, X-ray augmentation, no workers (medlens default)": {"augment": True, "cached": False, "workers": 0},
+    "trainer pipeline, X-ray augmentation, no workers (medlens default)": {
+        "augment": True,
+        "cached": False,
+        "workers": 0,
+    },
     "trainer pipeline, X-ray augmentation, 2 worker processes": {"augment": True, "cached": False, "workers": 2},
     "trainer pipeline, no augmentation": {"augment": False, "cached": False, "workers": 0},
     "normalised arrays cached once (no augmentation)": {"augment": False, "cached": True, "workers": 0},
@@ -112,7 +132,9 @@ def run_data(data: object) -> dict[str, dict]:
     rows = {name: {**loader_pass(data, **kw), **kw} for name, kw in DATA_SETTINGS.items()}
     print("| input pipeline | data alone s | data + training s | share of the pass spent on data |\n|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['data_seconds']:.2f} | {r['train_seconds']:.2f} | {r['data_seconds'] / r['train_seconds']:.0%} |")
+        print(
+            f"| {name} | {r['data_seconds']:.2f} | {r['train_seconds']:.2f} | {r['data_seconds'] / r['train_seconds']:.0%} |"
+        )
     return rows
 
 
@@ -122,8 +144,12 @@ def main() -> None:
     args = parser.parse_args()
     data = load_medmnist("pneumoniamnist", data_dir=os.environ.get("MEDLENS_DATA_DIR"))
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results.update({"machine": f"{os.cpu_count()}-core CPU, torch {torch.__version__}",
-                    "data": f"{N_IMAGES} PneumoniaMNIST training images, ResNet-18 width 0.5"})
+    results.update(
+        {
+            "machine": f"{os.cpu_count()}-core CPU, torch {torch.__version__}",
+            "data": f"{N_IMAGES} PneumoniaMNIST training images, ResNet-18 width 0.5",
+        }
+    )
     if "data" in args.parts:
         results["input_pipeline"] = run_data(data)
     if "settings" in args.parts:

@@ -34,20 +34,17 @@ import torch
 from medlens.classify.bundle import load_classifier
 from medlens.classify.train import train_classifier
 from medlens.datasets import load_medmnist
-from medlens.trust.audit import (
-    AuditConfig,
-    _Ctx,
-    audit_bundle,
-    audit_calibration,
-    audit_referral,
-)
+from medlens.trust.audit import AuditConfig, _Ctx, audit_bundle, audit_calibration, audit_referral
 from medlens.trust.calibrate import calibrate_bundle
 
 sys.path.insert(0, str(Path(__file__).parent))
 from medmnist import EXPERIMENTS  # noqa: E402  (the same training settings as the MedMNIST benchmark)
 
 RESULTS = Path(__file__).parent / "results"
-MODELS = {"pneumonia": ("pneumoniamnist-28", "pneumoniamnist", 28), "adrenal": ("adrenalmnist3d-64", "adrenalmnist3d", 64)}
+MODELS = {
+    "pneumonia": ("pneumoniamnist-28", "pneumoniamnist", 28),
+    "adrenal": ("adrenalmnist3d-64", "adrenalmnist3d", 64),
+}
 SEEDS = (0, 1, 2)
 
 
@@ -69,7 +66,9 @@ def dropout_bundle(runs: Path, data) -> Path:
     out = runs / "pneumoniamnist-28-dropout0.2-seed0"
     if not (out / "model" / "bundle.json").is_file():
         print("training the dropout-0.2 PneumoniaMNIST model for MC dropout ...", flush=True)
-        train_classifier(replace(EXPERIMENTS["pneumoniamnist-28"], seed=0, dropout=0.2), out, show_progress=False, data=data)
+        train_classifier(
+            replace(EXPERIMENTS["pneumoniamnist-28"], seed=0, dropout=0.2), out, show_progress=False, data=data
+        )
     return out / "model"
 
 
@@ -79,15 +78,23 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     bundle = load_classifier(name)
     if args.ship:
         fitted = calibrate_bundle(bundle, data, bundle.path, referral_fraction=0.1, method="softmax")
-        print(f"{name}: shipped temperature {fitted['calibration']['temperature']:.3f}, referral threshold "
-              f"{fitted['referral']['threshold']:.4g}", flush=True)
+        print(
+            f"{name}: shipped temperature {fitted['calibration']['temperature']:.3f}, referral threshold "
+            f"{fitted['referral']['threshold']:.4g}",
+            flush=True,
+        )
         bundle = load_classifier(name)
-    members = [load_classifier(p) for p in member_bundles(experiment, bundle.manifest["config"]["seed"], args.runs, data)]
+    members = [
+        load_classifier(p) for p in member_bundles(experiment, bundle.manifest["config"]["seed"], args.runs, data)
+    ]
     cfg = AuditConfig(explain_cases=32 if name == "pneumonia" else 16)
     started = time.perf_counter()
     audit = audit_bundle(bundle, data, args.results / "trust" / name, cfg, members)
-    result = {"audit_seconds": round(time.perf_counter() - started, 1), "n_members": len(members) + 1,
-              **{k: audit[k] for k in ("performance", "calibration", "referral", "robustness", "explanations")}}
+    result = {
+        "audit_seconds": round(time.perf_counter() - started, 1),
+        "n_members": len(members) + 1,
+        **{k: audit[k] for k in ("performance", "calibration", "referral", "robustness", "explanations")},
+    }
     if name == "pneumonia":
         result["mc_dropout_model"] = mc_dropout_rows(args, data)
     return result
@@ -96,7 +103,13 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
 def mc_dropout_rows(args: argparse.Namespace, data) -> dict:
     """Referral with MC dropout, on a separately trained model with dropout (the shipped one has none)."""
     bundle = load_classifier(dropout_bundle(args.runs, data))
-    ctx = _Ctx(bundle, data, AuditConfig(uncertainty_methods=("softmax", "mc-dropout")), args.results / "trust" / "pneumonia-dropout", [])
+    ctx = _Ctx(
+        bundle,
+        data,
+        AuditConfig(uncertainty_methods=("softmax", "mc-dropout")),
+        args.results / "trust" / "pneumonia-dropout",
+        [],
+    )
     ctx.out.mkdir(parents=True, exist_ok=True)
     return {"calibration": audit_calibration(ctx), "referral": audit_referral(ctx)}
 
@@ -112,17 +125,27 @@ def summary_rows(results: dict) -> list[list[str]]:
             if "curve" not in m:
                 continue
             c = {round(x["referred_fraction"], 2): x for x in m["curve"]}
-            rows.append([name, method, f"{ece['val_before']:.3f} -> {ece['val_after']:.3f}",
-                         f"{ece['test_before']:.3f} -> {ece['test_after']:.3f}",
-                         *(f"{c[f]['auc']:.3f} / {c[f]['accuracy']:.3f}" for f in (0.0, 0.1, 0.2))])
+            rows.append(
+                [
+                    name,
+                    method,
+                    f"{ece['val_before']:.3f} -> {ece['val_after']:.3f}",
+                    f"{ece['test_before']:.3f} -> {ece['test_after']:.3f}",
+                    *(f"{c[f]['auc']:.3f} / {c[f]['accuracy']:.3f}" for f in (0.0, 0.1, 0.2)),
+                ]
+            )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--ship", action="store_true", help="store temperature and referral point in the shipped bundles")
-    parser.add_argument("--runs", type=Path, default=Path("runs/benchmark"), help="where ensemble members live / are trained")
+    parser.add_argument(
+        "--ship", action="store_true", help="store temperature and referral point in the shipped bundles"
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs/benchmark"), help="where ensemble members live / are trained"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("MEDLENS_DATA_DIR"))
     args = parser.parse_args()
@@ -132,10 +155,15 @@ def main() -> None:
     results = stored.get("models", {})
     for name in args.models:
         results[name] = run_model(name, args)
-        path.write_text(json.dumps({"machine": f"{os.cpu_count()}-core CPU, torch {torch.__version__}",
-                                    "models": results}, indent=1))
-    print("| model | uncertainty | ECE val before -> after | ECE test before -> after | AUC / acc, 0% referred "
-          "| 10% referred | 20% referred |\n|---|---|---|---|---|---|---|")
+        path.write_text(
+            json.dumps(
+                {"machine": f"{os.cpu_count()}-core CPU, torch {torch.__version__}", "models": results}, indent=1
+            )
+        )
+    print(
+        "| model | uncertainty | ECE val before -> after | ECE test before -> after | AUC / acc, 0% referred "
+        "| 10% referred | 20% referred |\n|---|---|---|---|---|---|---|"
+    )
     for row in summary_rows(results):
         print("| " + " | ".join(row) + " |")
     print(f"written {path}")

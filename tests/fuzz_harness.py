@@ -35,12 +35,47 @@ from medlens.io.series import read_dicom_volumes
 from medlens.serve.ingest import split_multipart_related, store_instances
 from medlens.serve.sandbox import JobCrashed, JobError, Sandbox
 
-TRUSTED_TAGS = [(0x0028, 0x0010), (0x0028, 0x0011), (0x0028, 0x0008), (0x0028, 0x0100), (0x0028, 0x0101), (0x0028, 0x0102),
-                (0x0028, 0x0002), (0x0028, 0x0103), (0x0028, 0x1053), (0x0028, 0x1052), (0x0028, 0x0004), (0x0002, 0x0010),
-                (0x0020, 0x0032), (0x0020, 0x0037), (0x0028, 0x0030), (0x0020, 0x0011), (0x0020, 0x000D), (0x0020, 0x000E),
-                (0x0008, 0x0018), (0x7FE0, 0x0010), (0x0010, 0x0010), (0x0008, 0x0060)]
-NASTY_VALUES = [b"0", b"-1", b"65535", b"4294967295", b"1e40", b"9" * 40, b"nan", b"inf", b"", b"\x00\x00", b"\xff\xfe\xfd",
-                b"<img src=x onerror=alert(1)>", b"1.2.840.10008.1.2.1.99", b"1.2.840.10008.1.2.4.90", b"\\" * 30]
+TRUSTED_TAGS = [
+    (0x0028, 0x0010),
+    (0x0028, 0x0011),
+    (0x0028, 0x0008),
+    (0x0028, 0x0100),
+    (0x0028, 0x0101),
+    (0x0028, 0x0102),
+    (0x0028, 0x0002),
+    (0x0028, 0x0103),
+    (0x0028, 0x1053),
+    (0x0028, 0x1052),
+    (0x0028, 0x0004),
+    (0x0002, 0x0010),
+    (0x0020, 0x0032),
+    (0x0020, 0x0037),
+    (0x0028, 0x0030),
+    (0x0020, 0x0011),
+    (0x0020, 0x000D),
+    (0x0020, 0x000E),
+    (0x0008, 0x0018),
+    (0x7FE0, 0x0010),
+    (0x0010, 0x0010),
+    (0x0008, 0x0060),
+]
+NASTY_VALUES = [
+    b"0",
+    b"-1",
+    b"65535",
+    b"4294967295",
+    b"1e40",
+    b"9" * 40,
+    b"nan",
+    b"inf",
+    b"",
+    b"\x00\x00",
+    b"\xff\xfe\xfd",
+    b"<img src=x onerror=alert(1)>",
+    b"1.2.840.10008.1.2.1.99",
+    b"1.2.840.10008.1.2.4.90",
+    b"\\" * 30,
+]
 LIMITS = DicomLimits(max_inflated_bytes=64 << 20, max_pixel_bytes=1 << 30)
 
 
@@ -67,13 +102,20 @@ class Tally:
             self.findings.append({"seed": seed, "outcome": outcome, "detail": detail[:300]})
 
     def as_dict(self) -> dict[str, Any]:
-        return {"cases": self.cases, "outcomes": dict(self.outcomes), "escapes_by_type": dict(self.escapes),
-                "findings": self.findings, "seconds": round(self.seconds, 1)}
+        return {
+            "cases": self.cases,
+            "outcomes": dict(self.outcomes),
+            "escapes_by_type": dict(self.escapes),
+            "findings": self.findings,
+            "seconds": round(self.seconds, 1),
+        }
 
 
 def corpus_sources(data_dir: Path) -> list[Path]:
     dicom = data_dir / "dicom"
-    return sorted((dicom / "mr_transfer_syntaxes").glob("*.dcm")) + sorted((dicom / "ct_kits_slices").glob("CT2*.dcm"))[:2]
+    return (
+        sorted((dicom / "mr_transfer_syntaxes").glob("*.dcm")) + sorted((dicom / "ct_kits_slices").glob("CT2*.dcm"))[:2]
+    )
 
 
 def build_corpus(data_dir: str) -> Corpus:
@@ -143,7 +185,7 @@ def _corrupt_value(b: bytearray, rng: random.Random) -> bytearray:
         return _flip_header(b, rng)
     at = rng.choice(offsets)
     value = rng.choice(NASTY_VALUES)
-    return b[: at + 8] + value + b[at + 8 + len(value):] if rng.random() < 0.5 else b[: at + 8] + value + b[at + 8:]
+    return b[: at + 8] + value + b[at + 8 + len(value) :] if rng.random() < 0.5 else b[: at + 8] + value + b[at + 8 :]
 
 
 def _corrupt_length(b: bytearray, rng: random.Random) -> bytearray:
@@ -153,14 +195,19 @@ def _corrupt_length(b: bytearray, rng: random.Random) -> bytearray:
     at = rng.choice(offsets)
     length = rng.choice([0, 1, 3, 0xFFFF, 0xFFFFFFFF, 0x7FFFFFFF, rng.randrange(1 << 32)])
     where = at + rng.choice((4, 6, 8))
-    b[where:where + 4] = struct.pack("<I", length)
+    b[where : where + 4] = struct.pack("<I", length)
     return b
 
 
 def _nest_sequences(b: bytearray, rng: random.Random) -> bytearray:
     """Deeply nested undefined-length sequences (ContentSequence) inserted before the pixel data."""
     depth = rng.choice((2, 50, 500, 5000))
-    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\x00\x00" + b"\xff\xff\xff\xff" + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    opening = (
+        struct.pack("<HH", 0x0040, 0xA730)
+        + b"SQ\x00\x00"
+        + b"\xff\xff\xff\xff"
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    )
     closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
     body = opening * depth + (closing * depth if rng.random() < 0.7 else b"")
     pixels = _tag_offsets(b, 0x7FE0, 0x0010)
@@ -194,11 +241,17 @@ def upload_case(corpus: Corpus, seed: int) -> str:
     rng = random.Random(seed)
     instances = [mutate(d, rng) if rng.random() < 0.85 else d for _, d in rng.sample(corpus.files, rng.randint(1, 3))]
     boundary = "medlens-fuzz"
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + i + b"\r\n" for i in instances)
+    body = b"".join(
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + i + b"\r\n" for i in instances
+    )
     body += b"--" + boundary.encode() + b"--\r\n"
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
     if rng.random() < 0.15:  # the framing itself
-        body = bytes(_flip_anywhere(bytearray(body[:4000]), rng)) + body[4000:] if rng.random() < 0.5 else body[: rng.randrange(len(body))]
+        body = (
+            bytes(_flip_anywhere(bytearray(body[:4000]), rng)) + body[4000:]
+            if rng.random() < 0.5
+            else body[: rng.randrange(len(body))]
+        )
     storage = corpus.scratch / "storage"
     try:
         parts = split_multipart_related(body, content_type)
@@ -208,13 +261,17 @@ def upload_case(corpus: Corpus, seed: int) -> str:
         report = store_instances(parts, storage, LIMITS)
         stored = {p.name for p in (storage / "studies").rglob("*.dcm")} if (storage / "studies").is_dir() else set()
         if len(report.stored) + len(report.failed) != len(parts) or (report.stored and not stored):
-            raise AssertionError(f"{len(parts)} parts, {len(report.stored)} stored, {len(report.failed)} failed, {len(stored)} on disk")
+            raise AssertionError(
+                f"{len(parts)} parts, {len(report.stored)} stored, {len(report.failed)} failed, {len(stored)} on disk"
+            )
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     return "ok"
 
 
-def run(target: str, seeds: range, data_dir: str, timeout_seconds: float = 10.0, budget_seconds: float | None = None) -> Tally:
+def run(
+    target: str, seeds: range, data_dir: str, timeout_seconds: float = 10.0, budget_seconds: float | None = None
+) -> Tally:
     """Run ``target`` ("reader" or "upload") on each seed in a child process; stops early when the budget is spent."""
     fn = {"reader": reader_case, "upload": upload_case}[target]
     sandbox, tally, start = Sandbox(build_corpus, (data_dir,), timeout_seconds), Tally(), time.monotonic()

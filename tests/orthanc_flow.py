@@ -27,13 +27,21 @@ ORTHANC = "http://127.0.0.1:8042"
 
 def start_orthanc(work: Path) -> subprocess.Popen[bytes]:
     config = {
-        "Name": "medlens-test", "StorageDirectory": str(work / "orthanc-db"), "IndexDirectory": str(work / "orthanc-db"),
-        "HttpPort": 8042, "DicomPort": 4242, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "StableAge": 1, "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+        "Name": "medlens-test",
+        "StorageDirectory": str(work / "orthanc-db"),
+        "IndexDirectory": str(work / "orthanc-db"),
+        "HttpPort": 8042,
+        "DicomPort": 4242,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "StableAge": 1,
+        "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (work / "orthanc.json").write_text(json.dumps(config))
-    process = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], stdout=(work / "orthanc.log").open("wb"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        ["Orthanc", str(work / "orthanc.json")], stdout=(work / "orthanc.log").open("wb"), stderr=subprocess.STDOUT
+    )
     return wait_until_answering(f"{ORTHANC}/system", process, "Orthanc (see orthanc.log)", seconds=30)
 
 
@@ -43,11 +51,23 @@ def main() -> None:
     from medlens.serve.app import ServeConfig, create_app
     from medlens.serve.worker import WorkerOptions
 
-    out, models, tokens, studies = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), [Path(p) for p in sys.argv[4:]]
+    out, models, tokens, studies = (
+        Path(sys.argv[1]),
+        Path(sys.argv[2]),
+        Path(sys.argv[3]),
+        [Path(p) for p in sys.argv[4:]],
+    )
     token = json.loads((out / "token.json").read_text())["viewer"]
     orthanc = start_orthanc(out)
-    config = ServeConfig(models=models, storage=out / "storage", tokens=tokens, settle_seconds=0, orthanc_url=ORTHANC, poll_seconds=0.5,
-                         worker=WorkerOptions(isolate=False))  # the PACS round trip is tested here; the job process elsewhere
+    config = ServeConfig(
+        models=models,
+        storage=out / "storage",
+        tokens=tokens,
+        settle_seconds=0,
+        orthanc_url=ORTHANC,
+        poll_seconds=0.5,
+        worker=WorkerOptions(isolate=False),
+    )  # the PACS round trip is tested here; the job process elsewhere
     result: dict = {}
     try:
         for f in studies:  # as a modality would send them
@@ -56,20 +76,29 @@ def main() -> None:
             deadline = time.time() + 120
             while time.time() < deadline:
                 counts = client.get("/api/status", headers={"Authorization": f"Bearer {token}"}).json()["jobs"]
-                if counts["done"] + counts["referred"] + counts["failed"] >= len(studies) and counts["queued"] + counts["running"] == 0:
+                if (
+                    counts["done"] + counts["referred"] + counts["failed"] >= len(studies)
+                    and counts["queued"] + counts["running"] == 0
+                ):
                     break
                 time.sleep(0.5)
             worklist = client.get("/api/worklist", headers={"Authorization": f"Bearer {token}"}).json()
-        with TestClient(create_app(config)) as client:  # a restart: the stored poll cursor means nothing is fetched twice
+        with TestClient(
+            create_app(config)
+        ) as client:  # a restart: the stored poll cursor means nothing is fetched twice
             time.sleep(1.5)
-            result["jobs_after_restart"] = client.get("/api/status", headers={"Authorization": f"Bearer {token}"}).json()["jobs"]
+            result["jobs_after_restart"] = client.get(
+                "/api/status", headers={"Authorization": f"Bearer {token}"}
+            ).json()["jobs"]
         result["worklist"] = worklist
         result["orthanc"] = {}
         for study_id in httpx.get(f"{ORTHANC}/studies", timeout=10).json():
             tags = httpx.get(f"{ORTHANC}/studies/{study_id}", timeout=10).json()["MainDicomTags"]
             series = httpx.get(f"{ORTHANC}/studies/{study_id}/series", timeout=10).json()
             result["orthanc"][tags["StudyInstanceUID"]] = sorted(
-                (s["MainDicomTags"].get("Modality", ""), s["MainDicomTags"].get("SeriesDescription", "")) for s in series)
+                (s["MainDicomTags"].get("Modality", ""), s["MainDicomTags"].get("SeriesDescription", ""))
+                for s in series
+            )
     finally:
         orthanc.terminate()
         orthanc.wait(30)

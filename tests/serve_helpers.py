@@ -21,7 +21,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_answering(url: str, process: subprocess.Popen[bytes], what: str, seconds: float = 60) -> subprocess.Popen[bytes]:
+def wait_until_answering(
+    url: str, process: subprocess.Popen[bytes], what: str, seconds: float = 60
+) -> subprocess.Popen[bytes]:
     """``process`` once ``url`` answers 200; killed, with an error naming ``what``, if it does not in time."""
     import httpx
 
@@ -36,11 +38,27 @@ def wait_until_answering(url: str, process: subprocess.Popen[bytes], what: str, 
     raise AssertionError(f"{what} did not start within {seconds:.0f} s")
 
 
-def start_server(models: Path, tokens: Path, storage: Path, port: int, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+def start_server(
+    models: Path, tokens: Path, storage: Path, port: int, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     """`medlens serve` on 127.0.0.1:port, returned once /health answers (killed if it does not within 60 s)."""
-    command = [sys.executable, "-m", "medlens", "serve", "--models", str(models), "--tokens", str(tokens),
-               "--storage", str(storage), "--port", str(port)]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=stderr)
+    command = [
+        sys.executable,
+        "-m",
+        "medlens",
+        "serve",
+        "--models",
+        str(models),
+        "--tokens",
+        str(tokens),
+        "--storage",
+        str(storage),
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=stderr
+    )
     return wait_until_answering(f"http://127.0.0.1:{port}/health", process, "medlens serve")
 
 
@@ -57,7 +75,9 @@ def wait_idle(base: str, token: str, seconds: float = 180) -> dict[str, int]:
     raise AssertionError(f"jobs did not finish in {seconds} s: {counts}")
 
 
-def make_service(tmp_path: Path, models: tuple[str, ...] = ("pneumonia", "hippocampus"), **config: Any) -> dict[str, Any]:
+def make_service(
+    tmp_path: Path, models: tuple[str, ...] = ("pneumonia", "hippocampus"), **config: Any
+) -> dict[str, Any]:
     """A ServeConfig over the shipped bundles (symlinked) with one token per role: {"config", "headers", "tokens"}.
 
     In-process services run jobs in this process (``isolate=False``: no job process to start for each test);
@@ -74,8 +94,11 @@ def make_service(tmp_path: Path, models: tuple[str, ...] = ("pneumonia", "hippoc
     tokens = tmp_path / "tokens.json"
     users = {role: add_token(tokens, f"{role}-user", role) for role in ("admin", "radiologist", "viewer", "sender")}
     options = {"settle_seconds": 0, "max_upload_mb": 2, "worker": WorkerOptions(isolate=False), **config}
-    return {"config": ServeConfig(models=folder, storage=tmp_path / "storage", tokens=tokens, **options),
-            "headers": {role: {"Authorization": f"Bearer {t}"} for role, t in users.items()}, "tokens": users}
+    return {
+        "config": ServeConfig(models=folder, storage=tmp_path / "storage", tokens=tokens, **options),
+        "headers": {role: {"Authorization": f"Bearer {t}"} for role, t in users.items()},
+        "tokens": users,
+    }
 
 
 def wait_client_idle(client: Any, seconds: float = 120) -> dict[str, int]:

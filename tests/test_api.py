@@ -18,8 +18,14 @@ from medlens.kinds import KINDS, kinds_supporting
 from medlens.recon.bundle import EnhancerBundle
 from medlens.segment.bundle import SegmenterBundle
 
-SHIPPED_KINDS = {"pneumonia": "classifier", "adrenal": "classifier", "hippocampus": "segmenter",
-                 "ct-denoise": "enhancer", "mri-recon": "enhancer", "upscale": "enhancer"}
+SHIPPED_KINDS = {
+    "pneumonia": "classifier",
+    "adrenal": "classifier",
+    "hippocampus": "segmenter",
+    "ct-denoise": "enhancer",
+    "mri-recon": "enhancer",
+    "upscale": "enhancer",
+}
 
 
 def test_import_medlens_loads_no_deep_learning_library() -> None:
@@ -58,7 +64,9 @@ def test_classifier_predict_on_real_radiographs(kermany_files: list[tuple[Path, 
     files = [kermany_files[0][0], kermany_files[-1][0], tmp_path / "missing.png"]
     rows = medlens.open_bundle("pneumonia").predict(files, adapt=True)
     assert [r["file"] for r in rows] == [str(f) for f in files]
-    assert rows[0]["label"] in ("normal", "pneumonia") and rows[0]["normal"] + rows[0]["pneumonia"] == pytest.approx(1, abs=1e-5)
+    assert rows[0]["label"] in ("normal", "pneumonia") and rows[0]["normal"] + rows[0]["pneumonia"] == pytest.approx(
+        1, abs=1e-5
+    )
     assert rows[2]["error"] and not rows[0]["error"]  # a bad file gets its error; the others are predicted
 
 
@@ -70,7 +78,9 @@ def test_segmenter_predict_returns_label_maps_and_volumes(data_dir: Path, tmp_pa
     assert row["error"] == "" and row["labels"].array.shape == medlens.load_volume(case).array.shape
     assert 0.2 < row["volumes_ml"]["anterior"] + row["volumes_ml"]["posterior"] < 10  # a human hippocampus: a few mL
     written = bundle.predict([case], out=tmp_path / "seg")[0]
-    assert (tmp_path / "seg" / written["labels"]).is_file() and written["volumes_ml"] == pytest.approx(row["volumes_ml"])
+    assert (tmp_path / "seg" / written["labels"]).is_file() and written["volumes_ml"] == pytest.approx(
+        row["volumes_ml"]
+    )
 
 
 def test_enhancer_predict_writes_the_denoised_ct(data_dir: Path, tmp_path: Path) -> None:

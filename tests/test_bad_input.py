@@ -15,13 +15,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from medlens.cli import app
-from medlens.errors import (
-    DicomError,
-    GeometryError,
-    ImageReadError,
-    MedlensError,
-    UnsupportedTransferSyntaxError,
-)
+from medlens.errors import DicomError, GeometryError, ImageReadError, MedlensError, UnsupportedTransferSyntaxError
 from medlens.io.convert import convert_dicom
 from medlens.io.dicom import decode_frames, read_dataset
 from medlens.io.series import read_dicom_volume, read_dicom_volumes
@@ -73,7 +67,10 @@ def test_no_pixel_data(mr_file: Path, tmp_path: Path) -> None:
 def test_transfer_syntax_without_decoder() -> None:
     """12-bit JPEG Extended: only the GPL decoder medlens leaves out handles it."""
     path = pydicom_test("JPGExtended.dcm")
-    with pytest.raises(UnsupportedTransferSyntaxError, match=r"JPGExtended.dcm: pixel data is compressed as JPEG Extended.*GPL-3.0.*gdcmconv"):
+    with pytest.raises(
+        UnsupportedTransferSyntaxError,
+        match=r"JPGExtended.dcm: pixel data is compressed as JPEG Extended.*GPL-3.0.*gdcmconv",
+    ):
         _read(path)
 
 
@@ -108,14 +105,18 @@ def _narrow(ds: pydicom.Dataset) -> None:
 def test_series_with_mixed_sizes(crop_series: Path) -> None:
     folder = crop_series
     _edit(folder / "5.dcm", _narrow)
-    with pytest.raises(GeometryError, match=r"holds 2 volumes .*mixes acquisitions \(columns: matrix sizes 50x20 and 50x34\)"):
+    with pytest.raises(
+        GeometryError, match=r"holds 2 volumes .*mixes acquisitions \(columns: matrix sizes 50x20 and 50x34\)"
+    ):
         read_dicom_volume(folder)
 
 
 def test_missing_geometry_tags(crop_series: Path) -> None:
     folder = crop_series
     _edit(folder / "7.dcm", lambda ds: delattr(ds, "ImagePositionPatient"))
-    with pytest.raises(GeometryError, match=r"7.dcm: ImagePositionPatient or ImageOrientationPatient missing.*cannot be ordered"):
+    with pytest.raises(
+        GeometryError, match=r"7.dcm: ImagePositionPatient or ImageOrientationPatient missing.*cannot be ordered"
+    ):
         read_dicom_volume(folder)
 
 
@@ -169,14 +170,27 @@ def test_cli_info_and_convert(data_dir: Path, tmp_path: Path) -> None:
     assert sidecar["shape"] == [280, 320, 22] and sidecar["orientation"] == "LPS" and sidecar["Modality"] == "MR"
     original = pydicom.dcmread(next((data_dir / "dicom" / "mr_pgbm003" / "11-T1post-18670").glob("*.dcm")))
     text = (tmp_path / "nii" / "02_MR_s11.json").read_text()
-    assert str(original.PatientID) not in text and str(original.StudyInstanceUID) not in text and "PatientName" not in text
+    assert (
+        str(original.PatientID) not in text and str(original.StudyInstanceUID) not in text and "PatientName" not in text
+    )
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize(("source", "patches", "message"), [
-    ("7.dcm", [(96, 214), (2655, 55)], "the JPEG stream is 384x384.*but the header says 14208x384"),  # GDCM aborted the process
-    ("4.dcm", [(764, 0), (1847, 160), (2010, 153), (2056, 234), (2662, 12)], "cannot decode pixel data"),  # Rust RLE panic
-])
+@pytest.mark.parametrize(
+    ("source", "patches", "message"),
+    [
+        (
+            "7.dcm",
+            [(96, 214), (2655, 55)],
+            "the JPEG stream is 384x384.*but the header says 14208x384",
+        ),  # GDCM aborted the process
+        (
+            "4.dcm",
+            [(764, 0), (1847, 160), (2010, 153), (2056, 234), (2662, 12)],
+            "cannot decode pixel data",
+        ),  # Rust RLE panic
+    ],
+)
 def test_fuzzing_regressions(data_dir: Path, tmp_path: Path, source: str, patches: list, message: str) -> None:
     """Files that once crashed the process or escaped the error tree, found by longer fuzzing runs."""
     data = bytearray((data_dir / "dicom" / "mr_transfer_syntaxes" / source).read_bytes())
@@ -187,14 +201,24 @@ def test_fuzzing_regressions(data_dir: Path, tmp_path: Path, source: str, patche
         read_dicom_volumes(tmp_path / "case.dcm")
 
 
-FUZZ_SOURCES = ["mr_transfer_syntaxes/1.dcm", "mr_transfer_syntaxes/4.dcm", "mr_transfer_syntaxes/7.dcm", "mr_transfer_syntaxes/9.dcm"]
+FUZZ_SOURCES = [
+    "mr_transfer_syntaxes/1.dcm",
+    "mr_transfer_syntaxes/4.dcm",
+    "mr_transfer_syntaxes/7.dcm",
+    "mr_transfer_syntaxes/9.dcm",
+]
 
 
 @pytest.mark.filterwarnings("ignore")  # as in production: pydicom's and numpy's warnings are not errors there
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(source=st.sampled_from(FUZZ_SOURCES), cuts=st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 255)), min_size=1, max_size=8),
-       truncate=st.one_of(st.none(), st.integers(0, 200_000)))
-def test_fuzzed_real_files_raise_only_medlens_errors(data_dir: Path, tmp_path: Path, source: str, cuts: list, truncate: int | None) -> None:
+@given(
+    source=st.sampled_from(FUZZ_SOURCES),
+    cuts=st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 255)), min_size=1, max_size=8),
+    truncate=st.one_of(st.none(), st.integers(0, 200_000)),
+)
+def test_fuzzed_real_files_raise_only_medlens_errors(
+    data_dir: Path, tmp_path: Path, source: str, cuts: list, truncate: int | None
+) -> None:
     """Mutate header bytes (and sometimes cut the file) of real MR files: anything that escapes is a bug."""
     data = bytearray((data_dir / "dicom" / source).read_bytes())
     for offset, value in cuts:

@@ -40,7 +40,9 @@ def test_predict_refuses_mismatched_input_but_goes_on(test_pngs, kermany_files, 
     broken.write_bytes(b"not an image")
     big = kermany_files[0][0]
     out = tmp_path / "r.json"
-    result = runner.invoke(app, ["predict", "pneumonia", str(test_pngs[0][0]), str(big), str(broken), "--out", str(out)])
+    result = runner.invoke(
+        app, ["predict", "pneumonia", str(test_pngs[0][0]), str(big), str(broken), "--out", str(out)]
+    )
     assert result.exit_code == 1
     assert "2 of 3 files could not be predicted" in result.output
     rows = json.loads(out.read_text())
@@ -68,7 +70,21 @@ def test_train_bad_setting_is_one_clear_line(tmp_path):
 
 
 def test_evaluate_shipped_model(tmp_path, data_dir):
-    result = runner.invoke(app, ["evaluate", "pneumonia", "--data", "pneumoniamnist", "--out", str(tmp_path), "--bootstrap", "100", "--data-dir", str(data_dir)])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "pneumonia",
+            "--data",
+            "pneumoniamnist",
+            "--out",
+            str(tmp_path),
+            "--bootstrap",
+            "100",
+            "--data-dir",
+            str(data_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n"] == 624 and metrics["metrics"]["auc"] > 0.944  # beats MedMNIST's ResNet-18 (28)
@@ -77,7 +93,21 @@ def test_evaluate_shipped_model(tmp_path, data_dir):
 
 
 def test_evaluate_refuses_other_data(tmp_path, data_dir):
-    result = runner.invoke(app, ["evaluate", "pneumonia", "--data", "adrenalmnist3d", "--size", "64", "--out", str(tmp_path), "--data-dir", str(data_dir)])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "pneumonia",
+            "--data",
+            "adrenalmnist3d",
+            "--size",
+            "64",
+            "--out",
+            str(tmp_path),
+            "--data-dir",
+            str(data_dir),
+        ],
+    )
     assert result.exit_code == 1 and "expects 1-channel images of 28x28" in result.output
 
 
@@ -93,7 +123,9 @@ def test_demo_offline_without_data_explains(tmp_path, monkeypatch):
 
     monkeypatch.setattr(catalog, "DEFAULT_CACHE", tmp_path / "cache")
     monkeypatch.delenv("MEDLENS_DATA_DIR", raising=False)
-    monkeypatch.setattr(catalog.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    monkeypatch.setattr(
+        catalog.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline"))
+    )
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--data-dir", str(tmp_path / "empty")])
     assert result.exit_code == 0, result.output
     assert "pneumoniamnist.npz not found" in result.output and "zenodo.org" in result.output
@@ -122,10 +154,40 @@ def test_bundle_errors(tmp_path):
 def test_pipeline_smoke_on_a_users_folder(folder_dataset, tmp_path):
     """train -> evaluate -> predict through the CLI on a folder of real JPEGs plus a CSV."""
     run = tmp_path / "run"
-    trained = runner.invoke(app, ["train", str(folder_dataset), "--out", str(run), "--set", "model=cnn", "--set", "epochs=2", "--set", "batch_size=8", "--set", "image_size=64,64", "--seed", "1"])
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            str(folder_dataset),
+            "--out",
+            str(run),
+            "--set",
+            "model=cnn",
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "image_size=64,64",
+            "--seed",
+            "1",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     assert "bundle written to" in trained.output
-    evaluated = runner.invoke(app, ["evaluate", str(run / "model"), "--data", str(folder_dataset), "--out", str(tmp_path / "eval"), "--bootstrap", "50"])
+    evaluated = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(run / "model"),
+            "--data",
+            str(folder_dataset),
+            "--out",
+            str(tmp_path / "eval"),
+            "--bootstrap",
+            "50",
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 6
     images = folder_dataset.parent / "images"
@@ -144,7 +206,9 @@ def test_predict_refuses_other_modality_even_when_fitting(tmp_path):
         assert "DICOM Modality is CT, the model was trained on CR images" in next(csv.DictReader(f))["error"]
 
 
-@pytest.mark.parametrize(("name", "dataset", "size"), [("pneumonia", "pneumoniamnist", 28), ("adrenal", "adrenalmnist3d", 64)])
+@pytest.mark.parametrize(
+    ("name", "dataset", "size"), [("pneumonia", "pneumoniamnist", 28), ("adrenal", "adrenalmnist3d", 64)]
+)
 def test_shipped_bundles_reproduce_their_stored_test_metrics(name, dataset, size, data_dir, tmp_path):
     """float16 shipped weights must give the test AUC recorded when the bundle was chosen."""
     from medlens.classify.bundle import load_classifier
@@ -184,8 +248,12 @@ def test_export_out_leaves_the_shipped_bundle_as_it_is(test_pngs, tmp_path):
     shipped = sorted(p.name for p in resolve_bundle_path("pneumonia").iterdir())
     result = runner.invoke(app, ["export", "pneumonia", "--out", str(tmp_path / "pneu")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "pneu" / "model.onnx").is_file() and sorted(p.name for p in resolve_bundle_path("pneumonia").iterdir()) == shipped
-    predicted = runner.invoke(app, ["predict", str(tmp_path / "pneu"), str(test_pngs[0][0]), "--out", str(tmp_path / "rows.csv")])
+    assert (tmp_path / "pneu" / "model.onnx").is_file() and sorted(
+        p.name for p in resolve_bundle_path("pneumonia").iterdir()
+    ) == shipped
+    predicted = runner.invoke(
+        app, ["predict", str(tmp_path / "pneu"), str(test_pngs[0][0]), "--out", str(tmp_path / "rows.csv")]
+    )
     assert predicted.exit_code == 0, predicted.output
     again = runner.invoke(app, ["export", "pneumonia", "--out", str(tmp_path / "pneu")])
     assert again.exit_code == 1 and "not empty" in again.output

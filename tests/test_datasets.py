@@ -3,19 +3,8 @@ import urllib.error
 import numpy as np
 import pytest
 
-from medlens.datasets import (
-    catalog,
-    dataset_names,
-    get_dataset_info,
-    load_folder_dataset,
-    load_medmnist,
-)
-from medlens.errors import (
-    ConfigError,
-    DataError,
-    DatasetNotFoundError,
-    UnknownNameError,
-)
+from medlens.datasets import catalog, dataset_names, get_dataset_info, load_folder_dataset, load_medmnist
+from medlens.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
 
 
 def test_catalog_has_every_medmnist_set_and_size():
@@ -48,7 +37,9 @@ def test_offline_and_missing_says_where_to_get_it(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(catalog.urllib.request, "urlopen", offline)
-    with pytest.raises(DatasetNotFoundError, match=r"breastmnist\.npz not found .*download failed.*zenodo\.org.*MEDLENS_DATA_DIR"):
+    with pytest.raises(
+        DatasetNotFoundError, match=r"breastmnist\.npz not found .*download failed.*zenodo\.org.*MEDLENS_DATA_DIR"
+    ):
         catalog.resolve_dataset_file("breastmnist", 28, data_dir=tmp_path)
 
 
@@ -84,7 +75,11 @@ def test_multilabel_npz_layout(tmp_path, pneumonia):
 
     images = pneumonia.splits["test"].images[:12, 0]
     labels = np.stack([pneumonia.splits["test"].labels[:12], 1 - pneumonia.splits["test"].labels[:12]], axis=1)
-    np.savez(tmp_path / "x.npz", **{f"{s}_images": images for s in ("train", "val", "test")}, **{f"{s}_labels": labels for s in ("train", "val", "test")})
+    np.savez(
+        tmp_path / "x.npz",
+        **{f"{s}_images": images for s in ("train", "val", "test")},
+        **{f"{s}_labels": labels for s in ("train", "val", "test")},
+    )
     splits = read_medmnist_npz(tmp_path / "x.npz", dims=2, multilabel=True)
     assert splits["train"].labels.shape == (12, 2) and splits["train"].images.shape == (12, 1, 28, 28)
 
@@ -102,7 +97,9 @@ def test_folder_dataset_mixed_sizes_need_image_size(folder_dataset, tmp_path):
 
     first = folder_dataset.read_text().splitlines()[1].split(",")[0]
     Image.open(tmp_path / first).resize((100, 80)).save(tmp_path / first)
-    with pytest.raises(DataError, match=r"has \(1, 80, 100\); images of one dataset must share a shape: set image_size"):
+    with pytest.raises(
+        DataError, match=r"has \(1, 80, 100\); images of one dataset must share a shape: set image_size"
+    ):
         load_folder_dataset(folder_dataset)
 
 
@@ -114,7 +111,10 @@ def test_folder_dataset_errors(folder_dataset, tmp_path):
         load_folder_dataset(missing, image_size=(64, 64))
     no_label = tmp_path / "nolabel.csv"
     no_label.write_text("file,diagnosis\na.png,x\n")
-    with pytest.raises(DataError, match="needs a 'file' column .* and a 'label' column .*label_column=NAME.*; found columns: file, diagnosis"):
+    with pytest.raises(
+        DataError,
+        match="needs a 'file' column .* and a 'label' column .*label_column=NAME.*; found columns: file, diagnosis",
+    ):
         load_folder_dataset(no_label)
     one_class_val = tmp_path / "oneclass.csv"
     rows = [r if not (",val," in r and ",normal," in r) else r.replace(",val,", ",train,") for r in text]

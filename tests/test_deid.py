@@ -39,10 +39,15 @@ def _identifiers(root: Path) -> set[str]:
             if element.VR == "SQ":
                 for item in element.value:
                     collect(item)
-            elif action_for(element.tag) and element.VR in ("PN", "LO", "SH", "UI", "DA", "DT", "LT", "ST", "AE") and element.value:
-                for v in (element.value if element.VM > 1 else [element.value]):
+            elif (
+                action_for(element.tag)
+                and element.VR in ("PN", "LO", "SH", "UI", "DA", "DT", "LT", "ST", "AE")
+                and element.value
+            ):
+                for v in element.value if element.VM > 1 else [element.value]:
                     if len(str(v)) >= 6:
                         values.add(str(v))
+
     for f in root.rglob("*"):
         if f.is_file() and f.suffix != ".txt":
             collect(pydicom.dcmread(f, stop_before_pixels=True))
@@ -90,7 +95,9 @@ def test_verify_finds_identifiers_in_the_original(study: Path) -> None:
     assert all("PGBM" not in f["problem"] for f in result["findings"])  # findings never quote the value
 
 
-def test_uids_remapped_consistently_so_series_still_link(study: Path, deidentified: tuple[Path, dict], tmp_path: Path) -> None:
+def test_uids_remapped_consistently_so_series_still_link(
+    study: Path, deidentified: tuple[Path, dict], tmp_path: Path
+) -> None:
     out, _ = deidentified
     originals = [pydicom.dcmread(f, stop_before_pixels=True) for f in (study / "Smith^John" / "t2").glob("*.dcm")]
     copies = [pydicom.dcmread(f, stop_before_pixels=True) for f in out.rglob("*.dcm")]
@@ -99,13 +106,19 @@ def test_uids_remapped_consistently_so_series_still_link(study: Path, deidentifi
     assert t2[0].SeriesInstanceUID != originals[0].SeriesInstanceUID and str(t2[0].StudyInstanceUID).startswith("2.25.")
     t1 = [c for c in copies if c.get("SeriesNumber") == 11 and c.Modality == "MR"]
     assert {c.StudyInstanceUID for c in t1} == {t2[0].StudyInstanceUID}  # the two series stay one study
-    assert {c.FrameOfReferenceUID for c in t1} == {c.FrameOfReferenceUID for c in t2}  # registered series stay registered
+    assert {c.FrameOfReferenceUID for c in t1} == {
+        c.FrameOfReferenceUID for c in t2
+    }  # registered series stay registered
     again = deidentify_tree(study / "Smith^John" / "t2", tmp_path / "again", DeidOptions(key="test-key"))
     assert again["files_written"] == 22
-    assert {pydicom.dcmread(f).SeriesInstanceUID for f in (tmp_path / "again").rglob("*.dcm")} == {t2[0].SeriesInstanceUID}
+    assert {pydicom.dcmread(f).SeriesInstanceUID for f in (tmp_path / "again").rglob("*.dcm")} == {
+        t2[0].SeriesInstanceUID
+    }
     other = deidentify_tree(study / "Smith^John" / "t2", tmp_path / "other", DeidOptions(key="another-key"))
     assert other["files_written"] == 22
-    assert {pydicom.dcmread(f).SeriesInstanceUID for f in (tmp_path / "other").rglob("*.dcm")} != {t2[0].SeriesInstanceUID}
+    assert {pydicom.dcmread(f).SeriesInstanceUID for f in (tmp_path / "other").rglob("*.dcm")} != {
+        t2[0].SeriesInstanceUID
+    }
 
 
 def test_date_shift_keeps_intervals(study: Path, tmp_path: Path) -> None:
@@ -152,7 +165,11 @@ def _report_with_free_text(out: Path) -> Path:
 
     ds = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
     item = Dataset()
-    item.RelationshipType, item.ValueType, item.TextValue = "CONTAINS", "TEXT", "Seen by Dr MARKERDOC for MARKERPATIENT, bed 7"
+    item.RelationshipType, item.ValueType, item.TextValue = (
+        "CONTAINS",
+        "TEXT",
+        "Seen by Dr MARKERDOC for MARKERPATIENT, bed 7",
+    )
     concept = Dataset()
     concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121106", "DCM", "Comment"
     item.ConceptNameCodeSequence = [concept]
@@ -169,20 +186,28 @@ def test_free_text_file_meta_and_preamble_are_cleaned_and_verify_sees_them(tmp_p
     source.mkdir()
     _report_with_free_text(source / "sr.dcm")
     found = {(f["attribute"], f["problem"].split(";")[0]) for f in verify_tree(source)["findings"]}
-    assert {"TextValue", "SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "preamble"} <= {a for a, _ in found}
+    assert {"TextValue", "SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "preamble"} <= {
+        a for a, _ in found
+    }
     deidentify_tree(source, tmp_path / "out", DeidOptions(key="k"))
     written = next((tmp_path / "out").rglob("*.dcm"))
     raw = written.read_bytes()
     for marker in (b"MARKERDOC", b"MARKERPATIENT", b"MARKERSRC", b"MARKERSEND", b"MARKERPREAMBLE"):
         assert marker not in raw, marker
-    assert raw[:128] == b"\0" * 128 and verify_tree(tmp_path / "out")["clean"], verify_tree(tmp_path / "out")["findings"]
-    assert pydicom.dcmread(written).ContentSequence[0].ContentSequence[-1].TextValue == "ANONYMIZED"  # the structure stays
+    assert raw[:128] == b"\0" * 128 and verify_tree(tmp_path / "out")["clean"], verify_tree(tmp_path / "out")[
+        "findings"
+    ]
+    assert (
+        pydicom.dcmread(written).ContentSequence[0].ContentSequence[-1].TextValue == "ANONYMIZED"
+    )  # the structure stays
 
 
 def test_instances_sharing_a_sop_uid_are_reported_not_overwritten(data_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "in"
     shutil.copytree(data_dir / "dicom" / "ct_kits_slices", source / "a")
-    shutil.copytree(data_dir / "dicom" / "ct_kits_slices", source / "b")  # the same instances again, under another folder
+    shutil.copytree(
+        data_dir / "dicom" / "ct_kits_slices", source / "b"
+    )  # the same instances again, under another folder
     n = len(list((source / "a").glob("*.dcm")))
     report = deidentify_tree(source, tmp_path / "out", DeidOptions(key="k"))
     on_disk = len(list((tmp_path / "out").rglob("*.dcm")))
@@ -193,10 +218,14 @@ def test_instances_sharing_a_sop_uid_are_reported_not_overwritten(data_dir: Path
 
 
 def test_a_missing_key_file_is_one_clear_line_without_a_traceback(study: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["deid", str(study / "kits"), str(tmp_path / "out"), "--key-file", str(tmp_path / "missing.txt")])
+    result = runner.invoke(
+        app, ["deid", str(study / "kits"), str(tmp_path / "out"), "--key-file", str(tmp_path / "missing.txt")]
+    )
     assert result.exit_code == 1 and "no such file" in result.output and "Traceback" not in result.output
     (tmp_path / "empty.txt").write_text("\n")
-    result = runner.invoke(app, ["deid", str(study / "kits"), str(tmp_path / "out"), "--key-file", str(tmp_path / "empty.txt")])
+    result = runner.invoke(
+        app, ["deid", str(study / "kits"), str(tmp_path / "out"), "--key-file", str(tmp_path / "empty.txt")]
+    )
     assert result.exit_code == 1 and "is empty" in result.output
 
 

@@ -55,7 +55,12 @@ def test_every_transfer_syntax_decodes_to_the_identical_array(dicom_dir: Path) -
     files = sorted((dicom_dir / "mr_transfer_syntaxes").glob("*.dcm"))
     assert len(files) == 9
     syntaxes = {str(read_dataset(f).file_meta.TransferSyntaxUID) for f in files}
-    assert {"1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"} <= syntaxes
+    assert {
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+    } <= syntaxes
     arrays = [decode_frames(read_dataset(f), f) for f in files]
     for f, array in zip(files[1:], arrays[1:]):
         assert np.array_equal(array, arrays[0]), f.name
@@ -70,8 +75,10 @@ def test_unused_high_bits_are_masked(dicom_dir: Path, tmp_path: Path) -> None:
     raw = np.frombuffer(ds.PixelData, dtype="<u2") | np.uint16(0xA000)
     ds.PixelData = raw.tobytes()
     ds.save_as(tmp_path / "junk.dcm")
-    assert np.array_equal(decode_frames(read_dataset(tmp_path / "junk.dcm"), tmp_path / "junk.dcm"),
-                          decode_frames(read_dataset(source), source))
+    assert np.array_equal(
+        decode_frames(read_dataset(tmp_path / "junk.dcm"), tmp_path / "junk.dcm"),
+        decode_frames(read_dataset(source), source),
+    )
 
 
 @pytest.mark.parametrize("series", PGBM_SERIES)
@@ -88,7 +95,11 @@ def test_pgbm_geometry_is_what_the_tags_say(dicom_dir: Path, series: str) -> Non
         i, j, k = inverse[:3, :3] @ ras + inverse[:3, 3]
         assert abs(i) < 1e-3 and abs(j) < 1e-3 and abs(k - round(k)) < 1e-3, f.name
         seen.add(int(round(k)))
-        assert np.array_equal(volume.array[:, :, int(round(k))], ds.pixel_array.T.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0)))
+        assert np.array_equal(
+            volume.array[:, :, int(round(k))],
+            ds.pixel_array.T.astype(np.float32) * float(ds.get("RescaleSlope", 1))
+            + float(ds.get("RescaleIntercept", 0)),
+        )
         row, col = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
         dr, dc = (float(v) for v in ds.PixelSpacing)
         corner_lps = np.asarray(ds.ImagePositionPatient, float) + (ds.Columns - 1) * dc * row + (ds.Rows - 1) * dr * col
@@ -105,7 +116,11 @@ def test_conversion_matches_dcm2niix(dicom_dir: Path, tmp_path: Path) -> None:
         pytest.skip("dcm2niix not installed (pip install -e '.[test]')")
     reference = tmp_path / "dcm2niix"
     reference.mkdir()
-    subprocess.run([dcm2niix, "-z", "n", "-f", "%s", "-o", str(reference), str(dicom_dir / "mr_pgbm003")], check=True, capture_output=True)
+    subprocess.run(
+        [dcm2niix, "-z", "n", "-f", "%s", "-o", str(reference), str(dicom_dir / "mr_pgbm003")],
+        check=True,
+        capture_output=True,
+    )
     for series in PGBM_SERIES[:4]:
         volume = read_dicom_volume(dicom_dir / "mr_pgbm003" / series)
         ours = nib.as_closest_canonical(nib.load(save_nifti(volume, tmp_path / f"{series}.nii")))
@@ -191,7 +206,11 @@ def test_enhanced_multiframe_uses_per_frame_geometry_and_rescale() -> None:
     assert volume.shape == (512, 512, 2)
     frames = ds.PerFrameFunctionalGroupsSequence
     positions = [np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float) for f in frames]
-    assert np.allclose(volume.affine[:3, 3], LPS_TO_RAS[:3, :3] @ min(positions, key=lambda p: float(np.dot(p, volume.affine[:3, 2] * [-1, -1, 1]))), atol=1e-3)
+    assert np.allclose(
+        volume.affine[:3, 3],
+        LPS_TO_RAS[:3, :3] @ min(positions, key=lambda p: float(np.dot(p, volume.affine[:3, 2] * [-1, -1, 1]))),
+        atol=1e-3,
+    )
     assert volume.meta["units"] == "HU" and volume.array.min() == -1024
 
 
@@ -206,13 +225,21 @@ def test_monochrome1_radiograph_is_inverted_within_its_bit_range() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom notes padding and VR fixes on some test files
-@pytest.mark.parametrize(("compressed", "reference", "lossless"), [
-    ("RG1_J2KR.dcm", "RG1_UNCR.dcm", True), ("RG1_J2KI.dcm", "RG1_UNCI.dcm", False),
-    ("MR2_J2KR.dcm", "MR2_UNCR.dcm", True), ("US1_J2KR.dcm", "US1_UNCR.dcm", True),
-    ("emri_small_RLE.dcm", "emri_small.dcm", True), ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm", True),
-    ("emri_small_jpeg_2k_lossless.dcm", "emri_small.dcm", True), ("emri_small_big_endian.dcm", "emri_small.dcm", True),
-    ("OBXXXX1A_rle_2frame.dcm", "OBXXXX1A_2frame.dcm", True), ("JPEG-LL.dcm", "JPEG-LL.dcm", True),
-])
+@pytest.mark.parametrize(
+    ("compressed", "reference", "lossless"),
+    [
+        ("RG1_J2KR.dcm", "RG1_UNCR.dcm", True),
+        ("RG1_J2KI.dcm", "RG1_UNCI.dcm", False),
+        ("MR2_J2KR.dcm", "MR2_UNCR.dcm", True),
+        ("US1_J2KR.dcm", "US1_UNCR.dcm", True),
+        ("emri_small_RLE.dcm", "emri_small.dcm", True),
+        ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm", True),
+        ("emri_small_jpeg_2k_lossless.dcm", "emri_small.dcm", True),
+        ("emri_small_big_endian.dcm", "emri_small.dcm", True),
+        ("OBXXXX1A_rle_2frame.dcm", "OBXXXX1A_2frame.dcm", True),
+        ("JPEG-LL.dcm", "JPEG-LL.dcm", True),
+    ],
+)
 def test_pydicom_data_compressed_files_decode(compressed: str, reference: str, lossless: bool) -> None:
     a = decode_frames(read_dataset(pydicom_data(compressed)), pydicom_data(compressed))
     b = decode_frames(read_dataset(pydicom_data(reference)), pydicom_data(reference))
@@ -224,9 +251,21 @@ def test_pydicom_data_compressed_files_decode(compressed: str, reference: str, l
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm",
-                                  "JPEGLSNearLossless_16.dcm", "SC_rgb_jpeg_gdcm.dcm", "SC_rgb_rle.dcm", "examples_jpeg2k.dcm",
-                                  "rtdose_rle.dcm", "693_J2KI.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPEG2000.dcm",
+        "JPEGLSNearLossless_16.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",
+        "SC_rgb_rle.dcm",
+        "examples_jpeg2k.dcm",
+        "rtdose_rle.dcm",
+        "693_J2KI.dcm",
+    ],
+)
 def test_pydicom_compressed_test_files_decode(name: str) -> None:
     path = pydicom_test(name)
     values = decode_frames(read_dataset(path), path)
@@ -258,7 +297,9 @@ def test_volume_round_trips_and_resampling(dicom_dir: Path, tmp_path: Path) -> N
     nrrd = load_volume(tmp_path / "v.nrrd")
     assert np.array_equal(nrrd.array, volume.array) and np.allclose(nrrd.affine, volume.affine, atol=1e-4)
     ras = reorient_volume(volume, "RAS")
-    assert ras.orientation == "RAS" and np.allclose(ras.affine @ [0, 0, 0, 1], volume.affine @ [volume.shape[0] - 1, volume.shape[1] - 1, 0, 1])
+    assert ras.orientation == "RAS" and np.allclose(
+        ras.affine @ [0, 0, 0, 1], volume.affine @ [volume.shape[0] - 1, volume.shape[1] - 1, 0, 1]
+    )
     iso = resample_volume(volume, (1.375, 1.375, 6.5))
     assert iso.shape == (140, 160, 22) and iso.spacing_mm == pytest.approx((1.375, 1.375, 6.5))
     centre = volume.affine @ [139.5, 159.5, 11, 1]
@@ -272,11 +313,7 @@ def test_window_as_model_input_preprocessing(dicom_dir: Path) -> None:
     import torch
 
     from medlens.config import TrainConfig
-    from medlens.preprocess.pipeline import (
-        Preprocessing,
-        normalize_intensity,
-        prepare_image,
-    )
+    from medlens.preprocess.pipeline import Preprocessing, normalize_intensity, prepare_image
 
     path = dicom_dir / "ct_kits_slices" / "CT2.dcm"
     hu = decode_frames(read_dataset(path), path)

@@ -13,19 +13,17 @@ import torch
 
 from medlens.errors import ConfigError
 from medlens.runtime.backends import place_on_device
-from medlens.train.distributed import (
-    DistInfo,
-    broadcast_from_main,
-    dist_info,
-    mean_across_processes,
-    shard_batch_size,
-)
+from medlens.train.distributed import DistInfo, broadcast_from_main, dist_info, mean_across_processes, shard_batch_size
 
 SMALL = ["--set", "model=cnn", "--set", "epochs=3", "--set", "max_train_samples=1000", "--set", "patience=3"]
 
 
 def _medlens(args: list[str], data_dir: Path, processes: int = 1) -> subprocess.CompletedProcess[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        if processes > 1
+        else [sys.executable]
+    )
     env = {**os.environ, "MEDLENS_DATA_DIR": str(data_dir), "COLUMNS": "200"}
     env.pop("WORLD_SIZE", None)
     result = subprocess.run([*launcher, "-m", "medlens", *args], capture_output=True, text=True, env=env, timeout=600)
@@ -50,8 +48,26 @@ def test_two_processes_train_a_classifier_as_well_as_one(data_dir: Path, tmp_pat
 def test_two_processes_train_a_segmenter(data_dir: Path, tmp_path: Path) -> None:
     cases = data_dir / "msd_hippocampus"
     _medlens(["plan", str(cases), "--out", str(tmp_path / "plan")], data_dir)
-    _medlens(["train", str(cases), "--task", "segment", "--plan", str(tmp_path / "plan" / "plan.json"), "--out", str(tmp_path / "run"),
-              "--set", "epochs=2", "--set", "samples_per_epoch=32", "--set", "max_cases=16"], data_dir, processes=2)
+    _medlens(
+        [
+            "train",
+            str(cases),
+            "--task",
+            "segment",
+            "--plan",
+            str(tmp_path / "plan" / "plan.json"),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "epochs=2",
+            "--set",
+            "samples_per_epoch=32",
+            "--set",
+            "max_cases=16",
+        ],
+        data_dir,
+        processes=2,
+    )
     manifest = json.loads((tmp_path / "run" / "model" / "bundle.json").read_text())
     assert manifest["training"]["processes"] == 2 and len(manifest["training"]["history"]) == 2
     assert 0 <= manifest["metrics"]["validation"]["mean_dice"] <= 1
@@ -87,5 +103,7 @@ def test_cuda_end_to_end(data_dir: Path, tmp_path: Path, test_pngs: list[tuple[P
     """Train with mixed precision on the GPU, then predict on it; only runs where a GPU is lent."""
     _medlens(["train", "pneumoniamnist", "--out", str(tmp_path), "--device", "cuda", *SMALL], data_dir)
     assert json.loads((tmp_path / "model" / "bundle.json").read_text())["metrics"]["validation"]["auc"] >= 0.93
-    result = _medlens(["predict", str(tmp_path / "model"), *[str(f) for f, _ in test_pngs], "--device", "cuda"], data_dir)
+    result = _medlens(
+        ["predict", str(tmp_path / "model"), *[str(f) for f, _ in test_pngs], "--device", "cuda"], data_dir
+    )
     assert all(f.name in result.stdout for f, _ in test_pngs)

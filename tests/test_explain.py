@@ -40,7 +40,9 @@ def test_gradcam_in_3d_is_upsampled_to_the_volume(data_dir) -> None:
     from medlens.datasets import load_medmnist
 
     bundle = load_classifier("adrenal")
-    x = normalized_inputs(load_medmnist("adrenalmnist3d", size=64, data_dir=data_dir).split("test"), bundle.preprocessing)[:1]
+    x = normalized_inputs(
+        load_medmnist("adrenalmnist3d", size=64, data_dir=data_dir).split("test"), bundle.preprocessing
+    )[:1]
     maps = explain(bundle.model, x, "gradcam")
     assert maps.shape == (1, 64, 64, 64)
     assert 0.0 < maps.mean() < 1.0
@@ -73,8 +75,19 @@ def _pydicom_data(name: str) -> Path:
 def test_explain_cli_on_png_and_dicom_writes_overlays_and_a_secondary_capture(kermany_files, tmp_path: Path) -> None:
     chest_cr = _pydicom_data("RG1_UNCR.dcm")  # a real PA chest radiograph (CR, MONOCHROME1)
     missing = tmp_path / "missing.png"
-    result = runner.invoke(app, ["explain", "pneumonia", str(kermany_files[0][0]), str(chest_cr), str(missing),
-                                 "--out", str(tmp_path / "out"), "--fit-input"])
+    result = runner.invoke(
+        app,
+        [
+            "explain",
+            "pneumonia",
+            str(kermany_files[0][0]),
+            str(chest_cr),
+            str(missing),
+            "--out",
+            str(tmp_path / "out"),
+            "--fit-input",
+        ],
+    )
     assert result.exit_code == 1, result.output  # the missing file fails, the others are written
     report = json.loads((tmp_path / "out" / "explain.json").read_text())
     rows = {Path(r["file"]).name: r for r in report["files"]}
@@ -95,8 +108,9 @@ def test_explain_cli_on_a_3d_nifti(data_dir, tmp_path: Path) -> None:
     volume = load_medmnist("adrenalmnist3d", size=64, data_dir=data_dir).split("test").images[0, 0]
     path = tmp_path / "adrenal_case.nii.gz"
     nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), path)
-    result = runner.invoke(app, ["explain", "adrenal", str(path), "--out", str(tmp_path / "out"),
-                                 "--method", "gradcam++"])
+    result = runner.invoke(
+        app, ["explain", "adrenal", str(path), "--out", str(tmp_path / "out"), "--method", "gradcam++"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "adrenal_case_gradcam++.png").is_file()
 

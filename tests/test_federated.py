@@ -12,19 +12,8 @@ import pytest
 import torch
 
 from medlens.errors import ConfigError, DataError, FederationError
-from medlens.federated.flower import (
-    FederateConfig,
-    build_model,
-    check_server_config,
-    screen_reply,
-)
-from medlens.federated.local import (
-    auc_and_threshold,
-    load_site,
-    probability_histograms,
-    site_images,
-    train_locally,
-)
+from medlens.federated.flower import FederateConfig, build_model, check_server_config, screen_reply
+from medlens.federated.local import auc_and_threshold, load_site, probability_histograms, site_images, train_locally
 from medlens.federated.sites import SiteSplitConfig, load_site_split, split_sites
 
 # Ray leaves /dev/null handles to the garbage collector; harmless, but pytest turns them into errors
@@ -117,10 +106,15 @@ def test_the_server_refuses_anything_but_parameters_and_counts(pneumonia) -> Non
     images = torch.from_numpy(pneumonia.splits["train"].images[:8].astype(np.float32))
     leaks = {
         "an extra record": RecordDict({**honest, "cases": ArrayRecord({"x": images})}),
-        "images as a parameter": RecordDict({"arrays": ArrayRecord({**model.state_dict(), "x": images}), "metrics": MetricRecord(metrics)}),
-        "per-case scores": RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                                       "metrics": MetricRecord({**metrics, "hist-neg": [0.12, 0.93]})}),
-        "a label list": RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({**metrics, "labels": [0, 1, 1]})}),
+        "images as a parameter": RecordDict(
+            {"arrays": ArrayRecord({**model.state_dict(), "x": images}), "metrics": MetricRecord(metrics)}
+        ),
+        "per-case scores": RecordDict(
+            {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({**metrics, "hist-neg": [0.12, 0.93]})}
+        ),
+        "a label list": RecordDict(
+            {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({**metrics, "labels": [0, 1, 1]})}
+        ),
     }
     for what, reply in leaks.items():
         with pytest.raises(ValueError):
@@ -139,7 +133,9 @@ def test_a_site_refuses_a_global_model_built_differently(sites: Path, pneumonia)
     server = FederateConfig(width=0.5)
     config = ConfigRecord({"model": json.dumps(server.model_fingerprint()), "server-round": 1})
     # the message's content as Flower delivers it (a Message itself needs a running Flower task to exist)
-    msg = SimpleNamespace(content=RecordDict({"arrays": ArrayRecord(build_model(server, pneumonia).state_dict()), "config": config}))
+    msg = SimpleNamespace(
+        content=RecordDict({"arrays": ArrayRecord(build_model(server, pneumonia).state_dict()), "config": config})
+    )
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 2}, state=RecordDict(), run_config={})
     with pytest.raises(ConfigError, match=r"site 2: .*width: server 0.5, this site 1.0"):
         _client_train(FederateConfig(), str(sites), os.environ["MEDLENS_DATA_DIR"])(msg, context)
@@ -186,7 +182,9 @@ def test_federation_with_dp_goes_on_past_a_failing_site(pneumonia, tmp_path: Pat
 
     split_path = _edited_split(pneumonia, tmp_path / "sites.json")
     cfg = FederateConfig(rounds=2, dp_epsilon=8.0)
-    result = federate(cfg, tmp_path / "run", split_path=split_path, data_dir=os.environ["MEDLENS_DATA_DIR"], n_bootstrap=50)
+    result = federate(
+        cfg, tmp_path / "run", split_path=split_path, data_dir=os.environ["MEDLENS_DATA_DIR"], n_bootstrap=50
+    )
     rows = [json.loads(line) for line in (tmp_path / "run" / "messages.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 2 * 5  # rounds x (train, evaluate) x sites
     failed = [r for r in rows if "error" in r]
@@ -196,7 +194,9 @@ def test_federation_with_dp_goes_on_past_a_failing_site(pneumonia, tmp_path: Pat
     for row in (r for r in rows if "site" in r):
         assert set(row) - {"round", "stage", "node", "site"} <= {"arrays", "metrics"}
         if row["stage"] == "train":
-            assert row["arrays"]["count"] == len(expected)  # the parameters, and nothing else in size (.npy headers aside)
+            assert row["arrays"]["count"] == len(
+                expected
+            )  # the parameters, and nothing else in size (.npy headers aside)
             assert param_bytes <= row["arrays"]["bytes"] <= param_bytes + 256 * len(expected)
     history = result["config"]["history"]
     assert [h["sites_trained"] for h in history] == [4, 4]
@@ -217,18 +217,26 @@ def test_federation_stops_with_the_reason_when_too_few_sites_answer(pneumonia, t
     split_path = _edited_split(pneumonia, tmp_path / "sites.json")
     from medlens.federated.flower import run_federation
 
-    bundle = run_federation(FederateConfig(rounds=1, min_sites=4), split_path, tmp_path / "ok", os.environ["MEDLENS_DATA_DIR"])
+    bundle = run_federation(
+        FederateConfig(rounds=1, min_sites=4), split_path, tmp_path / "ok", os.environ["MEDLENS_DATA_DIR"]
+    )
     rows = [json.loads(line) for line in (tmp_path / "ok" / "messages.jsonl").read_text().splitlines()]
     assert (bundle / "bundle.json").is_file() and sum("error" in r for r in rows) == 2  # site 2, train and evaluate
     assert json.loads((bundle / "bundle.json").read_text())["federation"]["history"][0]["sites_trained"] == 4
-    with pytest.raises(FederationError, match=r"round 1 \(train\): 4 of 5 sites answered, 5 needed.*site 2 has no training images"):
-        run_federation(FederateConfig(rounds=1, min_sites=5), split_path, tmp_path / "run", os.environ["MEDLENS_DATA_DIR"])
+    with pytest.raises(
+        FederationError, match=r"round 1 \(train\): 4 of 5 sites answered, 5 needed.*site 2 has no training images"
+    ):
+        run_federation(
+            FederateConfig(rounds=1, min_sites=5), split_path, tmp_path / "run", os.environ["MEDLENS_DATA_DIR"]
+        )
     assert not (tmp_path / "run" / "model").exists()
     with pytest.raises(DataError, match="site split"):
         bad = json.loads(split_path.read_text())
         bad["train"] = bad["train"][:3]
         (tmp_path / "bad.json").write_text(json.dumps(bad))
-        run_federation(FederateConfig(rounds=1), tmp_path / "bad.json", tmp_path / "run2", os.environ["MEDLENS_DATA_DIR"])
+        run_federation(
+            FederateConfig(rounds=1), tmp_path / "bad.json", tmp_path / "run2", os.environ["MEDLENS_DATA_DIR"]
+        )
 
 
 @pytest.mark.slow  # 81 s in the fresh-clone run; in-process federation tests cover rounds, DP and failing sites by default
@@ -242,8 +250,9 @@ def test_federate_command_as_separate_processes(tmp_path: Path) -> None:
     from medlens.cli import app
 
     out = tmp_path / "fl"
-    result = CliRunner().invoke(app, ["federate", "--out", str(out), "--sites", "2", "--alpha", "1.0", "--rounds", "1",
-                                      "--deployment"])
+    result = CliRunner().invoke(
+        app, ["federate", "--out", str(out), "--sites", "2", "--alpha", "1.0", "--rounds", "1", "--deployment"]
+    )
     assert result.exit_code == 0, result.output
     assert "test AUC" in result.output
     report = json.loads((out / "federation.json").read_text())
@@ -253,7 +262,12 @@ def test_federate_command_as_separate_processes(tmp_path: Path) -> None:
     assert history[0]["sites_trained"] == 2 and history[0]["val_auc"] > 0.7
     rows = [json.loads(line) for line in (out / "messages.jsonl").read_text().splitlines()]
     assert sorted(r["site"] for r in rows if r["stage"] == "train") == [0, 1]
-    assert sorted(p.name for p in (out / "logs").iterdir()) == ["flwr-run.log", "site-0.log", "site-1.log", "superlink.log"]
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [
+        "flwr-run.log",
+        "site-0.log",
+        "site-1.log",
+        "superlink.log",
+    ]
     assert (out / "sites.json").exists() and (out / "model" / "bundle.json").exists()
     leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
     assert not leftover, "Flower processes still running after the federation"

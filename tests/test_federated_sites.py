@@ -35,4 +35,6 @@ def test_bad_site_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match="one entry per site"):
         SiteSplitConfig(n_sites=3)
     with pytest.raises(ConfigError, match="more than"):
-        split_sites(np.array([0, 1] * 10), np.array([0, 1]), SiteSplitConfig(n_sites=2, shifts=("none", "none"), min_images=15))
+        split_sites(
+            np.array([0, 1] * 10), np.array([0, 1]), SiteSplitConfig(n_sites=2, shifts=("none", "none"), min_images=15)
+        )

@@ -39,7 +39,9 @@ from tests.serve_helpers import (
     wait_idle,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore")  # mutated headers make pydicom warn; production does not raise on warnings
+pytestmark = pytest.mark.filterwarnings(
+    "ignore"
+)  # mutated headers make pydicom warn; production does not raise on warnings
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,9 @@ except MedlensError as exc:
 def test_a_corrupt_jpeg2000_stream_is_refused_before_a_native_decoder_sees_it(cr: Path, tmp_path: Path) -> None:
     bad = _j2k_with_three_samples(cr, tmp_path / "j2k.dcm")
     done = _run_python(READ_ONE, str(bad))
-    assert done.returncode == 0, f"the reader's process died ({done.returncode}): {done.stderr[-300:]}"  # was -6: GDCM abort
+    assert done.returncode == 0, (
+        f"the reader's process died ({done.returncode}): {done.stderr[-300:]}"
+    )  # was -6: GDCM abort
     assert "DicomError" in done.stdout and "JPEG 2000 stream is 224x224, 1 component(s)" in done.stdout
 
 
@@ -114,16 +118,25 @@ def test_a_decoder_abort_costs_the_child_process_not_the_caller(cr: Path, tmp_pa
         sandbox.close()
 
 
-def test_a_job_whose_process_keeps_dying_fails_for_good_and_the_service_goes_on(radiographs: list[Path], tmp_path: Path) -> None:
+def test_a_job_whose_process_keeps_dying_fails_for_good_and_the_service_goes_on(
+    radiographs: list[Path], tmp_path: Path
+) -> None:
     """The job's child is killed with SIGABRT (what GDCM does) on every attempt: the job fails after max_attempts,
     with the reason on the worklist, and the next study is processed as usual."""
-    service = make_service(tmp_path, ("pneumonia",), worker=WorkerOptions(max_attempts=2, backoff_seconds=0.1, poll_seconds=0.1))
+    service = make_service(
+        tmp_path, ("pneumonia",), worker=WorkerOptions(max_attempts=2, backoff_seconds=0.1, poll_seconds=0.1)
+    )
     first, second = (write_cr_study(r, tmp_path / f"s{i}.dcm", f"HARD{i}") for i, r in enumerate(radiographs[:2]))
     h = service["headers"]
     with TestClient(create_app(service["config"])) as client:
         store, worker = client.app.state.store, client.app.state.worker
         body, content_type = stow_body([first])
-        assert client.post("/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}).status_code == 200
+        assert (
+            client.post(
+                "/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}
+            ).status_code
+            == 200
+        )
         kills, deadline = 0, time.time() + 180
         while time.time() < deadline and store.counts()["failed"] == 0:
             pid = worker.sandbox.pid
@@ -136,7 +149,12 @@ def test_a_job_whose_process_keeps_dying_fails_for_good_and_the_service_goes_on(
         failed = [j for j in client.get("/api/worklist", headers=h["viewer"]).json() if j["state"] == "failed"]
         assert client.get("/health").json() == {"status": "ok"}
         body, content_type = stow_body([second])
-        assert client.post("/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}).status_code == 200
+        assert (
+            client.post(
+                "/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}
+            ).status_code
+            == 200
+        )
         counts = wait_client_idle(client, 180)
     assert kills == 2 and len(failed) == 1 and failed[0]["attempts"] == 2
     assert "gave up after 2 attempts" in failed[0]["reason"] and "signal SIGABRT" in failed[0]["reason"]
@@ -180,12 +198,20 @@ def test_a_deflate_bomb_costs_the_service_little_memory_and_health_keeps_answeri
     try:
         before = peak_rss_mb(server.pid)
         boundary = "medlens-bomb"
-        body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + bomb + f"\r\n--{boundary}--\r\n".encode())
+        body = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + bomb
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         answer: dict = {}
 
         def upload() -> None:
-            answer["response"] = httpx.post(f"{base}/dicomweb/studies", content=body, timeout=120,
-                                            headers={**service["headers"]["sender"], "Content-Type": f"multipart/related; boundary={boundary}"})
+            answer["response"] = httpx.post(
+                f"{base}/dicomweb/studies",
+                content=body,
+                timeout=120,
+                headers={**service["headers"]["sender"], "Content-Type": f"multipart/related; boundary={boundary}"},
+            )
 
         sender = threading.Thread(target=upload)
         sender.start()
@@ -218,14 +244,19 @@ def _first_cut_raising(data: bytes, name: str) -> bytes:
     raise AssertionError(f"no truncation raises {name}")
 
 
-def test_parser_errors_fail_their_part_only_and_no_file_is_orphaned(cr: Path, radiographs: list[Path], tmp_path: Path) -> None:
+def test_parser_errors_fail_their_part_only_and_no_file_is_orphaned(
+    cr: Path, radiographs: list[Path], tmp_path: Path
+) -> None:
     good = write_cr_study(radiographs[1], tmp_path / "good.dcm", "GOOD1").read_bytes()
     data = cr.read_bytes()
     unknown_vr = bytearray(data)
     at = data.find(b"\x02\x00\x10\x00UI")  # TransferSyntaxUID with a VR that does not exist
-    unknown_vr[at + 4:at + 6] = b"\x55\xff"
-    bad = {"NotImplementedError": bytes(unknown_vr), "BytesLengthException": _first_cut_raising(data, "BytesLengthException"),
-           "error": _first_cut_raising(data, "error")}
+    unknown_vr[at + 4 : at + 6] = b"\x55\xff"
+    bad = {
+        "NotImplementedError": bytes(unknown_vr),
+        "BytesLengthException": _first_cut_raising(data, "BytesLengthException"),
+        "error": _first_cut_raising(data, "error"),
+    }
     for name, part in bad.items():  # each still reproduces the escape the service used to turn into HTTP 500
         with pytest.raises(Exception) as raised:
             pydicom.dcmread(BytesIO(part), stop_before_pixels=True).get("StudyInstanceUID")
@@ -237,12 +268,18 @@ def test_parser_errors_fail_their_part_only_and_no_file_is_orphaned(cr: Path, ra
     service = make_service(tmp_path, ("pneumonia",), run_jobs=False)
     with TestClient(create_app(service["config"])) as client:
         body, content_type = stow_body(files)
-        response = client.post("/dicomweb/studies", content=body, headers={**service["headers"]["sender"], "Content-Type": content_type})
+        response = client.post(
+            "/dicomweb/studies", content=body, headers={**service["headers"]["sender"], "Content-Type": content_type}
+        )
         studies = client.app.state.store.worklist()
     assert response.status_code == 202, response.text
     assert response.json()["stored"] == 1 and [f["part"] for f in response.json()["failed"]] == ["0", "1", "2"]
     on_disk = list((service["config"].storage / "studies").rglob("*.dcm"))
-    assert len(on_disk) == 1 and len(studies) == 1 and studies[0]["study_uid"] == str(pydicom.dcmread(BytesIO(good)).StudyInstanceUID)
+    assert (
+        len(on_disk) == 1
+        and len(studies) == 1
+        and studies[0]["study_uid"] == str(pydicom.dcmread(BytesIO(good)).StudyInstanceUID)
+    )
 
 
 # 5. NumberOfFrames 10^40 - 1 -------------------------------------------------------------------------------
@@ -262,23 +299,36 @@ def test_an_absurd_frame_count_is_refused_at_once(cr: Path, tmp_path: Path) -> N
     ds.NumberOfFrames = "9" * 40
     ds.save_as(tmp_path / "frames.dcm")
     started = time.perf_counter()
-    done = _run_python(SCAN_ONE, str(tmp_path / "frames.dcm"), timeout=60)  # used to loop over every frame, memory growing
+    done = _run_python(
+        SCAN_ONE, str(tmp_path / "frames.dcm"), timeout=60
+    )  # used to loop over every frame, memory growing
     assert time.perf_counter() - started < 30
     assert "DicomError" in done.stdout and "over the limit" in done.stdout and "NumberOfFrames" in done.stdout
 
 
 # 7. late and repeated instances ----------------------------------------------------------------------------
-def test_late_instances_reopen_their_study_and_resent_ones_change_nothing(cr: Path, radiographs: list[Path], tmp_path: Path) -> None:
+def test_late_instances_reopen_their_study_and_resent_ones_change_nothing(
+    cr: Path, radiographs: list[Path], tmp_path: Path
+) -> None:
     second = pydicom.dcmread(write_cr_study(radiographs[1], tmp_path / "second.dcm", "HARD1"))
     first = pydicom.dcmread(cr)
-    second.StudyInstanceUID, second.PatientID, second.PatientName = first.StudyInstanceUID, first.PatientID, first.PatientName
+    second.StudyInstanceUID, second.PatientID, second.PatientName = (
+        first.StudyInstanceUID,
+        first.PatientID,
+        first.PatientName,
+    )
     second.save_as(tmp_path / "second.dcm")
     service = make_service(tmp_path, ("pneumonia",))
     h = service["headers"]
 
     def send(path: Path) -> None:
         body, content_type = stow_body([path])
-        assert client.post("/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}).status_code == 200
+        assert (
+            client.post(
+                "/dicomweb/studies", content=body, headers={**h["sender"], "Content-Type": content_type}
+            ).status_code
+            == 200
+        )
 
     with TestClient(create_app(service["config"])) as client:
         send(cr)
@@ -291,7 +341,12 @@ def test_late_instances_reopen_their_study_and_resent_ones_change_nothing(cr: Pa
         wait_client_idle(client)
         again = client.get(f"/api/jobs/{after['id']}", headers=h["viewer"]).json()
     assert before["result"]["images"] == 1 and before["version"] == 1
-    assert after["id"] == before["id"] and after["version"] == 2 and after["result"]["images"] == 2 and after["state"] in ("done", "referred")
+    assert (
+        after["id"] == before["id"]
+        and after["version"] == 2
+        and after["result"]["images"] == 2
+        and after["state"] in ("done", "referred")
+    )
     assert again["version"] == 2 and again["study"]["n_instances"] == 2
 
 
@@ -312,7 +367,12 @@ def test_a_series_number_that_cannot_be_converted_is_a_medlens_error(cr: Path, t
 def test_job_ids_beyond_64_bits_are_a_clear_422(tmp_path: Path) -> None:
     service = make_service(tmp_path, ("pneumonia",), run_jobs=False)
     with TestClient(create_app(service["config"])) as client:
-        for path in (f"/api/jobs/{2**70}", f"/api/jobs/{2**70}/sr", f"/fhir/DiagnosticReport/medlens-{2**64}", "/api/jobs/0"):
+        for path in (
+            f"/api/jobs/{2**70}",
+            f"/api/jobs/{2**70}/sr",
+            f"/fhir/DiagnosticReport/medlens-{2**64}",
+            "/api/jobs/0",
+        ):
             response = client.get(path, headers=service["headers"]["viewer"])
             assert response.status_code == 422, (path, response.status_code)
 
@@ -331,7 +391,11 @@ def test_health_says_only_ok_refusals_are_audited_and_pages_carry_a_csp(tmp_path
         script = client.get("/static/app.js")
     assert status["models"] == ["pneumonia"] and "jobs" in status
     refused = [(a["user"], a["action"], a["target"]) for a in audit]
-    assert ("(no valid token)", "refused", "GET /api/worklist") in refused and ("viewer-user", "forbidden", "GET /api/audit") in refused
+    assert ("(no valid token)", "refused", "GET /api/worklist") in refused and (
+        "viewer-user",
+        "forbidden",
+        "GET /api/audit",
+    ) in refused
     assert "wrong" not in str(audit)
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "default-src 'none'" in policy
@@ -346,8 +410,13 @@ def test_api_docs_are_served_locally_only_when_asked(tmp_path: Path) -> None:
 
 
 # 6. no patient identifiers in logs, database rows or file names ----------------------------------------------
-MARKERS = {"PatientName": "MARKERNAME", "PatientID": "MARKERID4711", "AccessionNumber": "MARKERACC93",
-           "InstitutionName": "MARKERHOSPITAL", "ReferringPhysicianName": "MARKERDOCTOR^Alex"}
+MARKERS = {
+    "PatientName": "MARKERNAME",
+    "PatientID": "MARKERID4711",
+    "AccessionNumber": "MARKERACC93",
+    "InstitutionName": "MARKERHOSPITAL",
+    "ReferringPhysicianName": "MARKERDOCTOR^Alex",
+}
 
 
 def test_phi_markers_appear_nowhere_but_in_the_reports(radiographs: list[Path], tmp_path: Path) -> None:
@@ -359,27 +428,41 @@ def test_phi_markers_appear_nowhere_but_in_the_reports(radiographs: list[Path], 
         for keyword, marker in MARKERS.items():
             setattr(ds, keyword, marker)
         if i == 1:
-            ds._dict[Tag("RescaleSlope")] = RawDataElement(Tag("RescaleSlope"), "DS", 4, b"abc ", 0, False, True)  # refused
+            ds._dict[Tag("RescaleSlope")] = RawDataElement(
+                Tag("RescaleSlope"), "DS", 4, b"abc ", 0, False, True
+            )  # refused
         ds.save_as(tmp_path / f"phi{i}.dcm")
         files.append(tmp_path / f"phi{i}.dcm")
     service = make_service(tmp_path, ("pneumonia",))
     port, log_file = free_port(), tmp_path / "service.log"
     with log_file.open("wb") as log:
-        server = start_server(service["config"].models, service["config"].tokens, tmp_path / "storage", port, stderr=log)
+        server = start_server(
+            service["config"].models, service["config"].tokens, tmp_path / "storage", port, stderr=log
+        )
         try:
             body, content_type = stow_body(files)
-            response = httpx.post(f"http://127.0.0.1:{port}/dicomweb/studies", content=body, timeout=60,
-                                  headers={**service["headers"]["sender"], "Content-Type": content_type})
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/dicomweb/studies",
+                content=body,
+                timeout=60,
+                headers={**service["headers"]["sender"], "Content-Type": content_type},
+            )
             wait_idle(f"http://127.0.0.1:{port}", service["tokens"]["viewer"])
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
     logged = log_file.read_text(errors="replace")
     assert response.status_code == 202  # the second is refused at the door (RescaleSlope is not a number)
-    assert "unlikely to represent the intended person name" in logged, logged[-2000:]  # the dependency's warning was routed
+    assert "unlikely to represent the intended person name" in logged, logged[
+        -2000:
+    ]  # the dependency's warning was routed
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'storage' / 'medlens.db'}")
     with engine.connect() as conn:
-        rows = [str(tuple(r)) for t in ("studies", "jobs", "audit", "observations") for r in conn.exec_driver_sql(f"SELECT * FROM {t}")]
+        rows = [
+            str(tuple(r))
+            for t in ("studies", "jobs", "audit", "observations")
+            for r in conn.exec_driver_sql(f"SELECT * FROM {t}")
+        ]
     engine.dispose()
     names = [str(p.relative_to(tmp_path / "storage")) for p in (tmp_path / "storage").rglob("*")]
     for marker in ("MARKERNAME", "MARKERID4711", "MARKERACC93", "MARKERHOSPITAL", "MARKERDOCTOR", "Alex"):

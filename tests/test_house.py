@@ -33,8 +33,11 @@ def test_cli_modules_say_why_they_import_late_and_commands_stay_short() -> None:
     long = []
     for path in sorted((SRC / "cli").glob("*.py")):
         tree = ast.parse(path.read_text())
-        local = any(isinstance(n, ast.ImportFrom) and (n.module or "").startswith("medlens")
-                    for fn in _functions(tree) for n in ast.walk(fn))
+        local = any(
+            isinstance(n, ast.ImportFrom) and (n.module or "").startswith("medlens")
+            for fn in _functions(tree)
+            for n in ast.walk(fn)
+        )
         assert not local or "--help" in (ast.get_docstring(tree) or ""), f"{path.name}: say why imports are late"
         for fn in tree.body:
             if isinstance(fn, ast.FunctionDef):

@@ -62,7 +62,10 @@ def test_prepare_image_refuses_mismatches(pneumonia, kermany_files):
     with pytest.raises(InputMismatchError, match="expects 2D images of shape 28x28, got a 3D image"):
         prepare_image(np.zeros((1, 28, 28, 28), np.float32), PREP)
     with pytest.raises(InputMismatchError, match="expects intensities in \\[0, 255\\], got \\[-1024"):
-        prepare_image(read_image(get_testdata_file("CT_small.dcm"))[:, :28, :28] * 0 - 1024 + np.arange(28, dtype=np.float32), PREP)
+        prepare_image(
+            read_image(get_testdata_file("CT_small.dcm"))[:, :28, :28] * 0 - 1024 + np.arange(28, dtype=np.float32),
+            PREP,
+        )
     colour = np.stack([np.zeros((28, 28)), np.full((28, 28), 200.0), np.zeros((28, 28))]).astype(np.float32)
     with pytest.raises(InputMismatchError, match="got a colour image"):
         prepare_image(colour, PREP)

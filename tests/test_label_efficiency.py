@@ -59,7 +59,11 @@ def test_imagenet_init_loads_the_wheel_weights_and_leaves_the_head(pneumonia):
     logits = model(torch.as_tensor(pneumonia.splits["test"].images[:4].astype(np.float32)) / 127.5 - 1)
     assert logits.shape == (4, 2)  # grey 28 px in, upsampled to three-channel 64 px inside
     with pytest.raises(ConfigError, match="efficientnet-lite0 only"):
-        initialise(build_network(NetworkSpec("resnet18", 2, 1, 2, (28, 28))), NetworkSpec("resnet18", 2, 1, 2, (28, 28)), "imagenet")
+        initialise(
+            build_network(NetworkSpec("resnet18", 2, 1, 2, (28, 28))),
+            NetworkSpec("resnet18", 2, 1, 2, (28, 28)),
+            "imagenet",
+        )
 
 
 def test_freeze_keeps_the_encoder_and_trains_the_head(pneumonia, tmp_path):
@@ -73,21 +77,48 @@ def test_freeze_keeps_the_encoder_and_trains_the_head(pneumonia, tmp_path):
     split = pneumonia.splits["train"]
     x, y = _normalised(split, 128), torch.as_tensor(split.labels[:128])
     batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 128, 32)]
-    options = LoopOptions(epochs=1, lr=1e-2, weight_decay=0, warmup_epochs=0, patience=5, device=torch.device("cpu"),
-                          show_progress=False, head_names=head, freeze_epochs=1, encoder_lr_scale=0.1)
+    options = LoopOptions(
+        epochs=1,
+        lr=1e-2,
+        weight_decay=0,
+        warmup_epochs=0,
+        patience=5,
+        device=torch.device("cpu"),
+        show_progress=False,
+        head_names=head,
+        freeze_epochs=1,
+        encoder_lr_scale=0.1,
+    )
     fit(model, torch.nn.CrossEntropyLoss(), batches, lambda m: {"score": 0.0}, options, tmp_path)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == set(head)  # BatchNorm statistics held too, not only weights
     groups = _parameter_groups(model, options)
-    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-2]) and sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-2]) and sum(len(g["params"]) for g in groups) == len(
+        list(model.parameters())
+    )
 
 
 @pytest.fixture(scope="module")
 def simclr_encoder(tmp_path_factory, data_dir) -> Path:
     out = tmp_path_factory.mktemp("enc") / "simclr"
-    result = runner.invoke(app, ["pretrain", "pneumoniamnist", "--out", str(out), "--data-dir", str(data_dir),
-                                 "--set", "epochs=2", "--set", "max_images=512", "--set", "batch_size=64"])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "pneumoniamnist",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data_dir),
+            "--set",
+            "epochs=2",
+            "--set",
+            "max_images=512",
+            "--set",
+            "batch_size=64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -104,8 +135,23 @@ def test_pretrain_writes_an_encoder_that_train_init_starts_from(simclr_encoder, 
     initialise(model, spec, str(simclr_encoder))
     saved = torch.load(simclr_encoder / "encoder.pt", weights_only=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items()) and "final.1.weight" not in saved
-    result = runner.invoke(app, ["train", "pneumoniamnist", "--out", str(tmp_path / "run"), "--init", str(simclr_encoder),
-                                 "--data-dir", str(data_dir), "--set", "epochs=1", "--set", "max_train_samples=200"])  # the
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "pneumoniamnist",
+            "--out",
+            str(tmp_path / "run"),
+            "--init",
+            str(simclr_encoder),
+            "--data-dir",
+            str(data_dir),
+            "--set",
+            "epochs=1",
+            "--set",
+            "max_train_samples=200",
+        ],
+    )  # the
     # encoder's network (cnn) is the default, so the README's `pretrain` then `train --init` works as written
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "run" / "model" / "bundle.json").read_text())
@@ -152,9 +198,17 @@ def test_fixmatch_trains_on_the_held_back_images(data_dir, tmp_path):
     from medlens.classify.train import train_classifier
     from medlens.config import TrainConfig
 
-    cfg = TrainConfig(model="cnn", epochs=1, max_train_samples=100, semi_supervised="fixmatch",
-                      fixmatch_threshold=0.6, unlabelled_ratio=2)
-    manifest = json.loads((train_classifier(cfg, tmp_path / "fm", data_dir, show_progress=False) / "bundle.json").read_text())
+    cfg = TrainConfig(
+        model="cnn",
+        epochs=1,
+        max_train_samples=100,
+        semi_supervised="fixmatch",
+        fixmatch_threshold=0.6,
+        unlabelled_ratio=2,
+    )
+    manifest = json.loads(
+        (train_classifier(cfg, tmp_path / "fm", data_dir, show_progress=False) / "bundle.json").read_text()
+    )
     fixmatch = manifest["training"]["fixmatch"]
     assert fixmatch["unlabelled_images"] == 4708 - 100 and 0 <= fixmatch["confident_share"] <= 1
     assert manifest["data"]["n_train"] == 100
@@ -170,8 +224,10 @@ def test_fixmatch_refuses_an_unlabelled_folder_of_volumes(data_dir, tmp_path):
 
     folder = tmp_path / "unlabelled"
     folder.mkdir()
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), np.eye(4)),
-             folder / "ct.nii.gz")  # error path: a volume where chest X-rays are expected
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), np.eye(4)),
+        folder / "ct.nii.gz",
+    )  # error path: a volume where chest X-rays are expected
     cfg = TrainConfig(model="cnn", epochs=1, max_train_samples=100, semi_supervised="fixmatch", unlabelled=str(folder))
     with pytest.raises(DataError, match="ct.nii.gz"):
         train_classifier(cfg, tmp_path / "fm", data_dir, show_progress=False)
@@ -189,7 +245,10 @@ def test_select_ranks_a_real_pool_and_reports_bad_files(test_pngs, tmp_path):
     rows = out.read_text().splitlines()
     assert rows[0] == "rank,case,uncertainty" and len(rows) == 4
     summary = json.loads(out.with_suffix(".json").read_text())
-    assert summary["pool_size"] == 6 and {Path(s["file"]).name for s in summary["skipped"]} == {"wrong_size.png", "notes.dcm"}
+    assert summary["pool_size"] == 6 and {Path(s["file"]).name for s in summary["skipped"]} == {
+        "wrong_size.png",
+        "notes.dcm",
+    }
     result = runner.invoke(app, ["select", "pneumonia", str(pool), "--budget", "7", "--out", str(out)])
     assert result.exit_code == 1 and "larger than the pool (6 usable images)" in result.output
 

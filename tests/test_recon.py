@@ -39,7 +39,7 @@ def test_fastmri_masks_and_zero_filled_quality_falls_with_acceleration(t2: np.nd
             width = columns.size
             centre_lines = int(round(width * centre))
             start = (width - centre_lines + 1) // 2
-            assert columns[start:start + centre_lines].all()  # the fully sampled centre
+            assert columns[start : start + centre_lines].all()  # the fully sampled centre
             assert abs(columns.mean() - 1 / acceleration) < 0.05
             recon.append(zero_filled(masked))
         scores[acceleration] = volume_metrics(t2, np.stack(recon))
@@ -68,35 +68,43 @@ def test_bad_inputs(t2: np.ndarray) -> None:
         volume_metrics(t2, t2[:, :10])
 
 
-def test_compressed_sensing_beats_zero_filled_with_lambda_chosen_on_another_series(t2: np.ndarray, data_dir: Path) -> None:
+def test_compressed_sensing_beats_zero_filled_with_lambda_chosen_on_another_series(
+    t2: np.ndarray, data_dir: Path
+) -> None:
     """lambda is picked on a FLAIR slice (validation), then applied to T2 slices (test)."""
     from medlens.recon.mri import cs_reconstruct
 
     flair = np.asarray(read_dicom_volume(data_dir / "dicom" / "mr_pgbm003" / "36468-FLAIRreg-58706").array)[:, :, 11].T
     masked, _, columns = undersample(to_kspace(flair), "random", 4, 0.08, seed=0)
-    best = max((3e-5, 1e-4, 3e-4, 1e-3), key=lambda lam: volume_metrics(flair, cs_reconstruct(masked, columns, lamda=lam, iterations=30))["psnr"])
+    best = max(
+        (3e-5, 1e-4, 3e-4, 1e-3),
+        key=lambda lam: volume_metrics(flair, cs_reconstruct(masked, columns, lamda=lam, iterations=30))["psnr"],
+    )
     gains = []
     for i, image in enumerate(t2[:3]):
         masked, _, columns = undersample(to_kspace(image), "random", 4, 0.08, seed=100 + i)
-        gains.append(volume_metrics(image, cs_reconstruct(masked, columns, lamda=best, iterations=30))["psnr"]
-                     - volume_metrics(image, zero_filled(masked))["psnr"])
+        gains.append(
+            volume_metrics(image, cs_reconstruct(masked, columns, lamda=best, iterations=30))["psnr"]
+            - volume_metrics(image, zero_filled(masked))["psnr"]
+        )
     assert np.mean(gains) > 0.0, gains  # small on magnitude-only simulation at 4x (about +0.3 dB): see README
     with pytest.raises(ConfigError, match="choose one of l1-wavelet, total-variation"):
         cs_reconstruct(masked, columns, method="tikhonov")
 
 
-@pytest.mark.parametrize("network,kwargs", [("unet-recon", {"features": (8, 8, 16, 16, 32, 8)}),
-                                            ("unrolled-unet", {"iterations": 2, "features": (8, 8, 16, 16, 32, 8)}),
-                                            ("varnet", {"cascades": 2, "features": (8, 8, 16, 16, 32, 8)})])
-def test_learned_reconstruction_keeps_the_measured_lines(t2: np.ndarray, tmp_path: Path, network: str, kwargs: dict) -> None:
+@pytest.mark.parametrize(
+    "network,kwargs",
+    [
+        ("unet-recon", {"features": (8, 8, 16, 16, 32, 8)}),
+        ("unrolled-unet", {"iterations": 2, "features": (8, 8, 16, 16, 32, 8)}),
+        ("varnet", {"cascades": 2, "features": (8, 8, 16, 16, 32, 8)}),
+    ],
+)
+def test_learned_reconstruction_keeps_the_measured_lines(
+    t2: np.ndarray, tmp_path: Path, network: str, kwargs: dict
+) -> None:
     """A briefly trained network: whatever it predicts, data consistency restores the sampled k-space."""
-    from medlens.recon.learn import (
-        EnhanceTrainConfig,
-        MRIMaskConfig,
-        data_consistency,
-        mri_reconstruct,
-        train_mri,
-    )
+    from medlens.recon.learn import EnhanceTrainConfig, MRIMaskConfig, data_consistency, mri_reconstruct, train_mri
 
     cfg = EnhanceTrainConfig(network=network, network_kwargs=kwargs, epochs=1, samples_per_epoch=4, batch_size=2)
     model, info = train_mri(list(t2[:4]), list(t2[4:6]), cfg, tmp_path, MRIMaskConfig(accelerations=(4,)))
@@ -106,4 +114,6 @@ def test_learned_reconstruction_keeps_the_measured_lines(t2: np.ndarray, tmp_pat
     assert recon.shape == t2[7].shape and np.isfinite(recon).all()
     # data consistency keeps measured lines: the truth passes unchanged, an empty guess becomes the zero-filled image
     assert np.allclose(data_consistency(t2[7], masked, columns), t2[7], atol=1e-3 * t2[7].max())
-    assert np.allclose(data_consistency(np.zeros_like(t2[7]), masked, columns), zero_filled(masked), atol=1e-3 * t2[7].max())
+    assert np.allclose(
+        data_consistency(np.zeros_like(t2[7]), masked, columns), zero_filled(masked), atol=1e-3 * t2[7].max()
+    )

@@ -21,8 +21,11 @@ from medlens.recon.bundle import save_enhance_bundle
 from medlens.recon.networks import build_recon_network
 
 runner = CliRunner(env={"COLUMNS": "250"})
-TINY = {"redcnn": ("ct-denoising", {"width": 4}), "residual-unet": ("super-resolution", {"features": [4, 4, 8, 8, 16, 4]}),
-        "unet-recon": ("mri-reconstruction", {"features": [4, 4, 8, 8, 16, 4]})}
+TINY = {
+    "redcnn": ("ct-denoising", {"width": 4}),
+    "residual-unet": ("super-resolution", {"features": [4, 4, 8, 8, 16, 4]}),
+    "unet-recon": ("mri-reconstruction", {"features": [4, 4, 8, 8, 16, 4]}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,18 @@ def tiny_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
     out = {}
     for network, (task, kwargs) in TINY.items():
-        out[task] = save_enhance_bundle(root / task, build_recon_network(network, **kwargs), task, network, kwargs, {
-            "input": {"scales": [2, 4], "mask": "random"}, "summary": "untrained", "data": {"dataset": "none", "licence": "none"}})
+        out[task] = save_enhance_bundle(
+            root / task,
+            build_recon_network(network, **kwargs),
+            task,
+            network,
+            kwargs,
+            {
+                "input": {"scales": [2, 4], "mask": "random"},
+                "summary": "untrained",
+                "data": {"dataset": "none", "licence": "none"},
+            },
+        )
     return out
 
 
@@ -51,7 +64,9 @@ def t2_subset(data_dir: Path, tmp_path: Path) -> Path:
     source = data_dir / "dicom" / "mr_pgbm003" / "37830-T2reg-78532"
     folder = tmp_path / "t2"
     folder.mkdir()
-    files = sorted(source.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    files = sorted(
+        source.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])
+    )
     for f in files[9:12]:
         shutil.copy(f, folder / f.name)
     return folder
@@ -86,8 +101,12 @@ def test_low_dose_simulation_refuses_non_hu_and_bad_doses() -> None:
         simulate_low_dose(np.zeros((4, 64, 64)), 0.7, 0.25)
 
 
-def test_denoise_writes_a_derived_ct_series_on_the_source_geometry(kits: Path, tiny_bundles: dict, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["denoise", str(kits), "--out", str(tmp_path / "out"), "--bundle", str(tiny_bundles["ct-denoising"])])
+def test_denoise_writes_a_derived_ct_series_on_the_source_geometry(
+    kits: Path, tiny_bundles: dict, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app, ["denoise", str(kits), "--out", str(tmp_path / "out"), "--bundle", str(tiny_bundles["ct-denoising"])]
+    )
     assert result.exit_code == 0, result.output
     out = tmp_path / "out" / "ct_denoised"
     source, derived = read_dicom_volume(kits), read_dicom_volume(out)
@@ -108,19 +127,43 @@ def test_denoise_refuses_ct_without_rescale_tags(kits: Path, tiny_bundles: dict,
     ds = pydicom.dcmread(bad)
     del ds.RescaleIntercept, ds.RescaleSlope
     ds.save_as(tmp_path / "no_rescale.dcm")
-    result = runner.invoke(app, ["denoise", str(tmp_path / "no_rescale.dcm"), str(kits / "CT20.dcm"),
-                                 "--out", str(tmp_path / "out"), "--bundle", str(tiny_bundles["ct-denoising"])])
+    result = runner.invoke(
+        app,
+        [
+            "denoise",
+            str(tmp_path / "no_rescale.dcm"),
+            str(kits / "CT20.dcm"),
+            "--out",
+            str(tmp_path / "out"),
+            "--bundle",
+            str(tiny_bundles["ct-denoising"]),
+        ],
+    )
     assert result.exit_code == 1
     assert "no_rescale.dcm: CT without RescaleSlope/RescaleIntercept" in result.output and "dcmodify" in result.output
     assert (tmp_path / "out" / "CT20_denoised").is_dir()  # the good file was still done
 
 
-def test_upscale_keeps_the_field_of_view_in_dicom_and_nifti(t2_subset: Path, tiny_bundles: dict, tmp_path: Path) -> None:
+def test_upscale_keeps_the_field_of_view_in_dicom_and_nifti(
+    t2_subset: Path, tiny_bundles: dict, tmp_path: Path
+) -> None:
     from medlens.io.volume import save_nifti
 
     nifti = save_nifti(read_dicom_volume(t2_subset), tmp_path / "t2.nii.gz")
-    result = runner.invoke(app, ["upscale", str(t2_subset), str(nifti), "--scale", "2", "--out", str(tmp_path / "out"),
-                                 "--bundle", str(tiny_bundles["super-resolution"])])
+    result = runner.invoke(
+        app,
+        [
+            "upscale",
+            str(t2_subset),
+            str(nifti),
+            "--scale",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--bundle",
+            str(tiny_bundles["super-resolution"]),
+        ],
+    )
     assert result.exit_code == 0, result.output
     from medlens.io.volume import load_volume
 
@@ -132,9 +175,21 @@ def test_upscale_keeps_the_field_of_view_in_dicom_and_nifti(t2_subset: Path, tin
 
         def corner(v, n):  # outer edge of the first voxel: the field of view must not move
             return v.affine[:3, :3] @ np.array([-0.5, -0.5, 0]) + v.affine[:3, 3]
+
         assert np.allclose(corner(up, 2), corner(source, 1), atol=1e-3)
-    refused = runner.invoke(app, ["upscale", str(nifti), "--scale", "3", "--out", str(tmp_path / "o3"),
-                                  "--bundle", str(tiny_bundles["super-resolution"])])
+    refused = runner.invoke(
+        app,
+        [
+            "upscale",
+            str(nifti),
+            "--scale",
+            "3",
+            "--out",
+            str(tmp_path / "o3"),
+            "--bundle",
+            str(tiny_bundles["super-resolution"]),
+        ],
+    )
     assert refused.exit_code == 1 and "trained for 2, 4x" in refused.output
 
 
@@ -149,19 +204,35 @@ def test_reconstruct_checks_kspace_and_inputs(t2_subset: Path, tiny_bundles: dic
     np.save(tmp_path / "empty.npy", np.zeros((64, 64), dtype=np.complex64))
     np.save(tmp_path / "4d.npy", np.zeros((2, 2, 64, 64), dtype=np.complex64))
     bundle = ["--bundle", str(tiny_bundles["mri-reconstruction"])]
-    result = runner.invoke(app, ["reconstruct", str(good), *(str(tmp_path / n) for n in ("magnitude.npy", "empty.npy", "4d.npy")),
-                                 str(t2_subset), "--out", str(tmp_path / "out"), *bundle])
+    result = runner.invoke(
+        app,
+        [
+            "reconstruct",
+            str(good),
+            *(str(tmp_path / n) for n in ("magnitude.npy", "empty.npy", "4d.npy")),
+            str(t2_subset),
+            "--out",
+            str(tmp_path / "out"),
+            *bundle,
+        ],
+    )
     assert result.exit_code == 1
     assert "magnitude.npy: k-space must be complex" in result.output
     assert "the mask samples nothing" in result.output and "(slices, rows, cols)" in result.output
     assert "pass --simulate 4" in result.output  # an image without --simulate
-    recon = (tmp_path / "out" / "kspace_reconstructed.nii.gz")
+    recon = tmp_path / "out" / "kspace_reconstructed.nii.gz"
     assert recon.is_file()
-    simulated = runner.invoke(app, ["reconstruct", str(t2_subset), "--simulate", "4", "--out", str(tmp_path / "sim"), *bundle])
+    simulated = runner.invoke(
+        app, ["reconstruct", str(t2_subset), "--simulate", "4", "--out", str(tmp_path / "sim"), *bundle]
+    )
     assert simulated.exit_code == 0, simulated.output
     assert read_dicom_volume(tmp_path / "sim" / "t2_reconstructed").shape == read_dicom_volume(t2_subset).shape
 
 
-def test_a_bundle_of_another_task_is_refused_with_the_right_command(tiny_bundles: dict, kits: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["denoise", str(kits), "--out", str(tmp_path), "--bundle", str(tiny_bundles["super-resolution"])])
+def test_a_bundle_of_another_task_is_refused_with_the_right_command(
+    tiny_bundles: dict, kits: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app, ["denoise", str(kits), "--out", str(tmp_path), "--bundle", str(tiny_bundles["super-resolution"])]
+    )
     assert result.exit_code == 1 and "use `medlens upscale`" in result.output

@@ -19,7 +19,9 @@ def test_registry_did_you_mean():
 def test_config_overrides_are_typed(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('[train]\nmodel = "cnn"\nepochs = 3\n')
-    cfg = load_config(TrainConfig, toml, ["lr=0.01", "image_size=64,64", "multilabel=true", "max_train_samples=none"], section="train")
+    cfg = load_config(
+        TrainConfig, toml, ["lr=0.01", "image_size=64,64", "multilabel=true", "max_train_samples=none"], section="train"
+    )
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.image_size, cfg.multilabel) == ("cnn", 3, 0.01, (64, 64), True)
     assert cfg.max_train_samples is None
 

@@ -37,7 +37,9 @@ def test_onnx_export_matches_pytorch_on_real_images(exported: Path, kermany_file
     outs = {}
     for backend in ("torch", "onnxruntime", "auto"):
         out = tmp_path / f"{backend}.csv"
-        result = runner.invoke(app, ["predict", str(exported), *files, "--fit-input", "--backend", backend, "--out", str(out)])
+        result = runner.invoke(
+            app, ["predict", str(exported), *files, "--fit-input", "--backend", backend, "--out", str(out)]
+        )
         assert result.exit_code == 0, result.output
         outs[backend] = _probabilities(out)
     for name, p in outs["torch"].items():
@@ -46,7 +48,9 @@ def test_onnx_export_matches_pytorch_on_real_images(exported: Path, kermany_file
 
 
 def test_onnxruntime_backend_without_export_says_how_to_get_one(kermany_files) -> None:
-    result = runner.invoke(app, ["predict", "pneumonia", str(kermany_files[0][0]), "--fit-input", "--backend", "onnxruntime"])
+    result = runner.invoke(
+        app, ["predict", "pneumonia", str(kermany_files[0][0]), "--fit-input", "--backend", "onnxruntime"]
+    )
     assert result.exit_code == 1
     assert "has no model.onnx; run `medlens export" in result.output
 
@@ -69,7 +73,9 @@ def test_segmentation_export_and_onnxruntime_backend_give_the_same_labels(data_d
     case = data_dir / "msd_hippocampus" / "imagesTr" / "hippocampus_004.nii.gz"  # a held-out test case
     labels = {}
     for backend in ("torch", "onnxruntime"):
-        result = runner.invoke(app, ["segment", str(bundle), str(case), "--out", str(tmp_path / backend), "--backend", backend])
+        result = runner.invoke(
+            app, ["segment", str(bundle), str(case), "--out", str(tmp_path / backend), "--backend", backend]
+        )
         assert result.exit_code == 0, result.output
         labels[backend] = np.asarray(nib.load(tmp_path / backend / case.name).dataobj)
     assert (labels["torch"] == labels["onnxruntime"]).mean() > 0.999
@@ -107,7 +113,9 @@ def test_streamed_jsonl_and_a_bad_file_in_the_middle(test_pngs, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
-def test_int8_is_kept_only_when_validation_auc_holds_and_it_is_faster(exported: Path, data_dir: Path, kind: str) -> None:
+def test_int8_is_kept_only_when_validation_auc_holds_and_it_is_faster(
+    exported: Path, data_dir: Path, kind: str
+) -> None:
     result = runner.invoke(app, ["export", str(exported), "--quantize", kind, "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
     q = json.loads((exported / "bundle.json").read_text())["onnx"]["int8"]

@@ -35,8 +35,25 @@ def hippo(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_bundle(hippo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
     assert runner.invoke(app, ["plan", str(hippo), "--out", str(out / "plan")]).exit_code == 0
-    result = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(out), "--plan", str(out / "plan" / "plan.json"),
-                                 "--set", "epochs=2", "--set", "samples_per_epoch=16", "--set", "test_fraction=0.25"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(hippo),
+            "--task",
+            "segment",
+            "--out",
+            str(out),
+            "--plan",
+            str(out / "plan" / "plan.json"),
+            "--set",
+            "epochs=2",
+            "--set",
+            "samples_per_epoch=16",
+            "--set",
+            "test_fraction=0.25",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out / "model"
 
@@ -48,7 +65,9 @@ def test_dataset_check_passes_on_real_cases(hippo: Path) -> None:
 
 def test_plan_from_fingerprint(hippo: Path) -> None:
     fp = fingerprint(load_seg_dataset(hippo))
-    assert fp["label_names"] == {"0": "background", "1": "anterior", "2": "posterior"} and fp["licence"] == "CC BY-SA 4.0"
+    assert (
+        fp["label_names"] == {"0": "background", "1": "anterior", "2": "posterior"} and fp["licence"] == "CC BY-SA 4.0"
+    )
     plan = make_plan(fp)
     assert plan.dims == 3 and plan.target_spacing_mm == (1.0, 1.0, 1.0) and plan.normalization == "zscore"
     assert all(p % 8 == 0 and p >= s for p, s in zip(plan.patch_size, fp["median_shape"]))  # covers a median case
@@ -110,14 +129,18 @@ def test_plan_train_segment_evaluate_end_to_end(tiny_bundle: Path, hippo: Path, 
     assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2}
     volumes = json.loads((tmp_path / "seg" / "volumes.json").read_text())["results"][0]["volumes_ml"]
     assert set(volumes) == {"anterior", "posterior"}
-    result = runner.invoke(app, ["evaluate", str(tiny_bundle), "--data", str(hippo), "--out", str(tmp_path / "eval"), "--bootstrap", "50"])
+    result = runner.invoke(
+        app, ["evaluate", str(tiny_bundle), "--data", str(hippo), "--out", str(tmp_path / "eval"), "--bootstrap", "50"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert summary["n"] == 3 and 0.0 <= summary["metrics"]["mean_dice"] <= 1.0
     assert (tmp_path / "eval" / "per_case.csv").read_text().count("\n") == 4
 
 
-def test_dicom_input_gives_a_dicom_seg_referencing_the_series(tiny_bundle: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_dicom_input_gives_a_dicom_seg_referencing_the_series(
+    tiny_bundle: Path, data_dir: Path, tmp_path: Path
+) -> None:
     import highdicom as hd
     import pydicom
 
@@ -140,7 +163,11 @@ def test_segment_refuses_classification_bundle_and_bad_inputs(tiny_bundle: Path,
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti")
     result = runner.invoke(app, ["segment", str(tiny_bundle), str(broken), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "broken.nii.gz" in result.output and "1 input(s) could not be segmented" in result.output
+    assert (
+        result.exit_code == 1
+        and "broken.nii.gz" in result.output
+        and "1 input(s) could not be segmented" in result.output
+    )
 
 
 def test_volume_larger_than_the_patch_is_tiled(tiny_bundle: Path, hippo: Path, tmp_path: Path) -> None:
@@ -222,9 +249,31 @@ def test_fixmatch_segmentation_learns_from_the_held_back_cases(hippo: Path, tmp_
     """Two labelled cases, the other training cases' labels held back and used as unlabelled volumes."""
     out = tmp_path / "semi"
     assert runner.invoke(app, ["plan", str(hippo), "--out", str(out / "plan")]).exit_code == 0
-    result = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(out), "--plan", str(out / "plan" / "plan.json"),
-                                 "--set", "epochs=1", "--set", "samples_per_epoch=16", "--set", "test_fraction=0.25",
-                                 "--set", "max_train_cases=2", "--set", "semi_supervised=fixmatch", "--set", "fixmatch_threshold=0.5"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(hippo),
+            "--task",
+            "segment",
+            "--out",
+            str(out),
+            "--plan",
+            str(out / "plan" / "plan.json"),
+            "--set",
+            "epochs=1",
+            "--set",
+            "samples_per_epoch=16",
+            "--set",
+            "test_fraction=0.25",
+            "--set",
+            "max_train_cases=2",
+            "--set",
+            "semi_supervised=fixmatch",
+            "--set",
+            "fixmatch_threshold=0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "model" / "bundle.json").read_text())
     split = manifest["split"]
@@ -270,7 +319,9 @@ def test_fixmatch_segmentation_refuses_bad_unlabelled_volumes(hippo: Path, tmp_p
         make_seg_fixmatch_loss(cfg, torch_nn_identity(), torch_nn_identity(), [], plan, 1)
     assert "2 of 3" in str(info.value) and "a_slice.nii.gz" in str(info.value) and "broken.nii.gz" in str(info.value)
     with pytest.raises(ConfigError, match="max_train_cases"):
-        make_seg_fixmatch_loss(SegTrainConfig(semi_supervised="fixmatch"), torch_nn_identity(), torch_nn_identity(), [], plan, 1)
+        make_seg_fixmatch_loss(
+            SegTrainConfig(semi_supervised="fixmatch"), torch_nn_identity(), torch_nn_identity(), [], plan, 1
+        )
     with pytest.raises(ConfigError, match="torchrun"):
         make_seg_fixmatch_loss(cfg, torch_nn_identity(), torch_nn_identity(), [], plan, 2)
     with pytest.raises(ConfigError, match="semi_supervised"):
@@ -283,7 +334,9 @@ def torch_nn_identity():
     return torch.nn.Identity()
 
 
-def test_select_ranks_unlabelled_volumes_and_train_uses_the_selection(tiny_bundle: Path, hippo: Path, tmp_path: Path) -> None:
+def test_select_ranks_unlabelled_volumes_and_train_uses_the_selection(
+    tiny_bundle: Path, hippo: Path, tmp_path: Path
+) -> None:
     """`medlens select` on a segmentation bundle ranks a folder of volumes; `labelled_cases` trains on a given list."""
     from medlens.errors import ConfigError
     from medlens.segment.train import SegTrainConfig, limit_labels
@@ -303,7 +356,9 @@ def test_select_ranks_unlabelled_volumes_and_train_uses_the_selection(tiny_bundl
     assert scores[0] >= scores[1] and all(0.0 <= s <= 1.0 for s in scores)
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["pool_size"] == 4 and summary["skipped"][0]["file"] == "broken.nii.gz"
-    assert runner.invoke(app, ["select", str(tiny_bundle), str(pool), "--budget", "9", "--out", str(out)]).exit_code != 0
+    assert (
+        runner.invoke(app, ["select", str(tiny_bundle), str(pool), "--budget", "9", "--out", str(out)]).exit_code != 0
+    )
 
     split = {k: manifest["split"][k] for k in ("train", "val", "test")}
     limited = limit_labels(split, SegTrainConfig(labelled_cases=str(out)))
@@ -325,8 +380,25 @@ def test_masked_pretraining_initialises_the_unet_and_guards_the_split(hippo: Pat
     from medlens.segment.preprocess import build_unet
 
     enc = tmp_path / "enc"
-    result = runner.invoke(app, ["pretrain", str(hippo), "--task", "segment", "--out", str(enc), "--method", "masked",
-                                 "--set", "epochs=2", "--set", "samples_per_epoch=16", "--set", "test_fraction=0.25"])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            str(hippo),
+            "--task",
+            "segment",
+            "--out",
+            str(enc),
+            "--method",
+            "masked",
+            "--set",
+            "epochs=2",
+            "--set",
+            "samples_per_epoch=16",
+            "--set",
+            "test_fraction=0.25",
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads((enc / "encoder.json").read_text())
     losses = [h["loss"] for h in meta["history"]]
@@ -344,17 +416,70 @@ def test_masked_pretraining_initialises_the_unet_and_guards_the_split(hippo: Pat
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(run), "--plan", str(enc / "plan.json"),
-                                 "--init", str(enc), "--set", "epochs=1", "--set", "samples_per_epoch=8", "--set", "test_fraction=0.25"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(hippo),
+            "--task",
+            "segment",
+            "--out",
+            str(run),
+            "--plan",
+            str(enc / "plan.json"),
+            "--init",
+            str(enc),
+            "--set",
+            "epochs=1",
+            "--set",
+            "samples_per_epoch=8",
+            "--set",
+            "test_fraction=0.25",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((run / "model" / "bundle.json").read_text())["init"]["method"] == "masked"
 
-    leaky = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(tmp_path / "leaky"), "--plan", str(enc / "plan.json"),
-                                "--init", str(enc), "--seed", "1", "--set", "epochs=1", "--set", "test_fraction=0.25"])
+    leaky = runner.invoke(
+        app,
+        [
+            "train",
+            str(hippo),
+            "--task",
+            "segment",
+            "--out",
+            str(tmp_path / "leaky"),
+            "--plan",
+            str(enc / "plan.json"),
+            "--init",
+            str(enc),
+            "--seed",
+            "1",
+            "--set",
+            "epochs=1",
+            "--set",
+            "test_fraction=0.25",
+        ],
+    )
     assert leaky.exit_code != 0 and "validation/test images" in leaky.output and "split_seed" in leaky.output
     assert runner.invoke(app, ["plan", str(hippo), "--out", str(tmp_path / "plan2d"), "--dims", "2"]).exit_code == 0
-    other = runner.invoke(app, ["train", str(hippo), "--task", "segment", "--out", str(tmp_path / "other"), "--plan",
-                                str(tmp_path / "plan2d" / "plan.json"), "--init", str(enc), "--set", "test_fraction=0.25"])
+    other = runner.invoke(
+        app,
+        [
+            "train",
+            str(hippo),
+            "--task",
+            "segment",
+            "--out",
+            str(tmp_path / "other"),
+            "--plan",
+            str(tmp_path / "plan2d" / "plan.json"),
+            "--init",
+            str(enc),
+            "--set",
+            "test_fraction=0.25",
+        ],
+    )
     assert other.exit_code != 0 and "plan.dims=3" in other.output and "--plan" in other.output
     classifier = runner.invoke(app, ["train", "pneumoniamnist", "--out", str(tmp_path / "cls"), "--init", str(enc)])
     assert classifier.exit_code != 0 and "--task segment" in classifier.output
@@ -365,11 +490,30 @@ def test_contrastive_pretraining_saves_the_encoder_path_only(hippo: Path, tmp_pa
 
     assert runner.invoke(app, ["plan", str(hippo), "--out", str(tmp_path / "plan"), "--dims", "2"]).exit_code == 0
     enc = tmp_path / "enc"
-    result = runner.invoke(app, ["pretrain", str(hippo), "--task", "segment", "--out", str(enc), "--method", "simclr",
-                                 "--plan", str(tmp_path / "plan" / "plan.json"), "--set", "epochs=1", "--set", "samples_per_epoch=64"])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            str(hippo),
+            "--task",
+            "segment",
+            "--out",
+            str(enc),
+            "--method",
+            "simclr",
+            "--plan",
+            str(tmp_path / "plan" / "plan.json"),
+            "--set",
+            "epochs=1",
+            "--set",
+            "samples_per_epoch=64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     state = torch.load(enc / "encoder.pt", weights_only=True)
     assert state and all(k.startswith(("input_block.", "downsamples.", "bottleneck.")) for k in state)
     assert 0.0 <= json.loads((enc / "encoder.json").read_text())["history"][0]["score"] <= 1.0
-    bad = runner.invoke(app, ["pretrain", str(hippo), "--task", "segment", "--out", str(tmp_path / "x"), "--method", "byol"])
+    bad = runner.invoke(
+        app, ["pretrain", str(hippo), "--task", "segment", "--out", str(tmp_path / "x"), "--method", "byol"]
+    )
     assert bad.exit_code != 0 and "byol" in bad.output

@@ -30,7 +30,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_a_study_pushed_into_orthanc_comes_back_with_sr_heatmap_and_fhir(kermany_files: list[tuple[Path, str]], tmp_path: Path) -> None:
+def test_a_study_pushed_into_orthanc_comes_back_with_sr_heatmap_and_fhir(
+    kermany_files: list[tuple[Path, str]], tmp_path: Path
+) -> None:
     images = [kermany_files[0][0], kermany_files[-1][0]]  # one normal, one pneumonia (real test-split radiographs)
     studies = [write_cr_study(p, tmp_path / f"study{i}.dcm", f"TEST{i}") for i, p in enumerate(images)]
     models = tmp_path / "models"
@@ -39,9 +41,15 @@ def test_a_study_pushed_into_orthanc_comes_back_with_sr_heatmap_and_fhir(kermany
     tokens = tmp_path / "tokens.json"
     (tmp_path / "token.json").write_text(json.dumps({"viewer": add_token(tokens, "viewer", "viewer")}))
     script = f"ip link set lo up && exec {sys.executable} {Path(__file__).parent / 'orthanc_flow.py'} " + " ".join(
-        map(str, [tmp_path, models, tokens, *studies]))
-    run = subprocess.run(["unshare", "-n", "--", "sh", "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"})
+        map(str, [tmp_path, models, tokens, *studies])
+    )
+    run = subprocess.run(
+        ["unshare", "-n", "--", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"},
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
 

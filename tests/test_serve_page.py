@@ -28,8 +28,15 @@ def serving(tmp_path: Path, studies: list[Path]) -> Iterator[tuple[str, dict[str
     server = start_server(service["config"].models, service["config"].tokens, tmp_path / "storage", port)
     try:
         body, content_type = stow_body(studies)
-        assert httpx.post(f"{base}/dicomweb/studies", content=body, timeout=60,
-                          headers={**service["headers"]["sender"], "Content-Type": content_type}).status_code == 200
+        assert (
+            httpx.post(
+                f"{base}/dicomweb/studies",
+                content=body,
+                timeout=60,
+                headers={**service["headers"]["sender"], "Content-Type": content_type},
+            ).status_code
+            == 200
+        )
         wait_idle(base, service["tokens"]["viewer"])
         yield base, service["tokens"]
     finally:
@@ -40,11 +47,15 @@ def serving(tmp_path: Path, studies: list[Path]) -> Iterator[tuple[str, dict[str
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 
 
-def test_worklist_study_view_a_read_that_moves_agreement_and_header_text_shown_as_text(kermany_files: list[tuple[Path, str]],
-                                                                                      tmp_path: Path) -> None:
+def test_worklist_study_view_a_read_that_moves_agreement_and_header_text_shown_as_text(
+    kermany_files: list[tuple[Path, str]], tmp_path: Path
+) -> None:
     """The page end to end; then text a hostile header got into a job (a failure reason, a finding's name) is
     shown, never run. The reason is planted in the job store as a failing read of such a header would leave it."""
-    studies = [write_cr_study(f, tmp_path / f"s{i}.dcm", f"TEST{i}") for i, (f, _) in enumerate(kermany_files[:2] + kermany_files[-2:])]
+    studies = [
+        write_cr_study(f, tmp_path / f"s{i}.dcm", f"TEST{i}")
+        for i, (f, _) in enumerate(kermany_files[:2] + kermany_files[-2:])
+    ]
     with serving(tmp_path, studies) as (base, tokens):
         radiologist = tokens["radiologist"]
         with playwright_api.sync_playwright() as p:
@@ -65,8 +76,12 @@ def test_worklist_study_view_a_read_that_moves_agreement_and_header_text_shown_a
             assert done == sorted(done, reverse=True)  # most urgent first
             rows.first.click()
             playwright_api.expect(page.locator("#findings li").first).to_contain_text("pneumonia")
-            page.wait_for_function("document.querySelector('#image').naturalWidth > 0 && document.querySelector('#heatmap').naturalWidth > 0")
-            assert page.evaluate("document.querySelector('#heatmap').naturalWidth") == 224  # the overlay is on the source grid
+            page.wait_for_function(
+                "document.querySelector('#image').naturalWidth > 0 && document.querySelector('#heatmap').naturalWidth > 0"
+            )
+            assert (
+                page.evaluate("document.querySelector('#heatmap').naturalWidth") == 224
+            )  # the overlay is on the source grid
             page.locator("#read-buttons button", has_text="Disagree").first.click()
             playwright_api.expect(page.locator("#read-status")).to_contain_text("Read recorded")
             agreement = page.locator("#agreement tbody tr").first

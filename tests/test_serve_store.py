@@ -35,21 +35,46 @@ def postgres_url() -> Iterator[str]:
     if initdb is None:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does it)")
     bin_dir = Path(initdb).resolve().parent  # /usr/local/bin may link initdb but not createdb
-    root = Path(tempfile.mkdtemp(prefix="medlens-pg-"))  # not under pytest's 0700 folders: the postgres user must reach it
+    root = Path(
+        tempfile.mkdtemp(prefix="medlens-pg-")
+    )  # not under pytest's 0700 folders: the postgres user must reach it
     data = root / "data"
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     port = _free_port()
-    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "medlens"]), check=True,
-                   capture_output=True)
-    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start",
-                                 "-o", f"-h 127.0.0.1 -p {port} -k {root}"]), check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "medlens"]),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "log"),
+                "-w",
+                "start",
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {root}",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run(_as_postgres([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "medlens", "medlens"]),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_postgres([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "medlens", "medlens"]),
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql+pg8000://medlens@127.0.0.1:{port}/medlens"
     finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
+        subprocess.run(
+            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import medlens
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import medlens
 from medlens.cli import app
 from medlens.errors import ConfigError, DataError
 from medlens.survival.data import load_survival_folder
@@ -85,25 +84,58 @@ def test_heads_prefer_the_true_order_of_real_survival_times(lung1: Path) -> None
 
 def test_survival_model_trains_writes_km_plot_and_predicts_from_cli(lung1: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(lung1), "--task", "survival", "--out", str(out), "--set", "epochs=2", "--set", "n_bootstrap=50", *CLINICAL])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(lung1),
+            "--task",
+            "survival",
+            "--out",
+            str(out),
+            "--set",
+            "epochs=2",
+            "--set",
+            "n_bootstrap=50",
+            *CLINICAL,
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "survival_report.json").read_text())
     assert 0 <= report["test"]["c_index"] <= 1 and 0 < report["test"]["ibs"] < 0.5 and report["test"]["n"] == 63
     assert report["kaplan_meier_test"]["logrank_p"] <= 1 and (out / "km_test.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((out / "model" / "bundle.json").read_text())
-    assert manifest["task"] == "survival" and not set(manifest["split_ids"]["train"]) & set(manifest["split_ids"]["test"])
+    assert manifest["task"] == "survival" and not set(manifest["split_ids"]["train"]) & set(
+        manifest["split_ids"]["test"]
+    )
 
     slices = np.load(lung1 / "lung1_ct_midslice_128.npz")["images"]
     Image.fromarray(slices[0]).save(tmp_path / "a.png")  # 16-bit PNG keeps the values
     Image.fromarray(slices[0][:64]).save(tmp_path / "cropped.png")
-    (tmp_path / "clinical.csv").write_text("file,age,Overall.Stage,Histology,gender\na.png,78.7,IIIb,large cell,male\n"
-                                           "cropped.png,60,I,adenocarcinoma,female\n")
+    (tmp_path / "clinical.csv").write_text(
+        "file,age,Overall.Stage,Histology,gender\na.png,78.7,IIIb,large cell,male\n"
+        "cropped.png,60,I,adenocarcinoma,female\n"
+    )
     predictions = tmp_path / "pred.json"
-    result = runner.invoke(app, ["predict", str(out / "model"), str(tmp_path / "a.png"), str(tmp_path / "cropped.png"),
-                                 "--clinical", str(tmp_path / "clinical.csv"), "--out", str(predictions)])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(out / "model"),
+            str(tmp_path / "a.png"),
+            str(tmp_path / "cropped.png"),
+            "--clinical",
+            str(tmp_path / "clinical.csv"),
+            "--out",
+            str(predictions),
+        ],
+    )
     assert result.exit_code == 1  # the cropped image fails, the other is predicted
     rows = json.loads(predictions.read_text())
-    assert rows[0]["risk_group"] in ("low risk", "high risk") and 0 <= rows[0]["survival_730d"] <= rows[0]["survival_365d"] <= 1
+    assert (
+        rows[0]["risk_group"] in ("low risk", "high risk")
+        and 0 <= rows[0]["survival_730d"] <= rows[0]["survival_365d"] <= 1
+    )
     assert "shape" in rows[1]["error"]
     missing = runner.invoke(app, ["predict", str(out / "model"), str(tmp_path / "a.png")])
     assert missing.exit_code != 0 and "--clinical" in missing.output
@@ -112,21 +144,36 @@ def test_survival_model_trains_writes_km_plot_and_predicts_from_cli(lung1: Path,
 def test_clinical_only_cox_baseline(lung1: Path, tmp_path: Path) -> None:
     from medlens.survival.train import train_survival
 
-    cfg = SurvivalConfig(inputs="clinical", numeric_columns=("age",), categorical_columns=("Overall.Stage", "Histology"),
-                         n_bootstrap=50)
+    cfg = SurvivalConfig(
+        inputs="clinical", numeric_columns=("age",), categorical_columns=("Overall.Stage", "Histology"), n_bootstrap=50
+    )
     out = train_survival(lung1, cfg, tmp_path / "clinical", show_progress=False)
     report = json.loads((out / "survival_report.json").read_text())
     manifest = json.loads((out / "model" / "bundle.json").read_text())
     assert manifest["settings"]["model"] == "lifelines CoxPHFitter" and len(manifest["settings"]["coefficients"]) > 3
-    assert 0.3 < report["validation"]["c_index"] < 0.8 and report["validation"]["c_index_ci"]["low"] < report["validation"]["c_index"]
+    assert (
+        0.3 < report["validation"]["c_index"] < 0.8
+        and report["validation"]["c_index_ci"]["low"] < report["validation"]["c_index"]
+    )
 
     # it predicts from a CSV alone: the test patients' rows give back the risks the report was scored on
     test = load_survival_folder(lung1, cfg.seed, cfg.val_fraction, cfg.test_fraction).subset("test")
     columns = ["PatientID", "age", "Overall.Stage", "Histology"]
-    lines = [",".join(columns)] + [",".join([pid] + [row[c] for c in columns[1:]]) for pid, row in zip(test.ids, test.metadata)]
+    lines = [",".join(columns)] + [
+        ",".join([pid] + [row[c] for c in columns[1:]]) for pid, row in zip(test.ids, test.metadata)
+    ]
     (tmp_path / "patients.csv").write_text("\n".join(lines) + "\n")
-    result = runner.invoke(app, ["predict", str(out / "model"), "--clinical", str(tmp_path / "patients.csv"),
-                                 "--out", str(tmp_path / "risk.json")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(out / "model"),
+            "--clinical",
+            str(tmp_path / "patients.csv"),
+            "--out",
+            str(tmp_path / "risk.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert test.ids[0] not in result.output  # the console names rows by line; the IDs stay in --out
     rows = json.loads((tmp_path / "risk.json").read_text())
@@ -137,7 +184,9 @@ def test_clinical_only_cox_baseline(lung1: Path, tmp_path: Path) -> None:
     assert [r["risk"] for r in api] == pytest.approx([r["risk"] for r in rows])
 
     # a stage the training split never had is that row's error; the other rows are still predicted
-    lines[1] = lines[1].replace(test.metadata[0]["Overall.Stage"], "IX", 1) if test.metadata[0]["Overall.Stage"] else lines[1]
+    lines[1] = (
+        lines[1].replace(test.metadata[0]["Overall.Stage"], "IX", 1) if test.metadata[0]["Overall.Stage"] else lines[1]
+    )
     (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
     bad = runner.invoke(app, ["predict", str(out / "model"), "--clinical", str(tmp_path / "bad.csv")])
     assert bad.exit_code != 0 and "1 of" in bad.output and "'IX'" in bad.output

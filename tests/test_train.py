@@ -26,7 +26,14 @@ def test_golden_small_model_reaches_stated_auc(small_bundle, pneumonia, tmp_path
     result = evaluate_bundle(bundle, pneumonia, tmp_path, split="test", n_bootstrap=200)
     assert result["metrics"]["auc"] >= 0.88
     assert result["metrics"]["accuracy"] >= 0.75
-    assert {p.name for p in tmp_path.iterdir()} >= {"metrics.json", "report.md", "roc.png", "pr.png", "confusion.png", "calibration.png"}
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "metrics.json",
+        "report.md",
+        "roc.png",
+        "pr.png",
+        "confusion.png",
+        "calibration.png",
+    }
 
 
 def test_bundle_describes_itself(small_bundle):
@@ -34,7 +41,11 @@ def test_bundle_describes_itself(small_bundle):
     assert manifest["label_names"] == ["normal", "pneumonia"]
     assert 0 < manifest["thresholds"][0] < 1 and manifest["threshold_method"].startswith("Youden")
     assert manifest["expected_input"] == {
-        "modality": "CR", "channels": 1, "spatial_shape": [28, 28], "intensity_range": [0.0, 255.0], "resized_by_pipeline": False,
+        "modality": "CR",
+        "channels": 1,
+        "spatial_shape": [28, 28],
+        "intensity_range": [0.0, 255.0],
+        "resized_by_pipeline": False,
     }
     assert len(manifest["data"]["sha256"]) == 64 and manifest["data"]["license"] == "CC BY 4.0"
     assert manifest["config"]["augment_resolved"] == "xray"  # no left-right flips for chest X-rays
@@ -80,7 +91,9 @@ def test_imbalance_losses_on_pneumonia_labels(pneumonia) -> None:
     logits = torch.tensor([[2.0, -1.0], [0.2, 0.1], [-3.0, 3.0], [0.0, 0.5]])
     targets = torch.tensor([0, 1, 1, 0])
     ce = torch.nn.functional.cross_entropy(logits, targets)
-    assert float(_OneHotFocal(FocalLoss(gamma=0.0, use_softmax=True), 2, "binary")(logits, targets)) == pytest.approx(float(ce))
+    assert float(_OneHotFocal(FocalLoss(gamma=0.0, use_softmax=True), 2, "binary")(logits, targets)) == pytest.approx(
+        float(ce)
+    )
     focal = make_loss(pneumonia, "focal")
     easy, hard = (torch.tensor([[4.0, -4.0]]), torch.tensor([0])), (torch.tensor([[0.1, 0.0]]), torch.tensor([0]))
     ratio = lambda x, y: float(focal(x, y) / torch.nn.functional.cross_entropy(x, y))  # noqa: E731
@@ -88,7 +101,8 @@ def test_imbalance_losses_on_pneumonia_labels(pneumonia) -> None:
     counts = np.bincount(pneumonia.splits["train"].labels)
     shifted = logits + torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32))
     assert float(make_loss(pneumonia, "logit-adjusted")(logits, targets)) == pytest.approx(
-        float(torch.nn.functional.cross_entropy(shifted, targets)), rel=1e-5)
+        float(torch.nn.functional.cross_entropy(shifted, targets)), rel=1e-5
+    )
     multilabel = dataclasses.replace(pneumonia, task="multilabel")
     with pytest.raises(ConfigError, match="one label per image"):
         make_loss(multilabel, "logit-adjusted")

@@ -24,20 +24,20 @@ from medlens.preprocess.pipeline import normalized_inputs
 from medlens.trust.calibrate import calibrate_bundle, fit_temperature, map_threshold
 from medlens.trust.corruptions import CORRUPTIONS, corrupt
 from medlens.trust.fairness import group_values, subgroup_metrics
-from medlens.trust.shift import (
-    BatchShiftScorer,
-    batch_indices,
-    bn_adapted,
-    detection_auroc,
-    embeddings,
-)
+from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc, embeddings
 
 
 @pytest.fixture(scope="module")
 def shipped(pneumonia):
     bundle = load_classifier("pneumonia")
     val, test = pneumonia.split("val"), pneumonia.split("test")
-    return bundle, val, test, normalized_inputs(val, bundle.preprocessing), normalized_inputs(test, bundle.preprocessing)
+    return (
+        bundle,
+        val,
+        test,
+        normalized_inputs(val, bundle.preprocessing),
+        normalized_inputs(test, bundle.preprocessing),
+    )
 
 
 def test_temperature_fits_an_overconfident_model_and_keeps_decisions(shipped) -> None:
@@ -91,11 +91,14 @@ def test_shift_detection_and_bn_adaptation_on_noisy_batches(shipped) -> None:
     bundle, _val, test, x_val, x_test = shipped
     prep = bundle.preprocessing
     scorer = BatchShiftScorer(bundle.predict_proba(x_val), embeddings(bundle.model, x_val))
-    noisy = normalized_inputs(type(test)(corrupt(test.images, "gaussian-noise", 4, (0, 255)), test.labels, test.ids), prep)
+    noisy = normalized_inputs(
+        type(test)(corrupt(test.images, "gaussian-noise", 4, (0, 255)), test.labels, test.ids), prep
+    )
     batches = batch_indices(len(test), 32, 20, seed=0)
     clean_e, noisy_e = embeddings(bundle.model, x_test), embeddings(bundle.model, noisy)
-    auroc = detection_auroc([scorer.embedding_score(clean_e[b]) for b in batches],
-                            [scorer.embedding_score(noisy_e[b]) for b in batches])
+    auroc = detection_auroc(
+        [scorer.embedding_score(clean_e[b]) for b in batches], [scorer.embedding_score(noisy_e[b]) for b in batches]
+    )
     assert auroc > 0.9
     adapted = bn_adapted(bundle.model, noisy)
     assert adapted is not bundle.model
@@ -108,7 +111,8 @@ def test_calibrate_writes_a_bundle_that_predict_uses(shipped, pneumonia, tmp_pat
     calibrated = load_classifier(tmp_path / "cal")
     assert calibrated.temperature == pytest.approx(result["calibration"]["temperature"])
     same_decisions = (bundle.predict_proba(x_test)[:, 1] >= bundle.thresholds[0]) == (
-        calibrated.predict_proba(x_test)[:, 1] >= calibrated.thresholds[0])
+        calibrated.predict_proba(x_test)[:, 1] >= calibrated.thresholds[0]
+    )
     assert same_decisions.all()
     from medlens.classify.predict import referral_flags
 
@@ -128,8 +132,12 @@ def test_subgroups_on_real_metadata(data_dir: Path) -> None:
     rows = _nih_rows(data_dir)[:400]
     labels = np.array([int(r["label_abnormal"]) for r in rows])
     bundle = load_classifier("pneumonia")  # a real model's real scores, read here as "abnormal" scores: a weak scorer
-    x = np.stack([prepare_image(read_image(data_dir / "cxr_nih14_64" / r["image_file"]), bundle.preprocessing,
-                                adapt=True)[0] for r in rows])
+    x = np.stack(
+        [
+            prepare_image(read_image(data_dir / "cxr_nih14_64" / r["image_file"]), bundle.preprocessing, adapt=True)[0]
+            for r in rows
+        ]
+    )
     probs = bundle.predict_proba(x)
     meta = [{"sex": r["Patient Gender"], "age": r["Patient Age"], "view": r["View Position"]} for r in rows]
     assert set(group_values(meta, "age")) <= {"0-17", "18-39", "40-59", "60-79", "80+", "unknown"}
@@ -157,16 +165,40 @@ def test_audit_cli_writes_a_complete_model_card(data_dir: Path, tmp_path: Path) 
     from medlens.cli import app
 
     out = tmp_path / "audit"
-    result = CliRunner().invoke(app, ["audit", "pneumonia", "--data", "pneumoniamnist", "--out", str(out),
-                                      "--max-cases", "100", "--bootstrap", "100", "--data-dir", str(data_dir)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "pneumonia",
+            "--data",
+            "pneumoniamnist",
+            "--out",
+            str(out),
+            "--max-cases",
+            "100",
+            "--bootstrap",
+            "100",
+            "--data-dir",
+            str(data_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     audit = json.loads((out / "audit.json").read_text())
     for section in ("performance", "calibration", "referral", "robustness", "explanations", "subgroups"):
         assert section in audit
     assert len(audit["robustness"]["rows"]) == len(CORRUPTIONS.names()) * 5
     card = (out / "model_card.md").read_text()
-    for heading in ("Intended use", "Training data", "Performance", "Calibration", "Uncertainty and referral",
-                    "Robustness", "Explanations", "Subgroups", "Known limitations"):
+    for heading in (
+        "Intended use",
+        "Training data",
+        "Performance",
+        "Calibration",
+        "Uncertainty and referral",
+        "Robustness",
+        "Explanations",
+        "Subgroups",
+        "Known limitations",
+    ):
         assert f"## {heading}" in card
     for image in ("calibration_before_after.png", "referral.png", "robustness.png", "evaluation/roc.png"):
         assert (out / image).is_file() and image in card
@@ -179,9 +211,36 @@ def test_audit_groups_that_do_not_exist_are_refused(folder_dataset: Path, tmp_pa
     from medlens.cli import app
 
     runner = CliRunner()
-    assert runner.invoke(app, ["train", str(folder_dataset), "--out", str(tmp_path / "run"), "--set", "epochs=1",
-                               "--set", "image_size=28,28", "--set", "model=cnn"]).exit_code == 0
-    result = runner.invoke(app, ["audit", str(tmp_path / "run" / "model"), "--data", str(folder_dataset),
-                                 "--out", str(tmp_path / "audit"), "--groups", "scanner"])
+    assert (
+        runner.invoke(
+            app,
+            [
+                "train",
+                str(folder_dataset),
+                "--out",
+                str(tmp_path / "run"),
+                "--set",
+                "epochs=1",
+                "--set",
+                "image_size=28,28",
+                "--set",
+                "model=cnn",
+            ],
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        app,
+        [
+            "audit",
+            str(tmp_path / "run" / "model"),
+            "--data",
+            str(folder_dataset),
+            "--out",
+            str(tmp_path / "audit"),
+            "--groups",
+            "scanner",
+        ],
+    )
     assert result.exit_code == 1
     assert "unknown metadata column(s) scanner; the data has: site" in result.output

@@ -37,10 +37,14 @@ def _default(field: dataclasses.Field) -> str:
 
 
 def settings_markdown() -> str:
-    lines = ["# Settings reference", "",
-             "Every setting a command takes with `--set key=value`, or from a TOML file with `--config FILE` "
-             "(under the section named below), with its default. An unknown key is an error that suggests the "
-             "nearest one.", ""]
+    lines = [
+        "# Settings reference",
+        "",
+        "Every setting a command takes with `--set key=value`, or from a TOML file with `--config FILE` "
+        "(under the section named below), with its default. An unknown key is an error that suggests the "
+        "nearest one.",
+        "",
+    ]
     for section, command, cls in SECTIONS:
         lines += [f"## `{command}`", "", f"TOML section `[{section}]`.", "", "| key | default |", "|---|---|"]
         for field in dataclasses.fields(cls):
@@ -52,8 +56,10 @@ def settings_markdown() -> str:
 def cli_markdown() -> str:
     command = typer.main.get_command(app)
     ctx = typer.Context(command, info_name="medlens")
-    return "# CLI reference\n\nGenerated from the command itself (`medlens COMMAND --help` prints the same).\n\n" + \
-        get_docs_for_click(obj=command, ctx=ctx, name="medlens", title="medlens").split("\n", 1)[1]
+    return (
+        "# CLI reference\n\nGenerated from the command itself (`medlens COMMAND --help` prints the same).\n\n"
+        + get_docs_for_click(obj=command, ctx=ctx, name="medlens", title="medlens").split("\n", 1)[1]
+    )
 
 
 def on_pre_build(config: Any) -> None:

@@ -39,8 +39,17 @@ _LAZY = {
     "read_dicom_volumes": "medlens.io.series",
 }
 
-__all__ = ["ConfigError", "DataError", "DicomError", "ImageReadError", "MedlensError", "ModelError",
-           "UnknownNameError", "__version__", *_LAZY]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DicomError",
+    "ImageReadError",
+    "MedlensError",
+    "ModelError",
+    "UnknownNameError",
+    "__version__",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -41,7 +41,9 @@ class TrainConfig:
     multilabel: bool = False
     label_column: str = "label"  # folder datasets: the CSV column holding the label(s)
     negative_label: str | None = None  # multi-label: the value meaning no finding (e.g. "No Finding"), an all-zero row
-    group_column: str | None = "auto"  # patient ID column: splits keep a patient's images together ("auto": patient_id, PatientID, Patient ID)
+    group_column: str | None = (
+        "auto"  # patient ID column: splits keep a patient's images together ("auto": patient_id, PatientID, Patient ID)
+    )
     numeric_columns: tuple[str, ...] = ()  # clinical inputs from the CSV (age, ...): imputed and standardised on train
     categorical_columns: tuple[str, ...] = ()  # clinical inputs (sex, view, ...): one-hot on train's categories
     fusion: str = "auto"  # image | intermediate | late | tabular; auto: intermediate with clinical columns, else image
@@ -78,7 +80,11 @@ class TrainConfig:
 
     def folder_options(self) -> dict[str, Any]:
         """How a folder dataset's CSV is read (label column, no-finding value, patient grouping)."""
-        return {"label_column": self.label_column, "negative_label": self.negative_label, "group_column": self.group_column}
+        return {
+            "label_column": self.label_column,
+            "negative_label": self.negative_label,
+            "group_column": self.group_column,
+        }
 
     def __post_init__(self) -> None:
         _check_choice("train.imbalance", self.imbalance, IMBALANCE_OPTIONS)
@@ -86,21 +92,26 @@ class TrainConfig:
         _check_choice("train.semi_supervised", self.semi_supervised, SEMI_SUPERVISED_OPTIONS)
         _check_choice("train.fusion", self.fusion, FUSION_OPTIONS)
         if self.fusion in ("intermediate", "late", "tabular") and not self.clinical_columns:
-            raise ConfigError(f"train.fusion={self.fusion} needs clinical columns: --set numeric_columns=age "
-                              "--set categorical_columns=sex,view (columns of the dataset's CSV)")
+            raise ConfigError(
+                f"train.fusion={self.fusion} needs clinical columns: --set numeric_columns=age "
+                "--set categorical_columns=sex,view (columns of the dataset's CSV)"
+            )
         both = set(self.numeric_columns) & set(self.categorical_columns)
         if both:
-            raise ConfigError(f"train: column(s) {', '.join(sorted(both))} declared both numeric and categorical; pick one")
+            raise ConfigError(
+                f"train: column(s) {', '.join(sorted(both))} declared both numeric and categorical; pick one"
+            )
         if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs:
             raise ConfigError(f"train.freeze_epochs: must be in [0, epochs={self.epochs}), got {self.freeze_epochs}")
         if not 0 < self.encoder_lr_scale <= 10:
             raise ConfigError(f"train.encoder_lr_scale: expected a factor in (0, 10], got {self.encoder_lr_scale}")
         if not 0 < self.fixmatch_threshold < 1:
-            raise ConfigError(f"train.fixmatch_threshold: expected a probability in (0, 1), got {self.fixmatch_threshold}")
+            raise ConfigError(
+                f"train.fixmatch_threshold: expected a probability in (0, 1), got {self.fixmatch_threshold}"
+            )
         if self.unlabelled_ratio < 1:
             raise ConfigError(f"train.unlabelled_ratio: must be at least 1, got {self.unlabelled_ratio}")
         if self.window is not None:
-
             _check_choice("train.window", self.window, tuple(WINDOWS.names()))
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
@@ -123,7 +134,9 @@ def _check_choice(field: str, value: str, options: tuple[str, ...]) -> None:
         raise ConfigError(f"{field}: expected one of {', '.join(options)}, got {value!r}")
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None, section: str = "") -> C:
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None, section: str = ""
+) -> C:
     """Build a config dataclass from a TOML file (optionally one ``[section]``) plus ``key=value`` overrides."""
     values: dict[str, Any] = {}
     if path is not None:

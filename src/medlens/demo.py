@@ -57,7 +57,11 @@ def _write_samples(split: Any, label_names: tuple[str, ...], folder: Path) -> tu
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    chosen = [int(i) for c in range(len(label_names)) for i in rng.choice(np.where(split.labels == c)[0], N_SAMPLES // 2, replace=False)]
+    chosen = [
+        int(i)
+        for c in range(len(label_names))
+        for i in rng.choice(np.where(split.labels == c)[0], N_SAMPLES // 2, replace=False)
+    ]
     files, truths = [], []
     for index in chosen:
         path = folder / f"test_{index:04d}.png"

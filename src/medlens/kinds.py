@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medlens.bundle.manifest import BundleBase, read_manifest
+from medlens.bundle.manifest import BundleBase, license_of, read_manifest
 from medlens.classify.bundle import ClassifierBundle, load_classifier
 from medlens.errors import ModelError
 from medlens.recon.bundle import EnhancerBundle, load_enhancer
@@ -31,6 +31,20 @@ def kinds_supporting(operation: str) -> list[str]:
     return [name for name in KINDS.names() if operation in KINDS.get(name)[0].supports]
 
 
+def describe(name_or_path: str | Path) -> dict[str, str]:
+    """One line about a bundle from its manifest (nothing is loaded): kind, task, labels, input, test score, and the
+    training data with its licence."""
+    path, manifest = read_manifest(name_or_path)
+    data = manifest.get("data", {})
+    summary = KINDS.get(manifest["kind"])[0].summary(manifest)
+    return {
+        "name": path.name,
+        "kind": manifest["kind"],
+        **summary,
+        "data": f"{data.get('dataset', '')} ({license_of(manifest)})",
+    }
+
+
 def open_bundle(name_or_path: str | Path, needs: str | None = None, device: str = "cpu") -> AnyBundle:
     """The bundle ``name_or_path`` (a shipped name such as ``pneumonia``, or a folder) loaded as its kind's class.
 
@@ -45,6 +59,8 @@ def open_bundle(name_or_path: str | Path, needs: str | None = None, device: str 
     path, manifest = read_manifest(name_or_path)
     cls, loader = KINDS.get(manifest["kind"])
     if needs is not None and needs not in cls.supports:
-        raise ModelError(f"{path.name} is a {manifest['kind']} bundle ({manifest.get('task')}); {needs} takes "
-                         f"{' or '.join(kinds_supporting(needs)) or 'no'} bundles")
+        raise ModelError(
+            f"{path.name} is a {manifest['kind']} bundle ({manifest.get('task')}); {needs} takes "
+            f"{' or '.join(kinds_supporting(needs)) or 'no'} bundles"
+        )
     return loader(path, device=device) if cls is ClassifierBundle else loader(path)

@@ -29,18 +29,38 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-
 REDACTED = "<redacted>"
-IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientAddress", "PatientTelephoneNumbers",
-               "AccessionNumber", "StudyID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstitutionName",
-               "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "MedicalRecordLocator",
-               "IssuerOfPatientID", "PatientMotherBirthName", "OtherPatientNames", "StationName")
+IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "PatientBirthDate",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "AccessionNumber",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "MedicalRecordLocator",
+    "IssuerOfPatientID",
+    "PatientMotherBirthName",
+    "OtherPatientNames",
+    "StationName",
+)
 _MAX_REMEMBERED = 200_000
 _MAX_VALUE = 64  # the longest these VRs allow (PN, LO, UI); a longer value is a corrupt read, not an identifier
 _MIN_LENGTH = 3  # shorter tokens ("M", "12") are everywhere in text and identify nobody
 _TOKEN = re.compile(r"[^\W_](?:[\w.+\-]*[^\W_])?")  # words, numbers, UIDs, IDs like AB-123
 _UID = re.compile(r"\b[0-2](?:\.(?:0|[1-9]\d*)){4,}\b")
-_PERSON = re.compile(r"(?<![^\s'\"^=:,;()])[^\s'\"^=:,;()]++\^[^\s'\"=:,;()]*+")  # starts only at a run's start: linear time
+_PERSON = re.compile(
+    r"(?<![^\s'\"^=:,;()])[^\s'\"^=:,;()]++\^[^\s'\"=:,;()]*+"
+)  # starts only at a run's start: linear time
 _QUOTED = re.compile(r"(?<!File )\"[^\"\n]*\"|'[^'\n]*'")  # not a traceback's file names
 
 # function words that fill medlens's own messages and name nobody (an institution "The ... Hospital" must not blank them)
@@ -59,13 +79,17 @@ def remember_identifiers(ds: Any) -> None:
         except Exception:  # a corrupt value cannot be read, so it cannot be logged by medlens either
             continue
         raw = getattr(element, "value", element) if element is not None else None
-        values += [str(v) for v in (raw if isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) else [raw]) if v]
+        values += [
+            str(v) for v in (raw if isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) else [raw]) if v
+        ]
     remember_values([v for v in values if len(v) <= _MAX_VALUE])
 
 
 def remember_values(values: list[str]) -> None:
     """Remember free-text values (marker values in tests, header values in the service) by their tokens."""
-    tokens = [t.lower() for v in values for t in _TOKEN.findall(str(v)) if len(t) >= _MIN_LENGTH and t.lower() not in _COMMON]
+    tokens = [
+        t.lower() for v in values for t in _TOKEN.findall(str(v)) if len(t) >= _MIN_LENGTH and t.lower() not in _COMMON
+    ]
     with _lock:
         for token in tokens:
             _known[token] = None
@@ -104,7 +128,12 @@ def install_phi_filter() -> None:
         try:
             _scrub(record)
         except Exception:  # a record that cannot even be formatted is replaced, never let through
-            record.msg, record.args, record.exc_info, record.exc_text = "(log message withheld: could not be checked for PHI)", (), None, None
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "(log message withheld: could not be checked for PHI)",
+                (),
+                None,
+                None,
+            )
         return record
 
     logging.setLogRecordFactory(factory)

@@ -29,9 +29,16 @@ BUNDLE_FORMAT = "medlens-bundle/2"
 READABLE_FORMATS = ("medlens-bundle/1", BUNDLE_FORMAT)
 MANIFEST = "bundle.json"
 WEIGHTS = "weights.pt"
-KIND_OF_TASK = {"binary": "classifier", "multiclass": "classifier", "multilabel": "classifier",
-                "segmentation": "segmenter", "survival": "survival", "mri-reconstruction": "enhancer",
-                "ct-denoising": "enhancer", "super-resolution": "enhancer"}
+KIND_OF_TASK = {
+    "binary": "classifier",
+    "multiclass": "classifier",
+    "multilabel": "classifier",
+    "segmentation": "segmenter",
+    "survival": "survival",
+    "mri-reconstruction": "enhancer",
+    "ct-denoising": "enhancer",
+    "super-resolution": "enhancer",
+}
 
 
 @dataclass
@@ -56,19 +63,29 @@ class BundleBase:
     def license(self) -> str:
         return license_of(self.manifest)
 
+    @classmethod
+    def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
+        """What ``medlens models`` shows about a bundle of this kind: ``task``, ``labels``, ``input``, ``score``,
+        ``accuracy`` (from the manifest alone, nothing loaded)."""
+        raise NotImplementedError
+
     def require(self, operation: str) -> None:
         """Raise a :class:`ModelError` naming what this bundle can do if it cannot do ``operation``."""
         if operation not in self.supports:
-            raise ModelError(f"{self.path} is a {self.kind} bundle ({self.task}); {operation} is not something it does "
-                             f"(it supports: {', '.join(sorted(self.supports))})")
+            raise ModelError(
+                f"{self.path} is a {self.kind} bundle ({self.task}); {operation} is not something it does "
+                f"(it supports: {', '.join(sorted(self.supports))})"
+            )
 
 
 def kind_of(manifest: dict[str, Any], where: Path | str = MANIFEST) -> str:
     """The manifest's ``kind``; format-1 bundles, which have none, get it from their ``task``."""
     kind = manifest.get("kind") or KIND_OF_TASK.get(str(manifest.get("task")))
     if kind not in set(KIND_OF_TASK.values()):
-        raise ModelError(f"{where}: unknown kind of model (kind {manifest.get('kind')!r}, task {manifest.get('task')!r}); "
-                         f"this medlens reads {', '.join(sorted(set(KIND_OF_TASK.values())))} bundles")
+        raise ModelError(
+            f"{where}: unknown kind of model (kind {manifest.get('kind')!r}, task {manifest.get('task')!r}); "
+            f"this medlens reads {', '.join(sorted(set(KIND_OF_TASK.values())))} bundles"
+        )
     return str(kind)
 
 

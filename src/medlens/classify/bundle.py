@@ -35,7 +35,8 @@ class ClassifierBundle(BundleBase):
 
     kind: ClassVar[str] = "classifier"
     supports: ClassVar[frozenset[str]] = frozenset(
-        {"predict", "evaluate", "explain", "calibrate", "audit", "export", "quantize", "select", "serve", "federate"})
+        {"predict", "evaluate", "explain", "calibrate", "audit", "export", "quantize", "select", "serve", "federate"}
+    )
     model: nn.Module
     preprocessing: Preprocessing
     tabular: Any = None  # the clinical-feature encoder of a fused bundle (medlens.tabular.encode.TabularEncoder)
@@ -54,6 +55,18 @@ class ClassifierBundle(BundleBase):
         """Temperature fitted on validation by ``medlens calibrate`` (1.0: not calibrated)."""
         return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
 
+    @classmethod
+    def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
+        """What ``medlens models`` shows, from the manifest alone."""
+        test, shape = manifest.get("metrics", {}).get("test", {}), manifest["expected_input"]["spatial_shape"]
+        return {
+            "task": manifest["task"],
+            "labels": ", ".join(manifest["label_names"]),
+            "input": f"{manifest['expected_input']['modality']} {'x'.join(map(str, shape))}",
+            "score": f"AUC {test.get('auc', float('nan')):.3f}",
+            "accuracy": f"{test.get('accuracy', float('nan')):.3f}",
+        }
+
     def predict_proba(self, inputs: np.ndarray | tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
         """Class probabilities for already-normalised inputs ``(N, C, ...)`` (calibrated bundles: at their temperature)."""
         return predict_proba(self.model, inputs, self.task, batch_size, self.temperature)
@@ -65,8 +78,9 @@ class ClassifierBundle(BundleBase):
         """The label this bundle gives one case's probabilities (:func:`medlens.models.probs.decide_label`)."""
         return decide_label(self.task, self.label_names, self.thresholds, probs)
 
-    def predict(self, files: list[str | Path], adapt: bool = False, backend: str = "auto",
-                clinical: Any = None) -> list[dict[str, Any]]:
+    def predict(
+        self, files: list[str | Path], adapt: bool = False, backend: str = "auto", clinical: Any = None
+    ) -> list[dict[str, Any]]:
         """One row per image file (a folder: its images): ``file``, a probability per label, ``label``,
         ``refer``, ``notes``, ``error``. A file that cannot be read gets its error; the others are still predicted.
 
@@ -75,16 +89,25 @@ class ClassifierBundle(BundleBase):
         rows = predict_files(self, expand_inputs(list(files)), adapt=adapt, backend=backend, clinical=clinical)
         return [prediction_record(row, self.label_names) for row in rows]
 
-    def evaluate(self, data: str, out: str | Path, split: str = "test", size: int | None = None, n_bootstrap: int = 1000,
-                 seed: int = 0, data_dir: str | Path | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        data: str,
+        out: str | Path,
+        split: str = "test",
+        size: int | None = None,
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+        data_dir: str | Path | None = None,
+    ) -> dict[str, Any]:
         """Score on a split of ``data`` (a MedMNIST name or a label CSV, loaded as the bundle was trained) with the
         bundle's thresholds; writes ``metrics.json``, ``report.md`` and plots to ``out``."""
         dataset = dataset_for_bundle(self, data, size, data_dir)
         result = evaluate_bundle(self, dataset, Path(out), split=split, n_bootstrap=n_bootstrap, seed=seed)
         return {**result, "title": f"{split} (n={result['n']})", "where": f"report: {result['report']}"}
 
-    def export(self, data: str | None = None, check_images: int = 64, data_dir: str | Path | None = None,
-               **_: Any) -> dict[str, Any]:
+    def export(
+        self, data: str | None = None, check_images: int = 64, data_dir: str | Path | None = None, **_: Any
+    ) -> dict[str, Any]:
         """Write ``model.onnx`` (preprocessing and calibration in the graph) into the bundle, checked against PyTorch
         on ``check_images`` real validation images of ``data`` (default: the bundle's own training data)."""
         val = self._dataset(data, data_dir).split("val")
@@ -100,8 +123,10 @@ class ClassifierBundle(BundleBase):
         val, test = dataset.split("val"), dataset.split("test")
         clinical = None
         if self.tabular is not None:  # a fused graph is calibrated and scored with each image's own clinical values
-            clinical = (self.tabular.transform(val.metadata, f"{dataset.name}: validation split"),
-                        self.tabular.transform(test.metadata, f"{dataset.name}: test split"))
+            clinical = (
+                self.tabular.transform(val.metadata, f"{dataset.name}: validation split"),
+                self.tabular.transform(test.metadata, f"{dataset.name}: test split"),
+            )
         return quantize_bundle(self, kind, (val.images, val.labels), (test.images, test.labels), clinical=clinical)
 
     def _dataset(self, data: str | None, data_dir: str | Path | None) -> Any:

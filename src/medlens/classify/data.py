@@ -8,21 +8,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import (
-    DataLoader,
-    Dataset,
-    DistributedSampler,
-    Sampler,
-    WeightedRandomSampler,
-)
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
 from medlens.config import TrainConfig
-from medlens.datasets import (
-    ClassificationData,
-    Split,
-    load_folder_dataset,
-    load_medmnist,
-)
+from medlens.datasets import ClassificationData, Split, load_folder_dataset, load_medmnist
 from medlens.errors import ConfigError
 from medlens.preprocess import Preprocessing, normalize_intensity
 from medlens.train.distributed import DistInfo
@@ -41,16 +30,23 @@ def load_dataset(
     """A MedMNIST catalog name, or the path of a label CSV (a user's folder dataset; ``folder_options`` say how
     to read it: see :meth:`TrainConfig.folder_options`)."""
     if dataset.lower().endswith(".csv"):
-        return load_folder_dataset(dataset, image_dir=image_dir, image_size=image_size, multilabel=multilabel, seed=seed,
-                                   **(folder_options or {}))
+        return load_folder_dataset(
+            dataset,
+            image_dir=image_dir,
+            image_size=image_size,
+            multilabel=multilabel,
+            seed=seed,
+            **(folder_options or {}),
+        )
     return load_medmnist(dataset, size=size, data_dir=data_dir)
 
 
 def load_training_data(cfg: TrainConfig, data_dir: str | Path | None) -> tuple[ClassificationData, Split | None]:
     """The data, with its train split cut to ``max_train_samples`` when set; also returns the cut-off rest
     (whose labels semi-supervised training must not see)."""
-    data = load_dataset(cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, cfg.multilabel, cfg.seed,
-                        cfg.folder_options())
+    data = load_dataset(
+        cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, cfg.multilabel, cfg.seed, cfg.folder_options()
+    )
     rest = None
     if cfg.max_train_samples and cfg.max_train_samples < len(data.splits["train"]):
         data.splits["train"], rest = subsample_with_rest(data.splits["train"], cfg.max_train_samples, cfg.seed)
@@ -86,8 +82,13 @@ def take(split: Split, index: np.ndarray) -> Split:
 class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Raw images -> (augmented) -> normalised float tensors; the normalisation is the bundle's."""
 
-    def __init__(self, split: Split, prep: Preprocessing, augment: Callable[[np.ndarray], np.ndarray] | None,
-                 tabular: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        split: Split,
+        prep: Preprocessing,
+        augment: Callable[[np.ndarray], np.ndarray] | None,
+        tabular: np.ndarray | None = None,
+    ) -> None:
         self.split, self.prep, self.augment, self.tabular = split, prep, augment, tabular
 
     def __len__(self) -> int:
@@ -103,8 +104,9 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return x, torch.as_tensor(self.split.labels[index])
 
 
-def make_loader(dataset: ArrayDataset, batch_size: int, seed: int, balanced: bool, task: str,
-                info: DistInfo = DistInfo()) -> DataLoader:
+def make_loader(
+    dataset: ArrayDataset, batch_size: int, seed: int, balanced: bool, task: str, info: DistInfo = DistInfo()
+) -> DataLoader:
     """Shuffled, seeded batches; a balanced sampler draws classes equally (binary/multi-class).
 
     Under torchrun (``info.active``) each process gets a disjoint shard and
@@ -115,22 +117,38 @@ def make_loader(dataset: ArrayDataset, batch_size: int, seed: int, balanced: boo
     if balanced and task != "multilabel":
         counts = np.bincount(dataset.split.labels, minlength=int(dataset.split.labels.max()) + 1)
         weights = 1.0 / counts[dataset.split.labels]
-        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(dataset) // info.world_size, generator=generator)
+        sampler = WeightedRandomSampler(
+            weights.tolist(), num_samples=len(dataset) // info.world_size, generator=generator
+        )
     elif info.active:
         sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
+        dataset,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
         drop_last=len(dataset) // info.world_size > batch_size,  # BatchNorm cannot take a last batch of one
     )
 
 
-def dataset_for_bundle(bundle: Any, data: str, size: int | None = None, data_dir: str | Path | None = None) -> ClassificationData:
+def dataset_for_bundle(
+    bundle: Any, data: str, size: int | None = None, data_dir: str | Path | None = None
+) -> ClassificationData:
     """Load ``data`` the way ``bundle`` was trained: its MedMNIST size, image folder, resize and split seed."""
     cfg = bundle.manifest.get("config", {})
     image_size = cfg.get("image_size")
     options = {k: cfg[k] for k in ("label_column", "negative_label", "group_column") if k in cfg}
-    return load_dataset(data, size or cfg.get("size", 28), data_dir, cfg.get("image_dir"),
-                        tuple(image_size) if image_size else None, bundle.task == "multilabel", cfg.get("seed", 0), options)
+    return load_dataset(
+        data,
+        size or cfg.get("size", 28),
+        data_dir,
+        cfg.get("image_dir"),
+        tuple(image_size) if image_size else None,
+        bundle.task == "multilabel",
+        cfg.get("seed", 0),
+        options,
+    )
 
 
 def training_data(manifest: dict[str, Any]) -> str:
@@ -141,8 +159,9 @@ def training_data(manifest: dict[str, Any]) -> str:
     if given and Path(given).exists():
         return str(given)
     if given and (Path(given).suffix or "/" in str(given)):
-        raise ConfigError(f"the bundle was trained on {given}, which is not there from here; pass --data with that "
-                          "dataset")
+        raise ConfigError(
+            f"the bundle was trained on {given}, which is not there from here; pass --data with that dataset"
+        )
     if not (name or given):
         raise ConfigError("the bundle does not name its training data: pass --data with real images to check on")
     return str(name or given)

@@ -14,11 +14,7 @@ import numpy as np
 
 from medlens.errors import ConfigError, DataError, MedlensError
 from medlens.io import IMAGE_SUFFIXES, read_image
-from medlens.models.uncertainty import (
-    SampleOptions,
-    probability_samples,
-    uncertainty_scores,
-)
+from medlens.models.uncertainty import SampleOptions, probability_samples, uncertainty_scores
 from medlens.preprocess.pipeline import fit_image, normalize_intensity
 from medlens.runtime.backends import choose_backend, predict_raw
 from medlens.tabular.encode import encode_rows
@@ -44,17 +40,25 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
             if not found:
-                raise DataError(f"{item}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
-                                "point to the folder with the images, or name the files")
+                raise DataError(
+                    f"{item}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                    "point to the folder with the images, or name the files"
+                )
             files += found
         else:
             files.append(item)
     return files
 
 
-def predict_files(bundle: ClassifierBundle, files: list[Path], adapt: bool = False, batch_size: int = 64,
-                  backend: str = "auto", reader: Callable[..., Iterable[Any]] = map,
-                  clinical: Any = None) -> list[FilePrediction]:
+def predict_files(
+    bundle: ClassifierBundle,
+    files: list[Path],
+    adapt: bool = False,
+    batch_size: int = 64,
+    backend: str = "auto",
+    reader: Callable[..., Iterable[Any]] = map,
+    clinical: Any = None,
+) -> list[FilePrediction]:
     """Read, check and predict each file; a file that fails gets a row with its error and the batch goes on.
 
     ``backend``: ``torch``, ``onnxruntime`` (needs ``medlens export``) or ``auto`` (ONNX Runtime when exported).
@@ -65,8 +69,10 @@ def predict_files(bundle: ClassifierBundle, files: list[Path], adapt: bool = Fal
     """
 
     if bundle.tabular is not None and clinical is None:
-        raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
-                          "give them with --clinical CSV (a 'file' column plus those columns) or --clinical dicom (each DICOM header)")
+        raise ConfigError(
+            f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
+            "give them with --clinical CSV (a 'file' column plus those columns) or --clinical dicom (each DICOM header)"
+        )
     backend = choose_backend(bundle, backend)
     rows = [FilePrediction(file=str(f)) for f in files]
     for start in range(0, len(rows), batch_size):
@@ -88,7 +94,11 @@ def predict_files(bundle: ClassifierBundle, files: list[Path], adapt: bool = Fal
             keep = [i for i in range(len(ready)) if i not in bad]
             for i, message in bad.items():
                 ready[i].error = message
-            ready, arrays, clinical_features = [ready[i] for i in keep], [arrays[i] for i in keep], clinical_features[keep]
+            ready, arrays, clinical_features = (
+                [ready[i] for i in keep],
+                [arrays[i] for i in keep],
+                clinical_features[keep],
+            )
         if arrays:
             raw = np.stack(arrays)
             referred = referral_flags(bundle, raw, clinical_features)
@@ -103,7 +113,9 @@ def predict_files(bundle: ClassifierBundle, files: list[Path], adapt: bool = Fal
     return rows
 
 
-def _read_checked(bundle: ClassifierBundle, adapt: bool, row: FilePrediction) -> tuple[np.ndarray | None, list[str], str]:
+def _read_checked(
+    bundle: ClassifierBundle, adapt: bool, row: FilePrediction
+) -> tuple[np.ndarray | None, list[str], str]:
     """(raw checked image, notes, error) for one file; errors are returned, so a thread pool can run it."""
     try:
         image = read_image(row.file, expected_modality=bundle.preprocessing.modality)
@@ -122,15 +134,22 @@ def referral_flags(bundle: ClassifierBundle, raw: np.ndarray, clinical: np.ndarr
 
     opts = SampleOptions(modality=bundle.preprocessing.modality, temperature=bundle.temperature)
     inputs = normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing)
-    samples = probability_samples(referral["method"], [bundle.model], inputs if clinical is None else (inputs, clinical),
-                                  bundle.task, opts)
+    samples = probability_samples(
+        referral["method"], [bundle.model], inputs if clinical is None else (inputs, clinical), bundle.task, opts
+    )
     return uncertainty_scores(samples, bundle.task, bundle.thresholds) >= float(referral["threshold"])
 
 
 def prediction_record(row: FilePrediction, label_names: list[str]) -> dict[str, Any]:
     """One output row: ``file``, a probability per label, ``label``, ``refer``, ``notes``, ``error``."""
-    return {"file": row.file, **{n: row.probabilities.get(n, "") for n in label_names}, "label": row.label,
-            "refer": "" if row.refer is None else row.refer, "notes": "; ".join(row.notes), "error": row.error}
+    return {
+        "file": row.file,
+        **{n: row.probabilities.get(n, "") for n in label_names},
+        "label": row.label,
+        "refer": "" if row.refer is None else row.refer,
+        "notes": "; ".join(row.notes),
+        "error": row.error,
+    }
 
 
 def write_predictions(rows: list[FilePrediction], label_names: list[str], path: Path) -> None:

@@ -27,11 +27,7 @@ from medlens.classify.data import dataset_for_bundle
 from medlens.classify.predict import FilePrediction, _read_checked, expand_inputs
 from medlens.errors import ConfigError, DataError
 from medlens.models.networks import FeatureExtractor
-from medlens.models.uncertainty import (
-    SampleOptions,
-    probability_samples,
-    uncertainty_scores,
-)
+from medlens.models.uncertainty import SampleOptions, probability_samples, uncertainty_scores
 from medlens.preprocess import normalize_intensity
 from medlens.registry import Registry
 
@@ -65,8 +61,10 @@ def pool_features(bundle: ClassifierBundle, inputs: np.ndarray, batch_size: int 
     """What the classifier head sees for each case, L2-normalised."""
     encoder = FeatureExtractor(bundle.model).eval()
     device = next(bundle.model.parameters()).device
-    parts = [encoder(torch.as_tensor(inputs[i : i + batch_size], dtype=torch.float32, device=device)).cpu()
-             for i in range(0, len(inputs), batch_size)]
+    parts = [
+        encoder(torch.as_tensor(inputs[i : i + batch_size], dtype=torch.float32, device=device)).cpu()
+        for i in range(0, len(inputs), batch_size)
+    ]
     return torch.nn.functional.normalize(torch.cat(parts), dim=1).numpy()
 
 
@@ -102,22 +100,32 @@ def _at_random(uncertainty: np.ndarray, features: np.ndarray, budget: int, rng: 
     return rng.permutation(len(uncertainty))[:budget]
 
 
-def select_cases(bundle: ClassifierBundle, inputs: np.ndarray, budget: int, strategy: str = "hybrid",
-                 method: str | None = None, seed: int = 0) -> Selection:
+def select_cases(
+    bundle: ClassifierBundle,
+    inputs: np.ndarray,
+    budget: int,
+    strategy: str = "hybrid",
+    method: str | None = None,
+    seed: int = 0,
+) -> Selection:
     """Rank ``budget`` of the normalised pool ``inputs`` for labelling; the pool must hold at least ``budget``."""
     choose = STRATEGIES.get(strategy)
     if budget < 1:
         raise ConfigError(f"--budget: must be at least 1, got {budget}")
     if budget > len(inputs):
-        raise ConfigError(f"--budget {budget} is larger than the pool ({len(inputs)} usable images); ask for at most "
-                          f"{len(inputs)}, or add images to the pool")
+        raise ConfigError(
+            f"--budget {budget} is larger than the pool ({len(inputs)} usable images); ask for at most "
+            f"{len(inputs)}, or add images to the pool"
+        )
     uncertainty = pool_uncertainty(bundle, inputs, method)
     features = pool_features(bundle, inputs) if strategy in ("diversity", "hybrid") else np.zeros((len(inputs), 1))
     index = choose(uncertainty, features, budget, np.random.default_rng(seed))
     return Selection(np.asarray(index, dtype=np.int64), uncertainty)
 
 
-def read_pool(bundle: ClassifierBundle, pool: str, data_dir: str | None = None) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+def read_pool(
+    bundle: ClassifierBundle, pool: str, data_dir: str | None = None
+) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
     """(normalised images, case names, skipped files with the reason) for a folder/file pool or a dataset name.
 
     A dataset name (``pneumoniamnist``) pools its train split, labels unread.
@@ -126,7 +134,6 @@ def read_pool(bundle: ClassifierBundle, pool: str, data_dir: str | None = None) 
     """
 
     if not Path(pool).exists():
-
         split = dataset_for_bundle(bundle, pool, data_dir=data_dir).splits["train"]
         return normalize_intensity(split.images.astype(np.float32), bundle.preprocessing), list(split.ids), []
     arrays, names, skipped = [], [], []
@@ -143,8 +150,9 @@ def read_pool(bundle: ClassifierBundle, pool: str, data_dir: str | None = None) 
     return normalize_intensity(np.stack(arrays).astype(np.float32), bundle.preprocessing), names, skipped
 
 
-def write_selection(out: Path, names: list[str], selection: Selection, settings: dict[str, object],
-                    skipped: list[dict[str, str]]) -> None:
+def write_selection(
+    out: Path, names: list[str], selection: Selection, settings: dict[str, object], skipped: list[dict[str, str]]
+) -> None:
     """``OUT`` (CSV: rank, case, uncertainty) and ``OUT`` with ``.json`` (settings, pool size, skipped files)."""
     import csv
     import json

@@ -42,8 +42,16 @@ class FixMatchLoss(nn.Module):
     map still lies on the strong view, and the confident share counts voxels.
     """
 
-    def __init__(self, supervised: nn.Module, model: nn.Module, unlabelled: DataLoader, threshold: float,
-                 weight: float, seed: int, strong: ViewOptions = FIXMATCH_STRONG) -> None:
+    def __init__(
+        self,
+        supervised: nn.Module,
+        model: nn.Module,
+        unlabelled: DataLoader,
+        threshold: float,
+        weight: float,
+        seed: int,
+        strong: ViewOptions = FIXMATCH_STRONG,
+    ) -> None:
         super().__init__()
         self.supervised, self.threshold, self.weight, self.strong = supervised, threshold, weight, strong
         self._model = [model]
@@ -79,8 +87,10 @@ def unlabelled_split(cfg: TrainConfig, data: ClassificationData, left_out: Split
     if cfg.unlabelled:
         images.append(read_unlabelled_folder(Path(cfg.unlabelled), data))
     if not images:
-        raise ConfigError("train.semi_supervised=fixmatch needs unlabelled images: --set unlabelled=FOLDER, or "
-                          "--set max_train_samples=N to hold back the labels of the rest of the train split")
+        raise ConfigError(
+            "train.semi_supervised=fixmatch needs unlabelled images: --set unlabelled=FOLDER, or "
+            "--set max_train_samples=N to hold back the labels of the rest of the train split"
+        )
     stacked = np.concatenate(images)
     return Split(stacked, np.zeros(len(stacked), dtype=np.int64), [f"unlabelled-{i}" for i in range(len(stacked))], [])
 
@@ -93,8 +103,13 @@ def read_unlabelled_folder(folder: Path, data: ClassificationData) -> np.ndarray
     files = expand_inputs([folder])
     if not files:
         raise DataError(f"{folder}: no image files (PNG, JPEG, DICOM, NIfTI) found for unlabelled training")
-    prep = Preprocessing(spatial_shape=data.image_shape, channels=data.n_channels, input_range=data.intensity_range,
-                         resize=True, modality=data.modality)
+    prep = Preprocessing(
+        spatial_shape=data.image_shape,
+        channels=data.n_channels,
+        input_range=data.intensity_range,
+        resize=True,
+        modality=data.modality,
+    )
     arrays, problems = [], []
     for path in files:
         try:
@@ -103,20 +118,33 @@ def read_unlabelled_folder(folder: Path, data: ClassificationData) -> np.ndarray
             problems.append(f"{path.name}: {exc}")
     if problems:  # training on a silently shrunken pool would be a different experiment: say so instead
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise DataError(f"{folder}: {len(problems)} of {len(files)} unlabelled images do not fit this dataset's "
-                        f"{data.spatial_dims}D {data.modality} images ({shown}); move them out of the folder")
+        raise DataError(
+            f"{folder}: {len(problems)} of {len(files)} unlabelled images do not fit this dataset's "
+            f"{data.spatial_dims}D {data.modality} images ({shown}); move them out of the folder"
+        )
     log.info("%d unlabelled images from %s", len(arrays), folder)
     return np.stack(arrays).astype(data.splits["train"].images.dtype)
 
 
-def make_fixmatch_loss(cfg: TrainConfig, data: ClassificationData, prep: Preprocessing, supervised: nn.Module,
-                       model: nn.Module, left_out: Split | None, weak: object) -> FixMatchLoss:
+def make_fixmatch_loss(
+    cfg: TrainConfig,
+    data: ClassificationData,
+    prep: Preprocessing,
+    supervised: nn.Module,
+    model: nn.Module,
+    left_out: Split | None,
+    weak: object,
+) -> FixMatchLoss:
     if data.task == "multilabel":
         raise ConfigError("train.semi_supervised=fixmatch needs one label per image; multi-label data is not supported")
     pool = unlabelled_split(cfg, data, left_out)
-    loader = DataLoader(ArrayDataset(pool, prep, weak), batch_size=cfg.batch_size * cfg.unlabelled_ratio, shuffle=True,
-                        drop_last=len(pool) > cfg.batch_size * cfg.unlabelled_ratio,
-                        generator=torch.Generator().manual_seed(cfg.seed + 1))
+    loader = DataLoader(
+        ArrayDataset(pool, prep, weak),
+        batch_size=cfg.batch_size * cfg.unlabelled_ratio,
+        shuffle=True,
+        drop_last=len(pool) > cfg.batch_size * cfg.unlabelled_ratio,
+        generator=torch.Generator().manual_seed(cfg.seed + 1),
+    )
     log.info("FixMatch: %d unlabelled images, threshold %.2f", len(pool), cfg.fixmatch_threshold)
     return FixMatchLoss(supervised, model, loader, cfg.fixmatch_threshold, cfg.unlabelled_weight, cfg.seed)
 

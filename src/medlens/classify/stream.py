@@ -55,9 +55,17 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[start : start + size]
 
 
-def stream_predictions(bundle: ClassifierBundle, files: list[Path], out: Path, adapt: bool = False, batch_size: int = 64,
-                       backend: str = "auto", workers: int | None = None,
-                       on_batch: Callable[[int], None] | None = None, clinical: Any = None) -> StreamReport:
+def stream_predictions(
+    bundle: ClassifierBundle,
+    files: list[Path],
+    out: Path,
+    adapt: bool = False,
+    batch_size: int = 64,
+    backend: str = "auto",
+    workers: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    clinical: Any = None,
+) -> StreamReport:
     """Predict ``files`` into ``out`` (.csv or .jsonl), appending batch by batch; resume from what ``out`` holds."""
     if out.suffix.lower() not in STREAM_SUFFIXES:
         raise ConfigError(f"streamed output must be .csv or .jsonl, got {out.name!r} (JSON cannot be appended to)")
@@ -73,8 +81,9 @@ def stream_predictions(bundle: ClassifierBundle, files: list[Path], out: Path, a
         if writer is not None and new_csv:
             writer.writeheader()
         for chunk in _chunks(todo, batch_size):
-            rows: list[FilePrediction] = predict_files(bundle, chunk, adapt, len(chunk), backend, reader=pool.map,
-                                                       clinical=clinical)
+            rows: list[FilePrediction] = predict_files(
+                bundle, chunk, adapt, len(chunk), backend, reader=pool.map, clinical=clinical
+            )
             for row in rows:
                 record = prediction_record(row, names)
                 if writer is not None:

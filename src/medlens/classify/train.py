@@ -16,11 +16,7 @@ from torch import nn
 
 from medlens import __version__
 from medlens.bundle.manifest import save_bundle
-from medlens.classify.data import (
-    ArrayDataset,
-    load_training_data,
-    make_loader,
-)
+from medlens.classify.data import ArrayDataset, load_training_data, make_loader
 from medlens.classify.semi import confident_share, make_fixmatch_loss
 from medlens.config import TrainConfig, fusion_mode
 from medlens.datasets import ClassificationData
@@ -37,12 +33,7 @@ from medlens.preprocess.window import window_preset
 from medlens.tabular.encode import fit_tabular, leakage_report
 from medlens.train import LoopOptions, fit
 from medlens.train.device import resolve_device, seed_everything
-from medlens.train.distributed import (
-    DistInfo,
-    barrier,
-    distributed_session,
-    shard_batch_size,
-)
+from medlens.train.distributed import DistInfo, barrier, distributed_session, shard_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +58,15 @@ def train_classifier(
     return bundle
 
 
-def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | None, show_progress: bool,
-                      data: ClassificationData | None, info: DistInfo, device: torch.device) -> Path:
+def _train_classifier(
+    cfg: TrainConfig,
+    out_dir: Path,
+    data_dir: str | Path | None,
+    show_progress: bool,
+    data: ClassificationData | None,
+    info: DistInfo,
+    device: torch.device,
+) -> Path:
     seed_everything(cfg.seed)
     data, held_back = (data, None) if data is not None else load_training_data(cfg, data_dir)
     prep = make_preprocessing(cfg, data)
@@ -85,16 +83,23 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
     init = initialise(model, spec, cfg.init)
     fused = _clinical_inputs(cfg, data, info)
     if fused is not None:
-
         model = FusionNet(model, fused["encoder"].n_features, len(data.label_names))
     features = fused["features"] if fused else {}
     augmentation = resolve_augmentation(cfg.augment, data.modality, data.spatial_dims)
     train_set = ArrayDataset(
-        data.splits["train"], prep, build_augmentation(augmentation, data.spatial_dims, cfg.seed + info.rank),
+        data.splits["train"],
+        prep,
+        build_augmentation(augmentation, data.spatial_dims, cfg.seed + info.rank),
         features.get("train"),
     )
-    batches = make_loader(train_set, shard_batch_size(cfg.batch_size, info), cfg.seed,
-                          cfg.imbalance == "balanced-sampler", data.task, info)
+    batches = make_loader(
+        train_set,
+        shard_batch_size(cfg.batch_size, info),
+        cfg.seed,
+        cfg.imbalance == "balanced-sampler",
+        data.task,
+        info,
+    )
     val = data.splits["val"]
     val_inputs = normalized_inputs(val, prep) if not fused else (normalized_inputs(val, prep), features["val"])
     loss_fn = make_loss(data, cfg.imbalance).to(device)
@@ -123,7 +128,9 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
         memory_format=torch.channels_last if cfg.channels_last and data.spatial_dims == 2 else torch.contiguous_format,
         show_progress=show_progress,
         mixed_precision=cfg.mixed_precision,
-        head_names=frozenset(head_parameter_names(model)) if cfg.freeze_epochs or cfg.encoder_lr_scale != 1 else frozenset(),
+        head_names=frozenset(head_parameter_names(model))
+        if cfg.freeze_epochs or cfg.encoder_lr_scale != 1
+        else frozenset(),
         freeze_epochs=cfg.freeze_epochs,
         encoder_lr_scale=cfg.encoder_lr_scale,
     )
@@ -137,15 +144,19 @@ def _train_classifier(cfg: TrainConfig, out_dir: Path, data_dir: str | Path | No
     val_probs = predict_proba(model, val_inputs, data.task)
     thresholds = choose_thresholds(data.task, val.labels, val_probs)
     val_metrics = classification_metrics(data.task, val.labels, val_probs, list(data.label_names), thresholds)
-    manifest = _manifest(cfg, data, spec, prep, augmentation, thresholds, val_metrics, result, time.perf_counter() - started)
+    manifest = _manifest(
+        cfg, data, spec, prep, augmentation, thresholds, val_metrics, result, time.perf_counter() - started
+    )
     manifest["training"]["processes"] = info.world_size
     manifest["training"]["init"] = init
     if fused:
         manifest["fusion"] = "intermediate"
         manifest["tabular"] = {**fused["encoder"].describe(), "leakage_warnings": fused["leakage"]}
     if confident_share(loss_fn) is not None:
-        manifest["training"]["fixmatch"] = {"unlabelled_images": loss_fn.n_unlabelled,
-                                            "confident_share": round(confident_share(loss_fn), 4)}
+        manifest["training"]["fixmatch"] = {
+            "unlabelled_images": loss_fn.n_unlabelled,
+            "confident_share": round(confident_share(loss_fn), 4),
+        }
     bundle = save_bundle(out_dir / "model", model.cpu(), manifest)
     if fused:
         fused["encoder"].save(bundle)
@@ -160,15 +171,21 @@ def _clinical_inputs(cfg: TrainConfig, data: ClassificationData, info: DistInfo)
     if mode == "image":
         return None
     if mode != "intermediate":
-        raise ConfigError(f"train.fusion={mode}: `medlens train` builds intermediate fusion (one network); late fusion and "
-                          "the tabular-only baseline are compared in benchmarks/multimodal.py for now")
+        raise ConfigError(
+            f"train.fusion={mode}: `medlens train` builds intermediate fusion (one network); late fusion and "
+            "the tabular-only baseline are compared in benchmarks/multimodal.py for now"
+        )
     if info.active:
         raise ConfigError("train.fusion=intermediate runs in one process; start it without torchrun")
 
     train = data.splits["train"]
     encoder = fit_tabular(train.metadata, cfg.numeric_columns, cfg.categorical_columns, f"{data.name}: training split")
-    features = {name: encoder.transform(split.metadata, f"{data.name}: {name} split") for name, split in data.splits.items()}
-    leakage = leakage_report(train.metadata, train.labels, cfg.numeric_columns, cfg.categorical_columns, list(data.label_names))
+    features = {
+        name: encoder.transform(split.metadata, f"{data.name}: {name} split") for name, split in data.splits.items()
+    }
+    leakage = leakage_report(
+        train.metadata, train.labels, cfg.numeric_columns, cfg.categorical_columns, list(data.label_names)
+    )
     return {"encoder": encoder, "features": features, "leakage": leakage}
 
 
@@ -202,8 +219,10 @@ def make_loss(data: ClassificationData, imbalance: str = "none") -> nn.Module:
         return _OneHotFocal(FocalLoss(gamma=FOCAL_GAMMA, use_softmax=data.task != "multilabel"), n_classes, data.task)
     if data.task == "multilabel":
         if imbalance == "logit-adjusted":
-            raise ConfigError("train.imbalance: logit-adjusted needs one label per image; use focal or weighted-loss "
-                              "for multi-label data")
+            raise ConfigError(
+                "train.imbalance: logit-adjusted needs one label per image; use focal or weighted-loss "
+                "for multi-label data"
+            )
         positives = labels.sum(axis=0).clip(min=1)
         weighted = imbalance == "weighted-loss"
         pos_weight = torch.as_tensor((len(labels) - positives) / positives, dtype=torch.float32) if weighted else None
@@ -227,7 +246,9 @@ class _OneHotFocal(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.multilabel:
             return self.focal(logits, targets.float())
-        return self.focal(logits, nn.functional.one_hot(targets.long(), self.n_classes).to(logits.dtype)) * self.n_classes
+        return (
+            self.focal(logits, nn.functional.one_hot(targets.long(), self.n_classes).to(logits.dtype)) * self.n_classes
+        )
 
 
 class _LogitAdjusted(nn.Module):

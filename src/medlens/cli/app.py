@@ -8,23 +8,16 @@ from typing import Annotated
 import typer
 
 from medlens import __version__
-from medlens.cli import (
-    catalog,
-    enhance,
-    export,
-    federate,
-    images,
-    label,
-    predict,
-    serve,
-    train,
-    trust,
-)
+from medlens.cli import catalog, enhance, export, federate, images, label, predict, serve, train, trust
 from medlens.cli.common import _state
 from medlens.phi import install_phi_filter
 
-app = typer.Typer(help="medlens: deep learning for medical imaging on an ordinary CPU.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_show_locals=False)  # a traceback must never print values (keys, patient data)
+app = typer.Typer(
+    help="medlens: deep learning for medical imaging on an ordinary CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)  # a traceback must never print values (keys, patient data)
 
 
 def _print_version(value: bool) -> None:
@@ -36,11 +29,14 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks and progress logs.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
-                                          callback=_print_version)] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
 ) -> None:
     _state["verbose"] = verbose
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     install_phi_filter()  # dependencies' warnings quote header values (names included): they go through the PHI filter
 
 

@@ -7,7 +7,7 @@ friends, and ``medlens --help`` must stay fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -17,24 +17,20 @@ from medlens.cli.display import make_console, print_metrics, print_predictions, 
 
 def models(as_json: JsonFlag = False) -> None:
     """List the shipped model bundles: what each does, on what input, how well, and under which licence."""
-    from medlens.bundle.manifest import pretrained_names, read_manifest
+    from medlens.bundle.manifest import pretrained_names
+    from medlens.kinds import describe
 
-    rows = [_model_row(name, read_manifest(name)[1]) for name in pretrained_names()]
-    print_table(["name", "task", "labels", "input", "test AUC / Dice", "test accuracy", "data (licence)"], rows, as_json)
-
-
-def _model_row(name: str, m: dict[str, Any]) -> list[str]:
-    test, data = m.get("metrics", {}).get("test", {}), m.get("data", {})
-    source = f"{data.get('dataset', '')} ({data.get('licence') or data.get('license', '')})"
-    if m["task"] in ("mri-reconstruction", "ct-denoising", "super-resolution"):
-        return [name, m["task"], "", m["input"].get("modality", "/".join(m["input"].get("modalities", []))), m["summary"], "", source]
-    if m["task"] == "segmentation":
-        labels = [v for k, v in m["label_names"].items() if k != "0"]
-        return [name, "segmentation", ", ".join(labels), f"{m['plan']['modality']} {m['plan']['dims']}D",
-                f"Dice {test.get('mean_dice', float('nan')):.3f}", "", source]
-    shape = "x".join(map(str, m["expected_input"]["spatial_shape"]))
-    return [name, m["task"], ", ".join(m["label_names"]), f"{m['expected_input']['modality']} {shape}",
-            f"{test.get('auc', float('nan')):.3f}", f"{test.get('accuracy', float('nan')):.3f}", source]
+    columns = {
+        "name": "name",
+        "task": "task",
+        "labels": "labels",
+        "input": "input",
+        "score": "test score",
+        "accuracy": "test accuracy",
+        "data": "data (licence)",
+    }
+    rows = [[d[k] for k in columns] for d in map(describe, pretrained_names())]
+    print_table(list(columns.values()), rows, as_json)
 
 
 def datasets(as_json: JsonFlag = False) -> None:
@@ -45,7 +41,16 @@ def datasets(as_json: JsonFlag = False) -> None:
     for name in dataset_names():
         info = get_dataset_info(name)
         n = info.n_samples
-        rows.append([name, info.task, f"{info.dims}D", ", ".join(map(str, sorted(info.files))), f"{n['train']}/{n['val']}/{n['test']}", info.license])
+        rows.append(
+            [
+                name,
+                info.task,
+                f"{info.dims}D",
+                ", ".join(map(str, sorted(info.files))),
+                f"{n['train']}/{n['val']}/{n['test']}",
+                info.license,
+            ]
+        )
     print_table(["name", "task", "dims", "sizes", "train/val/test", "licence"], rows, as_json)
 
 
@@ -60,7 +65,9 @@ def demo(
     console = make_console()
     result = run_demo(out, data_dir)
     m = result.model
-    console.print(f"model [bold]{m['name']}[/bold]: {m['network']['name']} on {m['data']['dataset']} ({m['data']['license']}), labels {', '.join(m['label_names'])}")
+    console.print(
+        f"model [bold]{m['name']}[/bold]: {m['network']['name']} on {m['data']['dataset']} ({m['data']['license']}), labels {', '.join(m['label_names'])}"
+    )
     if result.missing_data:
         console.print(f"[yellow]no test data here:[/yellow] {result.missing_data}", highlight=False, soft_wrap=True)
         stored = m.get("metrics", {}).get("test")

@@ -22,7 +22,9 @@ _state = {"verbose": False}
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Local data folder (default: $MEDLENS_DATA_DIR).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (one object per row) instead of a table.")]
 BundleArg = Annotated[str, typer.Argument(help="Bundle folder or shipped model name (see `medlens models`).")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with the settings (see the settings reference).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML file with the settings (see the settings reference).")
+]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a setting: --set epochs=5 (repeatable).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")]

@@ -72,6 +72,7 @@ def print_predictions(rows: list[Any], label_names: list[str], truths: list[str]
 def exit_on_failed_rows(failed: int, total: int, what: str = "files", verb: str = "predicted") -> None:
     """Rows with an error were reported in their row; say how many and exit 1 (the others were done)."""
     if failed:
-        make_console(stderr=True).print(f"[red]error:[/red] {failed} of {total} {what} could not be {verb} "
-                                        "(see the error column)", highlight=False)
+        make_console(stderr=True).print(
+            f"[red]error:[/red] {failed} of {total} {what} could not be {verb} (see the error column)", highlight=False
+        )
         raise typer.Exit(1)

@@ -12,17 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from medlens.cli.common import BundleArg, DataDir, user_errors
-from medlens.cli.display import (
-    exit_on_failed_rows,
-    exit_on_problems,
-    print_metrics,
-    print_predictions,
-    print_table,
-)
+from medlens.cli.display import exit_on_failed_rows, exit_on_problems, print_metrics, print_predictions, print_table
 from medlens.errors import ConfigError, DataError
 
-OTHER_COMMAND = {"segmenter": "medlens segment BUNDLE INPUTS --out DIR",
-                 "enhancer": "medlens reconstruct / denoise / upscale INPUTS --bundle BUNDLE --out DIR"}
+OTHER_COMMAND = {
+    "segmenter": "medlens segment BUNDLE INPUTS --out DIR",
+    "enhancer": "medlens reconstruct / denoise / upscale INPUTS --bundle BUNDLE --out DIR",
+}
 Backend = Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")]
 Device = Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when visible), cpu or cuda (runs PyTorch).")]
 
@@ -30,12 +26,25 @@ Device = Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when vis
 @user_errors
 def predict(
     bundle: BundleArg,
-    files: Annotated[list[Path] | None, typer.Argument(help="Image files or folders (PNG/JPEG, DICOM, NIfTI); none for a clinical-only survival model.")] = None,
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Image files or folders (PNG/JPEG, DICOM, NIfTI); none for a clinical-only survival model."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write rows to .csv, .json or .jsonl.")] = None,
-    fit_input: Annotated[bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model (noted per row).")] = False,
+    fit_input: Annotated[
+        bool, typer.Option("--fit-input", help="Resize/rescale inputs that do not match the model (noted per row).")
+    ] = False,
     backend: Backend = "auto",
     device: Device = "auto",
-    clinical: Annotated[Path | None, typer.Option("--clinical", help="Fused models: CSV with a 'file' column and the model's clinical columns, or 'dicom' to read them from each DICOM header.")] = None,
+    clinical: Annotated[
+        Path | None,
+        typer.Option(
+            "--clinical",
+            help="Fused models: CSV with a 'file' column and the model's clinical columns, or 'dicom' to read them from each DICOM header.",
+        ),
+    ] = None,
 ) -> None:
     """Probabilities and a label per file (classifiers), or risk and survival per patient (survival models)."""
     from medlens.kinds import open_bundle
@@ -51,13 +60,10 @@ def predict(
         _predict_classifier(loaded, files, out, fit_input, backend, device, clinical)
 
 
-def _predict_classifier(loaded: Any, files: list[Path], out: Path | None, fit_input: bool, backend: str, device: str,
-                        clinical: Path | None) -> None:
-    from medlens.classify.predict import (
-        expand_inputs,
-        predict_files,
-        write_predictions,
-    )
+def _predict_classifier(
+    loaded: Any, files: list[Path], out: Path | None, fit_input: bool, backend: str, device: str, clinical: Path | None
+) -> None:
+    from medlens.classify.predict import expand_inputs, predict_files, write_predictions
     from medlens.runtime.backends import place_on_device
     from medlens.tabular.dicom import clinical_source
 
@@ -83,22 +89,30 @@ def _predict_streamed(loaded: Any, inputs: list[Path], out: Path, fit_input: boo
 
     with Progress(transient=True, disable=len(inputs) <= 64) as progress:
         task = progress.add_task("predicting", total=len(inputs))
-        report = stream_predictions(loaded, inputs, out, fit_input, backend=backend,
-                                    on_batch=lambda n: progress.advance(task, n), clinical=clinical)
+        report = stream_predictions(
+            loaded,
+            inputs,
+            out,
+            fit_input,
+            backend=backend,
+            on_batch=lambda n: progress.advance(task, n),
+            clinical=clinical,
+        )
         progress.update(task, completed=len(inputs))
     if len(inputs) <= 64 and report.written:
-        print_predictions(read_prediction_rows(out, loaded.label_names)[-report.written:], loaded.label_names)
-    skipped = f"; {report.skipped_done} already in {out.name} were skipped (delete it to redo them)" if report.skipped_done else ""
+        print_predictions(read_prediction_rows(out, loaded.label_names)[-report.written :], loaded.label_names)
+    skipped = (
+        f"; {report.skipped_done} already in {out.name} were skipped (delete it to redo them)"
+        if report.skipped_done
+        else ""
+    )
     typer.echo(f"{report.written} rows written to {out}{skipped}")
     exit_on_failed_rows(report.failed, report.written)
 
 
 def _predict_survival(loaded: Any, files: list[Path] | None, clinical: Path | None, out: Path | None) -> None:
     """Risk, risk group and survival at 1 and 2 years per file, or per CSV row for a clinical-only model."""
-    from medlens.survival.predict import (
-        survival_fields,
-        write_survival_rows,
-    )
+    from medlens.survival.predict import survival_fields, write_survival_rows
 
     rows = loaded.predict(files or None, clinical)
     fields = survival_fields(loaded.inputs == "clinical")
@@ -106,16 +120,28 @@ def _predict_survival(loaded: Any, files: list[Path] | None, clinical: Path | No
         write_survival_rows(rows, fields, out)
     # the console names rows by CSV line (the ID column may be a patient identifier); --out keeps the 'case' column
     shown = [f for f in fields if f != "case"]
-    print_table(shown, [[Path(str(r[shown[0]])).name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, ""))
-                                                        for k in shown[1:])] for r in rows])
-    exit_on_failed_rows(sum(bool(r["error"]) for r in rows), len(rows), "rows" if loaded.inputs == "clinical" else "files")
+    print_table(
+        shown,
+        [
+            [
+                Path(str(r[shown[0]])).name,
+                *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in shown[1:]),
+            ]
+            for r in rows
+        ],
+    )
+    exit_on_failed_rows(
+        sum(bool(r["error"]) for r in rows), len(rows), "rows" if loaded.inputs == "clinical" else "files"
+    )
 
 
 @user_errors
 def segment(
     bundle: Annotated[str, typer.Argument(help="Segmentation bundle folder or shipped name (hippocampus).")],
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI/NRRD files or DICOM series folders.")],
-    out: Annotated[Path, typer.Option("--out", help="Label maps (same names), DICOM SEG for DICOM inputs, volumes.json.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Label maps (same names), DICOM SEG for DICOM inputs, volumes.json.")
+    ],
     tta: Annotated[bool, typer.Option("--tta", help="Mirror test-time augmentation (4x slower).")] = False,
     backend: Backend = "auto",
     device: Device = "auto",
@@ -123,10 +149,7 @@ def segment(
     """Segment images: one label map per input on its own grid, volumes in mL; DICOM in gives DICOM SEG too."""
     from rich.progress import Progress
 
-    from medlens.runtime.backends import (
-        place_on_device,
-        with_backend,
-    )
+    from medlens.runtime.backends import place_on_device, with_backend
     from medlens.segment.bundle import load_segmenter
     from medlens.segment.stage import segment_files
 
@@ -136,11 +159,17 @@ def segment(
         task = progress.add_task("segmenting", total=len(inputs))
         report = segment_files(loaded, list(inputs), out, tta=tta, on_item=lambda: progress.advance(task))
     if report["skipped_done"]:
-        typer.echo(f"{report['skipped_done']} input(s) already in {out / 'volumes.jsonl'} were skipped (delete it to redo them)")
+        typer.echo(
+            f"{report['skipped_done']} input(s) already in {out / 'volumes.jsonl'} were skipped (delete it to redo them)"
+        )
     names = [n for v, n in sorted(loaded.plan.label_names.items()) if v]
-    print_table(["input", "label map", *[f"{n} mL" for n in names], "DICOM SEG"],
-                [[Path(r["input"]).name, r["labels"], *[f"{r['volumes_ml'][n]:.3f}" for n in names], r.get("dicom_seg", "")]
-                 for r in report["results"]])
+    print_table(
+        ["input", "label map", *[f"{n} mL" for n in names], "DICOM SEG"],
+        [
+            [Path(r["input"]).name, r["labels"], *[f"{r['volumes_ml'][n]:.3f}" for n in names], r.get("dicom_seg", "")]
+            for r in report["results"]
+        ],
+    )
     exit_on_problems([{"message": p["message"]} for p in report["problems"]], "input(s) could not be segmented")
 
 
@@ -150,7 +179,9 @@ def evaluate(
     data: Annotated[str, typer.Option("--data", help="MedMNIST name, label CSV, or a segmentation dataset folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, report.md and plots.")],
     split: Annotated[str, typer.Option("--split")] = "test",
-    size: Annotated[int | None, typer.Option("--size", help="MedMNIST image size (default: the bundle's training size).")] = None,
+    size: Annotated[
+        int | None, typer.Option("--size", help="MedMNIST image size (default: the bundle's training size).")
+    ] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95% CIs.")] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     data_dir: DataDir = None,

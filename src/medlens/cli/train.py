@@ -12,15 +12,7 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli.common import (
-    ConfigOpt,
-    DataDir,
-    DeviceOpt,
-    SeedOpt,
-    SetOpt,
-    overrides,
-    user_errors,
-)
+from medlens.cli.common import ConfigOpt, DataDir, DeviceOpt, SeedOpt, SetOpt, overrides, user_errors
 from medlens.cli.display import exit_on_problems, print_metrics
 from medlens.errors import ConfigError
 
@@ -29,16 +21,31 @@ TASKS = ("classify", "segment", "survival")
 
 @user_errors
 def train(
-    dataset: Annotated[str, typer.Argument(help="MedMNIST name (pneumoniamnist) or a label CSV for a folder of images.")],
+    dataset: Annotated[
+        str, typer.Argument(help="MedMNIST name (pneumoniamnist) or a label CSV for a folder of images.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Run folder; the bundle goes to OUT/model.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     data_dir: DataDir = None,
-    task: Annotated[str, typer.Option("--task", help="classify; segment (DATASET: an MSD folder or image,label CSV); survival (DATASET: a folder with an .npz of images, times, events and a clinical CSV).")] = "classify",
-    plan: Annotated[Path | None, typer.Option("--plan", help="Segmentation: plan.json from `medlens plan` (default: plan now).")] = None,
-    init: Annotated[str | None, typer.Option("--init", help="Start from an encoder folder (`medlens pretrain`) or 'imagenet' (efficientnet-lite0).")] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="classify; segment (DATASET: an MSD folder or image,label CSV); survival (DATASET: a folder with an .npz of images, times, events and a clinical CSV).",
+        ),
+    ] = "classify",
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="Segmentation: plan.json from `medlens plan` (default: plan now).")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init", help="Start from an encoder folder (`medlens pretrain`) or 'imagenet' (efficientnet-lite0)."
+        ),
+    ] = None,
 ) -> None:
     """Train a classifier, a segmentation or a survival model; select on validation; write a self-describing bundle."""
     if task not in TASKS:
@@ -51,8 +58,9 @@ def train(
         _train_classifier(dataset, out, config, overrides(set_, seed=seed, device=device, init=init), init, data_dir)
 
 
-def _train_classifier(dataset: str, out: Path, config: Path | None, given: list[str], init: str | None,
-                      data_dir: Path | None) -> None:
+def _train_classifier(
+    dataset: str, out: Path, config: Path | None, given: list[str], init: str | None, data_dir: Path | None
+) -> None:
     from medlens.classify.train import train_classifier
     from medlens.config import TrainConfig, load_config
     from medlens.models.init import encoder_settings
@@ -100,17 +108,25 @@ def plan(
     data: Annotated[Path, typer.Argument(help="MSD folder (imagesTr/, labelsTr/) or a CSV of image,label paths.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for fingerprint.json and plan.json.")],
     dims: Annotated[int, typer.Option("--dims", help="3 (volumes) or 2 (slice by slice).")] = 3,
-    memory_mb: Annotated[int, typer.Option("--memory-mb", help="Training memory budget for patch and batch size.")] = 2000,
-    width: Annotated[int, typer.Option("--width", help="Filters at full resolution (8 suits a 2-core CPU; nnU-Net uses 32).")] = 8,
+    memory_mb: Annotated[
+        int, typer.Option("--memory-mb", help="Training memory budget for patch and batch size.")
+    ] = 2000,
+    width: Annotated[
+        int, typer.Option("--width", help="Filters at full resolution (8 suits a 2-core CPU; nnU-Net uses 32).")
+    ] = 8,
 ) -> None:
     """Check a segmentation dataset and write its fingerprint and an editable training plan."""
     from medlens.segment.stage import plan_stage
 
     made, fp = plan_stage(data, out, dims=dims, memory_mb=memory_mb, width=width)
-    typer.echo(f"{fp['usable']}/{fp['cases']} cases usable; labels {fp['label_names']}; median shape {fp['median_shape']} "
-               f"at {fp['median_spacing_mm']} mm")
-    typer.echo(f"plan: {made.dims}D, patch {made.patch_size}, batch {made.batch_size}, {len(made.strides) - 1} downsamplings, "
-               f"filters {made.filters}, normalisation {made.normalization}; written to {out / 'plan.json'}")
+    typer.echo(
+        f"{fp['usable']}/{fp['cases']} cases usable; labels {fp['label_names']}; median shape {fp['median_shape']} "
+        f"at {fp['median_spacing_mm']} mm"
+    )
+    typer.echo(
+        f"plan: {made.dims}D, patch {made.patch_size}, batch {made.batch_size}, {len(made.strides) - 1} downsamplings, "
+        f"filters {made.filters}, normalisation {made.normalization}; written to {out / 'plan.json'}"
+    )
     exit_on_problems([{"message": p} for p in fp["problems"]], "problem(s) in the dataset; fix them before training")
 
 

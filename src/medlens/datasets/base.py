@@ -62,7 +62,11 @@ class ClassificationData:
         """Refuse data that would train a silently wrong model: a split missing a class, NaN/inf pixels."""
         n_classes = len(self.label_names)
         for split_name, split in self.splits.items():
-            finite = np.isfinite(split.images.reshape(len(split), -1)).all(axis=1) if split.images.dtype.kind == "f" else None
+            finite = (
+                np.isfinite(split.images.reshape(len(split), -1)).all(axis=1)
+                if split.images.dtype.kind == "f"
+                else None
+            )
             if finite is not None and not finite.all():
                 bad = np.where(~finite)[0]
                 raise DataError(

@@ -87,9 +87,7 @@ def dataset_file(name: str, size: int) -> DatasetFile:
     return info.files[size]
 
 
-def resolve_dataset_file(
-    name: str, size: int = 28, data_dir: str | Path | None = None, download: bool = True
-) -> Path:
+def resolve_dataset_file(name: str, size: int = 28, data_dir: str | Path | None = None, download: bool = True) -> Path:
     """Find a MedMNIST ``.npz`` locally, or download and verify it.
 
     Raises DatasetNotFoundError naming the file, the folders searched and the
@@ -144,7 +142,9 @@ def _check_local(path: Path, entry: DatasetFile) -> None:
     # A local copy may be a legitimate rebuild (same images, other order); its
     # contents are validated when read, so a different MD5 is logged, not fatal.
     if file_md5(path) != entry.md5:
-        log.info("%s differs from the official file (MD5 %s); its split sizes are checked on load", path.name, entry.md5)
+        log.info(
+            "%s differs from the official file (MD5 %s); its split sizes are checked on load", path.name, entry.md5
+        )
 
 
 def _download(entry: DatasetFile, target: Path) -> None:

@@ -74,8 +74,12 @@ def load_folder_dataset(
         label_names=tuple(label_names),
         splits=_build_splits(np.stack(images), rows, file_col, label_names, splits, multilabel, negative_label),
         intensity_range=(float(min(i.min() for i in images)), float(max(i.max() for i in images))),
-        source={"file": csv_path.name, "sha256": file_sha256(csv_path), "license": "user data",
-                **({"split_by": group} if group else {})},
+        source={
+            "file": csv_path.name,
+            "sha256": file_sha256(csv_path),
+            "license": "user data",
+            **({"split_by": group} if group else {}),
+        },
     )
     data.validate()
     return data
@@ -111,8 +115,10 @@ def _group_column(rows: list[dict[str, str]], csv_path: Path, group_column: str 
     if group_column == AUTO:
         return next((c for c in GROUP_COLUMNS if c in columns), None)
     if group_column and group_column not in columns:
-        raise DataError(f"{csv_path}: group_column {group_column!r} is not a column (found: {', '.join(columns)}); "
-                        "name the patient ID column, or --set group_column=none to split image by image")
+        raise DataError(
+            f"{csv_path}: group_column {group_column!r} is not a column (found: {', '.join(columns)}); "
+            "name the patient ID column, or --set group_column=none to split image by image"
+        )
     return group_column or None
 
 
@@ -150,11 +156,15 @@ def _grouped_splits(rows: list[dict[str, str]], csv_path: Path, seed: int, group
     groups = [row[group].strip() for row in rows]
     empty = [i + 2 for i, g in enumerate(groups) if not g]
     if empty:
-        raise DataError(f"{csv_path}: {len(empty)} row(s) without a {group!r} (lines {empty[:5]}); fill them in, "
-                        "or --set group_column=none to split image by image")
+        raise DataError(
+            f"{csv_path}: {len(empty)} row(s) without a {group!r} (lines {empty[:5]}); fill them in, "
+            "or --set group_column=none to split image by image"
+        )
     if len(set(groups)) < 7:
-        raise DataError(f"{csv_path}: only {len(set(groups))} patients in {group!r}: too few for a patient-level "
-                        "train/val/test split; add a 'split' column")
+        raise DataError(
+            f"{csv_path}: only {len(set(groups))} patients in {group!r}: too few for a patient-level "
+            "train/val/test split; add a 'split' column"
+        )
     import warnings
 
     folds = StratifiedGroupKFold(n_splits=7, shuffle=True, random_state=seed)
@@ -176,9 +186,11 @@ def _check_patients_in_one_split(rows: list[dict[str, str]], splits: list[str], 
         lines.setdefault(row[group].strip(), []).append(line)
     shared = [g for g, where in seen.items() if len(where) > 1]
     if shared:  # CSV lines, not the IDs: patient identifiers stay out of messages and logs
-        raise DataError(f"{csv_path}: {len(shared)} patient(s) in {group!r} have images in more than one split, so "
-                        f"test images would share patients with training (e.g. lines {lines[shared[0]][:4]}); put each "
-                        "patient in one split, or drop the 'split' column to split by patient")
+        raise DataError(
+            f"{csv_path}: {len(shared)} patient(s) in {group!r} have images in more than one split, so "
+            f"test images would share patients with training (e.g. lines {lines[shared[0]][:4]}); put each "
+            "patient in one split, or drop the 'split' column to split by patient"
+        )
 
 
 def _check_same_shape(images: list[np.ndarray], rows: list[dict[str, str]], file_col: str, csv_path: Path) -> None:

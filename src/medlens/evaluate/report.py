@@ -11,18 +11,16 @@ import numpy as np
 PLOTS = {"roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png", "calibration": "calibration.png"}
 
 
-def write_plots(out_dir: Path, task: str, y_true: np.ndarray, probs: np.ndarray, label_names: list[str], thresholds: list[float]) -> list[str]:
+def write_plots(
+    out_dir: Path, task: str, y_true: np.ndarray, probs: np.ndarray, label_names: list[str], thresholds: list[float]
+) -> list[str]:
     """Plot with scikit-learn's displays on a non-interactive backend; returns the file names written."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from sklearn.calibration import CalibrationDisplay
-    from sklearn.metrics import (
-        ConfusionMatrixDisplay,
-        PrecisionRecallDisplay,
-        RocCurveDisplay,
-    )
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
     curves = _curves(task, y_true, probs, label_names)
     written = []
@@ -57,12 +55,20 @@ def write_plots(out_dir: Path, task: str, y_true: np.ndarray, probs: np.ndarray,
     return written
 
 
-def _curves(task: str, y_true: np.ndarray, probs: np.ndarray, label_names: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _curves(
+    task: str, y_true: np.ndarray, probs: np.ndarray, label_names: list[str]
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     if task == "binary":
         return [(label_names[1], y_true, probs[:, 1])]
     if task == "multilabel":
-        return [(n, y_true[:, k], probs[:, k]) for k, n in enumerate(label_names) if 0 < y_true[:, k].sum() < len(y_true)]
-    return [(n, (y_true == k).astype(int), probs[:, k]) for k, n in enumerate(label_names) if 0 < (y_true == k).sum() < len(y_true)]
+        return [
+            (n, y_true[:, k], probs[:, k]) for k, n in enumerate(label_names) if 0 < y_true[:, k].sum() < len(y_true)
+        ]
+    return [
+        (n, (y_true == k).astype(int), probs[:, k])
+        for k, n in enumerate(label_names)
+        if 0 < (y_true == k).sum() < len(y_true)
+    ]
 
 
 def write_report(out_dir: Path, result: dict[str, Any], plots: list[str]) -> Path:

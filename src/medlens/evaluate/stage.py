@@ -20,7 +20,12 @@ if TYPE_CHECKING:
 
 
 def evaluate_bundle(
-    bundle: ClassifierBundle, data: ClassificationData, out_dir: Path, split: str = "test", n_bootstrap: int = 1000, seed: int = 0
+    bundle: ClassifierBundle,
+    data: ClassificationData,
+    out_dir: Path,
+    split: str = "test",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Score a bundle on one split with its own thresholds and write the report to ``out_dir``."""
     _check_compatible(bundle, data)

@@ -36,7 +36,9 @@ class WithClinical(nn.Module):
         return self.fused(image, self.features.expand(image.shape[0], -1))
 
 
-def clinical_effects(bundle: Any, image: np.ndarray, row: dict[str, str], class_idx: int, where: str) -> list[dict[str, Any]]:
+def clinical_effects(
+    bundle: Any, image: np.ndarray, row: dict[str, str], class_idx: int, where: str
+) -> list[dict[str, Any]]:
     """Per clinical column: its value, the class probability without it, and ``effect`` = p(as given) - p(unknown).
 
     ``image`` is one normalised input ``(C, *spatial)``; ``row`` the patient's raw clinical values. Sorted by the
@@ -47,8 +49,15 @@ def clinical_effects(bundle: Any, image: np.ndarray, row: dict[str, str], class_
     features = bundle.tabular.transform(variants, where)
     images = np.repeat(np.asarray(image, dtype=np.float32)[None], len(variants), axis=0)
     probs = bundle.predict_proba((images, features))[:, class_idx]
-    effects = [{"column": column, "value": str(row.get(column, "")).strip(), "p_without": round(float(probs[j + 1]), 4),
-                "effect": round(float(probs[0] - probs[j + 1]), 4)} for j, column in enumerate(columns)]
+    effects = [
+        {
+            "column": column,
+            "value": str(row.get(column, "")).strip(),
+            "p_without": round(float(probs[j + 1]), 4),
+            "effect": round(float(probs[0] - probs[j + 1]), 4),
+        }
+        for j, column in enumerate(columns)
+    ]
     return sorted(effects, key=lambda e: -abs(e["effect"]))
 
 

@@ -64,8 +64,10 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
     """The last module (the outermost, when containers finish together) that outputs a spatial map."""
     layers = spatial_layers(model, example)
     if not layers:
-        raise ModelError("Grad-CAM needs a convolutional layer with a spatial output, and this network has none; "
-                         "use --method occlusion or integrated-gradients")
+        raise ModelError(
+            "Grad-CAM needs a convolutional layer with a spatial output, and this network has none; "
+            "use --method occlusion or integrated-gradients"
+        )
     last = layers[-1]
     containers = [n for n in layers if last.startswith(n + ".")]  # e.g. layer4 finishes right after layer4.1.relu
     return containers[0] if containers else last
@@ -75,11 +77,15 @@ def check_layer(model: nn.Module, example: torch.Tensor, layer: str) -> None:
     names = dict(model.named_modules())
     if layer not in names:
         candidates = spatial_layers(model, example)[-8:]
-        raise ModelError(f"the network has no layer {layer!r}; layers with a spatial output (last 8): "
-                         f"{', '.join(candidates) or 'none'}")
+        raise ModelError(
+            f"the network has no layer {layer!r}; layers with a spatial output (last 8): "
+            f"{', '.join(candidates) or 'none'}"
+        )
     if layer not in spatial_layers(model, example):
-        raise ModelError(f"layer {layer!r} does not output a spatial feature map, so Grad-CAM cannot use it; "
-                         f"try {default_layer(model, example)!r}")
+        raise ModelError(
+            f"layer {layer!r} does not output a spatial feature map, so Grad-CAM cannot use it; "
+            f"try {default_layer(model, example)!r}"
+        )
 
 
 def _cam(kind: str) -> ExplainFn:
@@ -102,9 +108,14 @@ def _occlusion(model: nn.Module, x: torch.Tensor, class_idx: int, opts: ExplainO
     stride = max(1, size // 2) if x.ndim == 4 else size
     occlusion = Occlusion(lambda inp: torch.softmax(model(inp), dim=1))
     with torch.no_grad():
-        attr = occlusion.attribute(x, target=class_idx, sliding_window_shapes=(x.shape[1], *[size] * (x.ndim - 2)),
-                                   strides=(x.shape[1], *[stride] * (x.ndim - 2)), baselines=opts.baseline,
-                                   perturbations_per_eval=64)
+        attr = occlusion.attribute(
+            x,
+            target=class_idx,
+            sliding_window_shapes=(x.shape[1], *[size] * (x.ndim - 2)),
+            strides=(x.shape[1], *[stride] * (x.ndim - 2)),
+            baselines=opts.baseline,
+            perturbations_per_eval=64,
+        )
     return _unit(attr.sum(dim=1).clamp(min=0).cpu().numpy())
 
 
@@ -113,8 +124,13 @@ def _integrated_gradients(model: nn.Module, x: torch.Tensor, class_idx: int, opt
 
     ig = IntegratedGradients(model)
     with torch.enable_grad():
-        attr = ig.attribute(x, baselines=torch.full_like(x, opts.baseline), target=class_idx, n_steps=opts.ig_steps,
-                            internal_batch_size=opts.ig_steps)
+        attr = ig.attribute(
+            x,
+            baselines=torch.full_like(x, opts.baseline),
+            target=class_idx,
+            n_steps=opts.ig_steps,
+            internal_batch_size=opts.ig_steps,
+        )
     return _unit(attr.abs().sum(dim=1).detach().cpu().numpy(), robust=True)
 
 
@@ -134,8 +150,13 @@ EXPLAINERS.add("occlusion", _occlusion)
 EXPLAINERS.add("integrated-gradients", _integrated_gradients)
 
 
-def explain(model: nn.Module, inputs: np.ndarray, method: str = "gradcam", classes: list[int] | None = None,
-            opts: ExplainOptions = ExplainOptions()) -> np.ndarray:
+def explain(
+    model: nn.Module,
+    inputs: np.ndarray,
+    method: str = "gradcam",
+    classes: list[int] | None = None,
+    opts: ExplainOptions = ExplainOptions(),
+) -> np.ndarray:
     """Saliency maps ``(N, *spatial)`` in [0, 1] for normalised inputs ``(N, C, *spatial)``.
 
     ``classes`` gives the class to explain per case; by default the arg-max class.

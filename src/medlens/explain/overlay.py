@@ -50,8 +50,9 @@ def planes(image: np.ndarray, heat: np.ndarray) -> list[tuple[str, np.ndarray, n
     if heat.ndim == 2:
         return [("", grey, heat)]
     peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return [(f"axis {a} slice {peak[a]}", np.take(grey, peak[a], axis=a), np.take(heat, peak[a], axis=a))
-            for a in range(3)]
+    return [
+        (f"axis {a} slice {peak[a]}", np.take(grey, peak[a], axis=a), np.take(heat, peak[a], axis=a)) for a in range(3)
+    ]
 
 
 def write_overlay_png(image: np.ndarray, heat: np.ndarray, path: Path, title: str) -> Path:
@@ -81,7 +82,6 @@ def write_secondary_capture(source: Path, heat: np.ndarray, path: Path, descript
     """The source DICOM image with the heatmap overlaid, as an RGB Secondary Capture in the same study."""
     import pydicom
 
-
     ref = pydicom.dcmread(source, stop_before_pixels=True)
     pixels = read_dicom(source)  # (C, H, W) display-ready grey (MONOCHROME1 inverted by the reader)
     if pixels.ndim != 3:
@@ -104,7 +104,15 @@ def _secondary_capture(ref: Any, rgb: np.ndarray) -> Any:
 
     orientation = tuple(ref.get("PatientOrientation", None) or ("L", "F"))[:2]
     return hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=ref, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=int(ref.get("SeriesNumber", 0) or 0) + 900,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medlens", patient_orientation=orientation,
+        ref_dataset=ref,
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=hd.UID(),
+        series_number=int(ref.get("SeriesNumber", 0) or 0) + 900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medlens",
+        patient_orientation=orientation,
     )

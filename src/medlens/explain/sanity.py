@@ -37,8 +37,9 @@ def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     return clone.eval()
 
 
-def randomisation_correlation(model: nn.Module, inputs: np.ndarray, method: str,
-                              opts: ExplainOptions = ExplainOptions()) -> dict[str, float]:
+def randomisation_correlation(
+    model: nn.Module, inputs: np.ndarray, method: str, opts: ExplainOptions = ExplainOptions()
+) -> dict[str, float]:
     """Mean (and sd) Spearman correlation between maps of the trained and the randomised model, same classes."""
     with torch.no_grad():
         classes = model.eval()(torch.as_tensor(inputs, dtype=torch.float32)).argmax(dim=1).tolist()
@@ -70,8 +71,9 @@ def _curve(model: nn.Module, x: np.ndarray, order: np.ndarray, cls: int, baselin
     return torch.softmax(logits, dim=1)[:, cls].numpy()
 
 
-def deletion_insertion(model: nn.Module, inputs: np.ndarray, maps: np.ndarray, baseline: float = 0.0,
-                       seed: int = 0) -> dict[str, float]:
+def deletion_insertion(
+    model: nn.Module, inputs: np.ndarray, maps: np.ndarray, baseline: float = 0.0, seed: int = 0
+) -> dict[str, float]:
     """Area under the deletion and insertion curves (0-1), for the maps and for a random order."""
     model.eval()
     with torch.no_grad():

@@ -33,16 +33,25 @@ def black_level(bundle: ClassifierBundle) -> float:
     return float(normalize_intensity(np.float32(bundle.preprocessing.input_range[0]), bundle.preprocessing))
 
 
-def explain_files(bundle: ClassifierBundle, files: list[Path], out_dir: Path, method: str = "gradcam", layer: str | None = None,
-                  adapt: bool = False, clinical: Any = None) -> dict[str, Any]:
+def explain_files(
+    bundle: ClassifierBundle,
+    files: list[Path],
+    out_dir: Path,
+    method: str = "gradcam",
+    layer: str | None = None,
+    adapt: bool = False,
+    clinical: Any = None,
+) -> dict[str, Any]:
     """Overlays for each file in ``out_dir``; returns (and writes) the ``explain.json`` report.
 
     ``clinical``: a :class:`medlens.tabular.encode.ClinicalTable` or :class:`medlens.tabular.dicom.DicomClinical`,
     required by a fused bundle."""
 
     if bundle.tabular is not None and clinical is None:
-        raise ConfigError(f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
-                          "give them with --clinical CSV (a 'file' column plus those columns) or --clinical dicom (each DICOM header)")
+        raise ConfigError(
+            f"{bundle.path} fuses the image with clinical values ({', '.join(bundle.tabular.columns)}): "
+            "give them with --clinical CSV (a 'file' column plus those columns) or --clinical dicom (each DICOM header)"
+        )
     opts = ExplainOptions(layer=layer, baseline=black_level(bundle))
     rows = []
     for path in files:
@@ -62,20 +71,35 @@ def explain_files(bundle: ClassifierBundle, files: list[Path], out_dir: Path, me
             heat = explain(model, x[None], method, [cls], opts)[0]
             title = f"{path.name}: {method} for '{bundle.label_names[cls]}' (p={probs[cls]:.2f})"
             if bundle.tabular is not None:
-                row["clinical_effects"] = clinical_effects(bundle, x, clinical.row(str(path)), cls, clinical.where(str(path)))
-                title += f"\neffect on p of each clinical value (vs unknown): {describe_effects(row['clinical_effects'])}"
+                row["clinical_effects"] = clinical_effects(
+                    bundle, x, clinical.row(str(path)), cls, clinical.where(str(path))
+                )
+                title += (
+                    f"\neffect on p of each clinical value (vs unknown): {describe_effects(row['clinical_effects'])}"
+                )
             row["outputs"].append(str(write_overlay_png(x, heat, out_dir / f"{_stem(path)}_{method}.png", title)))
             if _is_dicom(path) and heat.ndim == 2:
-                sc = write_secondary_capture(path, heat, out_dir / f"{_stem(path)}_{method}_sc.dcm",
-                                             f"medlens {method} {bundle.label_names[cls]}")
+                sc = write_secondary_capture(
+                    path,
+                    heat,
+                    out_dir / f"{_stem(path)}_{method}_sc.dcm",
+                    f"medlens {method} {bundle.label_names[cls]}",
+                )
                 row["outputs"].append(str(sc))
         except MedlensError as exc:
             row["error"] = str(exc)
         except Exception as exc:  # last resort: one strange file must not stop the batch; reported, never silent
-            row["error"] = f"{path.name}: could not be explained ({type(exc).__name__}: {str(exc)[:200]}); please report this"
+            row["error"] = (
+                f"{path.name}: could not be explained ({type(exc).__name__}: {str(exc)[:200]}); please report this"
+            )
         rows.append(row)
-    report = {"bundle": str(bundle.path), "method": method, "layer": layer, "files": rows,
-              "n_failed": sum(bool(r["error"]) for r in rows)}
+    report = {
+        "bundle": str(bundle.path),
+        "method": method,
+        "layer": layer,
+        "files": rows,
+        "n_failed": sum(bool(r["error"]) for r in rows),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "explain.json").write_text(json.dumps(report, indent=1))
     return report

@@ -30,14 +30,14 @@ def site_auc(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float | None:
     """ROC AUC of ``model`` on the cases, or None when they hold one class only."""
     from sklearn.metrics import roc_auc_score
 
-
     if len(np.unique(y)) < 2:
         return None
     return float(roc_auc_score(y, predict_proba(model, x, "binary")[:, 1]))
 
 
-def finetune(model: nn.Module, site: SiteData, epochs: int = 5, lr: float = 3e-4, batch_size: int = 32,
-             seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+def finetune(
+    model: nn.Module, site: SiteData, epochs: int = 5, lr: float = 3e-4, batch_size: int = 32, seed: int = 0
+) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``model`` trained on the site's training images; the epoch chosen on the site's validation AUC."""
     tuned = copy.deepcopy(model)
     best_auc, best_epoch, best_state = site_auc(tuned, site.x_val, site.y_val), 0, copy.deepcopy(tuned.state_dict())
@@ -62,8 +62,9 @@ def _channelwise(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def adapt_at_test_time(model: nn.Module, x: np.ndarray, steps: int = 1, lr: float = 1e-3, batch_size: int = 64,
-                    seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+def adapt_at_test_time(
+    model: nn.Module, x: np.ndarray, steps: int = 1, lr: float = 1e-3, batch_size: int = 64, seed: int = 0
+) -> tuple[nn.Module, dict[str, Any]]:
     """Tent: a copy of ``model`` whose channel-wise parameters minimise prediction entropy on unlabelled ``x``."""
     adapted = copy.deepcopy(model)
     adapted.requires_grad_(False)

@@ -18,12 +18,7 @@ from typing import Any
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from medlens.federated.flower import (
-    FederateConfig,
-    _client_evaluate,
-    _client_train,
-    server_main,
-)
+from medlens.federated.flower import FederateConfig, _client_evaluate, _client_train, server_main
 
 server_app = ServerApp()
 client_app = ClientApp()

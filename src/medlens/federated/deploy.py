@@ -58,8 +58,9 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, log_path: Pa
     raise FederationError(f"{what} did not open port {port} within {timeout:.0f} s; its log: {log_path}")
 
 
-def run_deployment(cfg: FederateConfig, split_path: Path, out_dir: Path, data_dir: str | None = None,
-                   timeout_s: float = 3600.0) -> Path:
+def run_deployment(
+    cfg: FederateConfig, split_path: Path, out_dir: Path, data_dir: str | None = None, timeout_s: float = 3600.0
+) -> Path:
     """Run the federation as a SuperLink, N SuperNodes and ``flwr run`` on 127.0.0.1; returns the bundle's path."""
 
     split = load_site_split(split_path)
@@ -75,8 +76,8 @@ def run_deployment(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
     home.mkdir(exist_ok=True)
     port = _free_port()  # Flower 1.41 serves the SuperLink's Fleet, Control and Runtime APIs on one HTTP port
     (home / "config.toml").write_text(
-        '[superlink]\ndefault = "medlens"\n\n[superlink.medlens]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+        f'[superlink]\ndefault = "medlens"\n\n[superlink.medlens]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
     env = {**os.environ, "FLWR_HOME": str(home), "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     if data_dir:
         env["MEDLENS_DATA_DIR"] = str(data_dir)
@@ -91,26 +92,65 @@ def run_deployment(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
         return process, path
 
     try:
-        link, link_log = start([_tool("flower-superlink"), "--insecure", "--database", str(home / "state.db"),
-                                "--disable-runtime-dependency-installation",  # medlens is installed; never pip/uv at run time
-                                "--host", "127.0.0.1", "--port", str(port)], "superlink")
+        link, link_log = start(
+            [
+                _tool("flower-superlink"),
+                "--insecure",
+                "--database",
+                str(home / "state.db"),
+                "--disable-runtime-dependency-installation",  # medlens is installed; never pip/uv at run time
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            "superlink",
+        )
         _wait_for_port(port, link, "flower-superlink", link_log)
         for site in range(split.config.n_sites):
             node_config = f"partition-id={site} split='{Path(split_path).resolve()}'"  # TOML literal strings
             if data_dir:
                 node_config += f" data-dir='{data_dir}'"
-            start([_tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                   "--node-config", node_config, "--host", "127.0.0.1", "--port", str(_free_port())], f"site-{site}")
-        run_config = {"federation": json.dumps(asdict(cfg)), "split": str(Path(split_path).resolve()),
-                      "data-dir": data_dir or "", "out": str(out_dir)}
+            start(
+                [
+                    _tool("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--node-config",
+                    node_config,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(_free_port()),
+                ],
+                f"site-{site}",
+            )
+        run_config = {
+            "federation": json.dumps(asdict(cfg)),
+            "split": str(Path(split_path).resolve()),
+            "data-dir": data_dir or "",
+            "out": str(out_dir),
+        }
         (home / "run-config.toml").write_text(tomli_w.dumps(run_config))
-        submit = subprocess.run([_tool("flwr"), "run", str(APP_DIR), "medlens", "--run-config", str(home / "run-config.toml"), "--stream"],
-                                env=env, cwd=out_dir, capture_output=True, text=True, timeout=timeout_s)
+        submit = subprocess.run(
+            [_tool("flwr"), "run", str(APP_DIR), "medlens", "--run-config", str(home / "run-config.toml"), "--stream"],
+            env=env,
+            cwd=out_dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         (logs / "flwr-run.log").write_text(submit.stdout + submit.stderr)
         if not (out_dir / "server.json").exists():
-            errors = [line for line in (submit.stdout + submit.stderr).splitlines() if "ERROR" in line or "Error" in line]
-            raise FederationError(f"the federation ended without a global model (flwr run exit code {submit.returncode}): "
-                                  + " | ".join(errors[-3:]) + f"; logs in {logs}")
+            errors = [
+                line for line in (submit.stdout + submit.stderr).splitlines() if "ERROR" in line or "Error" in line
+            ]
+            raise FederationError(
+                f"the federation ended without a global model (flwr run exit code {submit.returncode}): "
+                + " | ".join(errors[-3:])
+                + f"; logs in {logs}"
+            )
         return read_status(out_dir)
     except subprocess.TimeoutExpired as exc:
         raise FederationError(f"the federation did not finish within {timeout_s:.0f} s; logs in {logs}") from exc

@@ -40,19 +40,16 @@ from medlens.classify.train import make_preprocessing
 from medlens.config import TrainConfig
 from medlens.datasets import load_medmnist
 from medlens.errors import ConfigError, FederationError
-from medlens.federated.local import (
-    auc_and_threshold,
-    load_site,
-    probability_histograms,
-    train_locally,
-)
+from medlens.federated.local import auc_and_threshold, load_site, probability_histograms, train_locally
 from medlens.federated.privacy import PrivacyBudget, epsilon_spent, noise_multiplier
 from medlens.federated.sites import load_site_split
 from medlens.models.networks import NetworkSpec, build_network
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("fedavg", "fedprox")
-STATUS = "server.json"  # written by the ServerApp: {"status": "done", "bundle": ...} or {"status": "failed", "error": ...}
+STATUS = (
+    "server.json"  # written by the ServerApp: {"status": "done", "bundle": ...} or {"status": "failed", "error": ...}
+)
 TRAIN_METRICS = {"train_loss", "num-examples", "site", "epsilon", "noise"}
 EVALUATE_METRICS = {"hist-neg", "hist-pos", "num-examples", "site"}
 
@@ -83,8 +80,10 @@ class FederateConfig:
         if self.min_sites < 1:
             raise ConfigError(f"federate.min_sites: at least 1, got {self.min_sites}")
         if self.dp_epsilon is not None and self.strategy == "fedprox":
-            raise ConfigError("federate: DP-SGD clips per-sample gradients of the loss and FedProx's proximal term is not "
-                              "per-sample; use strategy=fedavg with dp_epsilon")
+            raise ConfigError(
+                "federate: DP-SGD clips per-sample gradients of the loss and FedProx's proximal term is not "
+                "per-sample; use strategy=fedavg with dp_epsilon"
+            )
         if self.dp_epsilon is not None:
             self.budget  # validates epsilon / delta / clipping
 
@@ -108,7 +107,6 @@ def run_federation(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-
     # Ray otherwise raises a FutureWarning about GPU visibility on every CPU-only actor; this keeps its present behaviour
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     logging.getLogger("flwr").propagate = False  # Flower prints its own log; ours would repeat every line
@@ -124,8 +122,12 @@ def run_federation(cfg: FederateConfig, split_path: Path, out_dir: Path, data_di
     client.evaluate()(_client_evaluate(cfg, str(split_path), data_dir))
     server = ServerApp()
     server.main()(server_main(cfg, Path(split_path), out_dir, data_dir))
-    run_simulation(server_app=server, client_app=client, num_supernodes=n_sites,
-                   backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"logging_level": logging.WARNING}})
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=n_sites,
+        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"logging_level": logging.WARNING}},
+    )
     return read_status(out_dir)
 
 
@@ -134,7 +136,9 @@ def read_status(out_dir: Path) -> Path:
     try:
         status = json.loads((out_dir / STATUS).read_text())
     except (OSError, json.JSONDecodeError):
-        raise FederationError(f"the federation ended without a global model ({out_dir / STATUS} missing); see Flower's log above") from None
+        raise FederationError(
+            f"the federation ended without a global model ({out_dir / STATUS} missing); see Flower's log above"
+        ) from None
     if status["status"] != "done":
         raise FederationError(status["error"])
     return Path(status["bundle"])
@@ -143,10 +147,18 @@ def read_status(out_dir: Path) -> Path:
 def build_model(cfg: FederateConfig, data: Any) -> Any:
     import torch
 
-
     torch.manual_seed(cfg.seed)
-    return build_network(NetworkSpec(cfg.model, data.spatial_dims, data.n_channels, len(data.label_names), data.image_shape,
-                                     width=cfg.width, norm=cfg.norm))
+    return build_network(
+        NetworkSpec(
+            cfg.model,
+            data.spatial_dims,
+            data.n_channels,
+            len(data.label_names),
+            data.image_shape,
+            width=cfg.width,
+            norm=cfg.norm,
+        )
+    )
 
 
 def _load(cfg: FederateConfig, data_dir: str | None) -> Any:
@@ -161,11 +173,15 @@ def check_server_config(cfg: FederateConfig, config: Any, site: int) -> None:
     differ = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
     if differ:
         detail = ", ".join(f"{k}: server {a!r}, this site {b!r}" for k, (a, b) in differ.items())
-        raise ConfigError(f"site {site}: the server's model settings differ from this site's ({detail}); start every site with "
-                          "the server's federation settings")
+        raise ConfigError(
+            f"site {site}: the server's model settings differ from this site's ({detail}); start every site with "
+            "the server's federation settings"
+        )
 
 
-def _site_and_model(cfg: FederateConfig, split_path: str, data_dir: str | None, msg: Any, context: Any) -> tuple[Any, Any]:
+def _site_and_model(
+    cfg: FederateConfig, split_path: str, data_dir: str | None, msg: Any, context: Any
+) -> tuple[Any, Any]:
     """This client's own site (its data never leaves this function's process) and the global model it was sent."""
 
     site = int(context.node_config["partition-id"])
@@ -181,29 +197,37 @@ def _client_train(cfg: FederateConfig, split_path: str, data_dir: str | None) ->
     def train(msg: Any, context: Any) -> Any:
         from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-
         local, model = _site_and_model(cfg, split_path, data_dir, msg, context)
         site, n = local.site, len(local.y_train)
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
         metrics: dict[str, Any] = {"num-examples": n, "site": site}
         noise = None
         if cfg.budget is not None:
-
             sigma = noise_multiplier(cfg.budget, n, cfg.batch_size, cfg.rounds * cfg.local_epochs)
             noise = (sigma, cfg.dp_max_grad_norm)
             done = int(msg.content["config"]["server-round"]) * cfg.local_epochs
             metrics.update(noise=sigma, epsilon=epsilon_spent(sigma, n, cfg.batch_size, done, cfg.dp_delta))
         try:
-            metrics["train_loss"] = train_locally(model, local, cfg.local_epochs, cfg.lr, cfg.batch_size, mu,
-                                                  seed=cfg.seed + 1000 * site + int(msg.content["config"]["server-round"]),
-                                                  dp_noise=noise)
+            metrics["train_loss"] = train_locally(
+                model,
+                local,
+                cfg.local_epochs,
+                cfg.lr,
+                cfg.batch_size,
+                mu,
+                seed=cfg.seed + 1000 * site + int(msg.content["config"]["server-round"]),
+                dp_noise=noise,
+            )
         except RuntimeError as exc:
             if noise is None:
                 raise
-            raise ConfigError(f"site {site}: model {cfg.model} cannot train under DP-SGD with Opacus ({str(exc)[:120]}); "
-                              "use model=cnn or densenet121") from exc
+            raise ConfigError(
+                f"site {site}: model {cfg.model} cannot train under DP-SGD with Opacus ({str(exc)[:120]}); "
+                "use model=cnn or densenet121"
+            ) from exc
         reply = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
         return Message(content=reply, reply_to=msg)
+
     return train
 
 
@@ -211,11 +235,13 @@ def _client_evaluate(cfg: FederateConfig, split_path: str, data_dir: str | None)
     def evaluate(msg: Any, context: Any) -> Any:
         from flwr.app import Message, MetricRecord, RecordDict
 
-
         local, model = _site_and_model(cfg, split_path, data_dir, msg, context)
         negatives, positives = probability_histograms(model, local.x_val, local.y_val)
-        metrics = MetricRecord({"hist-neg": negatives, "hist-pos": positives, "num-examples": len(local.y_val), "site": local.site})
+        metrics = MetricRecord(
+            {"hist-neg": negatives, "hist-pos": positives, "num-examples": len(local.y_val), "site": local.site}
+        )
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
     return evaluate
 
 
@@ -238,14 +264,19 @@ def screen_reply(content: Any, stage: str, expected: dict[str, tuple[int, ...]])
     if set(metrics.keys()) - names:
         raise ValueError(f"sent metrics {sorted(set(metrics.keys()) - names)}; allowed: {sorted(names)}")
     for key, value in metrics.items():
-        if isinstance(value, list) and (key not in {"hist-neg", "hist-pos"} or len(value) > 100
-                                        or any(int(v) != v or v < 0 for v in value)):
+        if isinstance(value, list) and (
+            key not in {"hist-neg", "hist-pos"} or len(value) > 100 or any(int(v) != v or v < 0 for v in value)
+        ):
             raise ValueError(f"sent a list in metric {key!r} that is not a histogram of counts")
-    summary["metrics"] = {k: (f"{len(v)} counts" if isinstance(v, list) else type(v).__name__) for k, v in sorted(metrics.items())}
+    summary["metrics"] = {
+        k: (f"{len(v)} counts" if isinstance(v, list) else type(v).__name__) for k, v in sorted(metrics.items())
+    }
     return summary
 
 
-def _audited(base: type, cfg: FederateConfig, n_sites: int, expected: dict[str, tuple[int, ...]], audit_path: Path) -> type:
+def _audited(
+    base: type, cfg: FederateConfig, n_sites: int, expected: dict[str, tuple[int, ...]], audit_path: Path
+) -> type:
     """``base`` (FedAvg or FedProx) that screens and logs every reply and keeps the best round's model."""
 
     class Audited(base):  # type: ignore[misc, valid-type]
@@ -262,7 +293,9 @@ def _audited(base: type, cfg: FederateConfig, n_sites: int, expected: dict[str, 
                         row["error"] = _reason(msg.error.reason)
                     else:
                         try:
-                            row.update(screen_reply(msg.content, stage, expected), site=int(msg.content["metrics"]["site"]))
+                            row.update(
+                                screen_reply(msg.content, stage, expected), site=int(msg.content["metrics"]["site"])
+                            )
                             kept.append(msg)
                         except (ValueError, KeyError) as exc:
                             row["refused"] = str(exc)
@@ -272,8 +305,10 @@ def _audited(base: type, cfg: FederateConfig, n_sites: int, expected: dict[str, 
             for reason in failures:
                 log.warning("round %d %s: a site did not count: %s", server_round, stage, reason)
             if len(kept) < cfg.min_sites:
-                raise FederationError(f"round {server_round} ({stage}): {len(kept)} of {n_sites} sites answered, "
-                                      f"{cfg.min_sites} needed (federate.min_sites); failures: " + " | ".join(failures))
+                raise FederationError(
+                    f"round {server_round} ({stage}): {len(kept)} of {n_sites} sites answered, "
+                    f"{cfg.min_sites} needed (federate.min_sites); failures: " + " | ".join(failures)
+                )
             return kept
 
         def aggregate_train(self, server_round: int, replies: Any) -> Any:
@@ -284,7 +319,9 @@ def _audited(base: type, cfg: FederateConfig, n_sites: int, expected: dict[str, 
         def aggregate_evaluate(self, server_round: int, replies: Any) -> Any:
             kept = self._screen(server_round, "evaluate", replies)
             metrics = super().aggregate_evaluate(server_round, kept)
-            self.per_site[server_round] = {int(m.content["metrics"]["site"]): _site_auc(m.content["metrics"]) for m in kept}
+            self.per_site[server_round] = {
+                int(m.content["metrics"]["site"]): _site_auc(m.content["metrics"]) for m in kept
+            }
             if metrics is not None and np.nan_to_num(metrics["val_auc"], nan=-1.0) > self.best[0]:
                 self.best = (float(metrics["val_auc"]), server_round, self.latest)
             return metrics
@@ -307,7 +344,6 @@ def _site_auc(metrics: Any) -> dict[str, Any]:
 def _sum_histograms(replies: list[Any], weight_key: str) -> Any:
     from flwr.app import MetricRecord
 
-
     negatives = np.sum([np.array(r["metrics"]["hist-neg"]) for r in replies], axis=0)
     positives = np.sum([np.array(r["metrics"]["hist-pos"]) for r in replies], axis=0)
     auc, threshold = auc_and_threshold(negatives, positives)
@@ -321,17 +357,19 @@ def _train_metrics(replies: list[Any], weight_key: str) -> Any:
     losses = np.array([r["metrics"]["train_loss"] for r in replies], dtype=float)
     metrics = {"train_loss": float((counts * losses).sum() / counts.sum()), "sites": len(replies)}
     if all("epsilon" in r["metrics"] for r in replies):
-        metrics["epsilon"] = max(float(r["metrics"]["epsilon"]) for r in replies)  # the guarantee that holds at every site
+        metrics["epsilon"] = max(
+            float(r["metrics"]["epsilon"]) for r in replies
+        )  # the guarantee that holds at every site
     return MetricRecord(metrics)
 
 
 def server_main(cfg: FederateConfig, split_path: Path, out_dir: Path, data_dir: str | None) -> Any:
     """The ServerApp's main: run the strategy, then write the bundle and ``OUT/server.json`` itself (in a deployment
     it runs in a process of its own, so nothing can be handed back in memory)."""
+
     def main(grid: Any, context: Any) -> None:
         from flwr.app import ArrayRecord, ConfigRecord
         from flwr.serverapp.strategy import FedAvg, FedProx
-
 
         started = time.perf_counter()
         split = load_site_split(split_path)
@@ -339,63 +377,123 @@ def server_main(cfg: FederateConfig, split_path: Path, out_dir: Path, data_dir: 
         model = build_model(cfg, _load(cfg, data_dir))
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         base = FedProx if cfg.strategy == "fedprox" else FedAvg
-        options = dict(min_train_nodes=n_sites, min_evaluate_nodes=n_sites, min_available_nodes=n_sites,
-                       evaluate_metrics_aggr_fn=_sum_histograms, train_metrics_aggr_fn=_train_metrics)
+        options = dict(
+            min_train_nodes=n_sites,
+            min_evaluate_nodes=n_sites,
+            min_available_nodes=n_sites,
+            evaluate_metrics_aggr_fn=_sum_histograms,
+            train_metrics_aggr_fn=_train_metrics,
+        )
         if cfg.strategy == "fedprox":
             options["proximal_mu"] = cfg.proximal_mu
         strategy = _audited(base, cfg, n_sites, expected, out_dir / "messages.jsonl")(**options)
         settings = ConfigRecord({"model": json.dumps(cfg.model_fingerprint())})
         try:
-            result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
-                                    train_config=settings, evaluate_config=settings)
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(model.state_dict()),
+                num_rounds=cfg.rounds,
+                train_config=settings,
+                evaluate_config=settings,
+            )
         except FederationError as exc:
             (out_dir / STATUS).write_text(json.dumps({"status": "failed", "error": str(exc)}))
             return
         best_auc, best_round, best_arrays = strategy.best
-        outcome = {"state": (best_arrays or result.arrays).to_torch_state_dict(), "best_round": best_round,
-                   "history": [_round_row(r, result, strategy.per_site.get(r, {})) for r in sorted(result.evaluate_metrics_clientapp)]}
+        outcome = {
+            "state": (best_arrays or result.arrays).to_torch_state_dict(),
+            "best_round": best_round,
+            "history": [
+                _round_row(r, result, strategy.per_site.get(r, {})) for r in sorted(result.evaluate_metrics_clientapp)
+            ],
+        }
         bundle = _save(cfg, split, outcome, out_dir, time.perf_counter() - started, data_dir)
         (out_dir / STATUS).write_text(json.dumps({"status": "done", "bundle": str(bundle)}))
+
     return main
 
 
 def _round_row(r: int, result: Any, per_site: dict[int, Any]) -> dict[str, Any]:
     train, evaluate = result.train_metrics_clientapp.get(r, {}), result.evaluate_metrics_clientapp[r]
-    row = {"round": r, "train_loss": float(train.get("train_loss", float("nan"))), "val_auc": float(evaluate["val_auc"]),
-           "threshold": float(evaluate["threshold"]), "sites_trained": int(train.get("sites", 0)),
-           "sites": {str(k): v for k, v in sorted(per_site.items())}}
+    row = {
+        "round": r,
+        "train_loss": float(train.get("train_loss", float("nan"))),
+        "val_auc": float(evaluate["val_auc"]),
+        "threshold": float(evaluate["threshold"]),
+        "sites_trained": int(train.get("sites", 0)),
+        "sites": {str(k): v for k, v in sorted(per_site.items())},
+    }
     if "epsilon" in train:
         row["epsilon"] = float(train["epsilon"])
     return row
 
 
-def _save(cfg: FederateConfig, split: Any, outcome: dict[str, Any], out_dir: Path, seconds: float, data_dir: str | None) -> Path:
+def _save(
+    cfg: FederateConfig, split: Any, outcome: dict[str, Any], out_dir: Path, seconds: float, data_dir: str | None
+) -> Path:
 
     data = _load(cfg, data_dir)
     model = build_model(cfg, data)
     model.load_state_dict(outcome["state"])
     history = outcome["history"]
-    chosen = next(row for row in history if row["round"] == outcome["best_round"]) if outcome["best_round"] else history[-1]
+    chosen = (
+        next(row for row in history if row["round"] == outcome["best_round"]) if outcome["best_round"] else history[-1]
+    )
     prep = make_preprocessing(TrainConfig(), data)
-    spec = {"name": cfg.model, "spatial_dims": data.spatial_dims, "in_channels": data.n_channels, "num_classes": len(data.label_names),
-            "image_shape": list(data.image_shape), "width": cfg.width, "dropout": 0.0, "norm": cfg.norm}
+    spec = {
+        "name": cfg.model,
+        "spatial_dims": data.spatial_dims,
+        "in_channels": data.n_channels,
+        "num_classes": len(data.label_names),
+        "image_shape": list(data.image_shape),
+        "width": cfg.width,
+        "dropout": 0.0,
+        "norm": cfg.norm,
+    }
     privacy = None
     if cfg.dp_epsilon is not None:
-        privacy = {"mechanism": "DP-SGD (Opacus), record-level, per site", "epsilon_budget": cfg.dp_epsilon, "delta": cfg.dp_delta,
-                   "epsilon_spent": history[-1].get("epsilon"), "max_grad_norm": cfg.dp_max_grad_norm, "accountant": "RDP",
-                   "secure_rng": False}
+        privacy = {
+            "mechanism": "DP-SGD (Opacus), record-level, per site",
+            "epsilon_budget": cfg.dp_epsilon,
+            "delta": cfg.dp_delta,
+            "epsilon_spent": history[-1].get("epsilon"),
+            "max_grad_norm": cfg.dp_max_grad_norm,
+            "accountant": "RDP",
+            "secure_rng": False,
+        }
     manifest = {
-        "medlens_version": __version__, "task": data.task, "label_names": list(data.label_names),
-        "thresholds": [chosen["threshold"]], "threshold_method": "Youden's J on the sites' pooled validation histograms",
-        "network": spec, "preprocessing": prep.to_dict(),
-        "expected_input": {"modality": data.modality, "channels": data.n_channels, "spatial_shape": list(data.image_shape),
-                           "intensity_range": list(data.intensity_range), "resized_by_pipeline": False},
+        "medlens_version": __version__,
+        "task": data.task,
+        "label_names": list(data.label_names),
+        "thresholds": [chosen["threshold"]],
+        "threshold_method": "Youden's J on the sites' pooled validation histograms",
+        "network": spec,
+        "preprocessing": prep.to_dict(),
+        "expected_input": {
+            "modality": data.modality,
+            "channels": data.n_channels,
+            "spatial_shape": list(data.image_shape),
+            "intensity_range": list(data.intensity_range),
+            "resized_by_pipeline": False,
+        },
         "config": {"dataset": cfg.dataset, "size": cfg.size, "model": cfg.model, "width": cfg.width},
         "data": {"dataset": data.name, **data.source},
-        "federation": {**asdict(cfg), "sites": split.summary, "split": asdict(split.config), "seconds": round(seconds, 1),
-                       "selected_round": chosen["round"], "history": history, "privacy": privacy},
-        "metrics": {"validation": {"auc": chosen["val_auc"], "source": "federated: pooled site histograms",
-                                   "sites": chosen["sites"]}},
+        "federation": {
+            **asdict(cfg),
+            "sites": split.summary,
+            "split": asdict(split.config),
+            "seconds": round(seconds, 1),
+            "selected_round": chosen["round"],
+            "history": history,
+            "privacy": privacy,
+        },
+        "metrics": {
+            "validation": {
+                "auc": chosen["val_auc"],
+                "source": "federated: pooled site histograms",
+                "sites": chosen["sites"],
+            }
+        },
     }
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     return save_bundle(out_dir / "model", model, manifest)

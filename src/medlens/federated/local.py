@@ -51,7 +51,9 @@ def load_site(data: object, split: object, site: int) -> SiteData:
     return SiteData(site, *arrays)
 
 
-def site_images(data: object, split: object, site: int, part: str, index: object = None) -> tuple[np.ndarray, np.ndarray]:
+def site_images(
+    data: object, split: object, site: int, part: str, index: object = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised images and labels of ``part`` as seen by site ``site``'s scanner (its shift applied).
 
     With ``index=None`` the whole split: the shared test set as that hospital would acquire it, which is what
@@ -66,8 +68,16 @@ def site_images(data: object, split: object, site: int, part: str, index: object
     return normalize_intensity(images, prep).astype(np.float32), data.splits[part].labels[chosen]
 
 
-def train_locally(model: nn.Module, site: SiteData, epochs: int, lr: float, batch_size: int, proximal_mu: float = 0.0,
-                  seed: int = 0, dp_noise: tuple[float, float] | None = None) -> float:
+def train_locally(
+    model: nn.Module,
+    site: SiteData,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    proximal_mu: float = 0.0,
+    seed: int = 0,
+    dp_noise: tuple[float, float] | None = None,
+) -> float:
     """Local AdamW epochs on the site's data; returns the mean loss.
 
     FedProx adds (mu/2)||w - w_global||^2. ``dp_noise = (noise multiplier, clipping norm)`` trains with DP-SGD
@@ -85,9 +95,14 @@ def train_locally(model: nn.Module, site: SiteData, epochs: int, lr: float, batc
     if dp_noise is not None:
         from opacus import PrivacyEngine
 
-        trained, optimizer, loader = PrivacyEngine().make_private(module=model, optimizer=optimizer, data_loader=loader,
-                                                                  noise_multiplier=dp_noise[0], max_grad_norm=dp_noise[1],
-                                                                  noise_generator=generator)
+        trained, optimizer, loader = PrivacyEngine().make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=dp_noise[0],
+            max_grad_norm=dp_noise[1],
+            noise_generator=generator,
+        )
     trained.train()
     total, count = 0.0, 0
     for _ in range(epochs):
@@ -98,7 +113,9 @@ def train_locally(model: nn.Module, site: SiteData, epochs: int, lr: float, batc
                 continue  # Poisson sampling can draw an empty batch
             loss = nn.functional.cross_entropy(trained(xb), yb)
             if proximal_mu > 0:
-                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_weights))
+                loss = loss + proximal_mu / 2 * sum(
+                    ((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_weights)
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

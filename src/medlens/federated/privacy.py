@@ -51,10 +51,20 @@ def noise_multiplier(budget: PrivacyBudget, n_images: int, batch_size: int, tota
     from opacus.accountants.utils import get_noise_multiplier
 
     if budget.delta >= 1 / max(n_images, 1):
-        raise ConfigError(f"federate.dp_delta: {budget.delta} is not below 1/{n_images} (1 / the site's images); a delta that large "
-                          "allows leaking whole records; use 1e-5")
-    return float(get_noise_multiplier(target_epsilon=budget.epsilon, target_delta=budget.delta,
-                                      sample_rate=sample_rate(n_images, batch_size), epochs=total_epochs, accountant="rdp", alphas=ALPHAS))
+        raise ConfigError(
+            f"federate.dp_delta: {budget.delta} is not below 1/{n_images} (1 / the site's images); a delta that large "
+            "allows leaking whole records; use 1e-5"
+        )
+    return float(
+        get_noise_multiplier(
+            target_epsilon=budget.epsilon,
+            target_delta=budget.delta,
+            sample_rate=sample_rate(n_images, batch_size),
+            epochs=total_epochs,
+            accountant="rdp",
+            alphas=ALPHAS,
+        )
+    )
 
 
 def epsilon_spent(sigma: float, n_images: int, batch_size: int, epochs_done: int, delta: float) -> float:

@@ -45,7 +45,9 @@ class SiteSplitConfig:
         if self.alpha <= 0 or self.quantity_alpha <= 0:
             raise ConfigError("federate.alpha / quantity_alpha: Dirichlet concentrations must be positive (e.g. 0.5)")
         if self.shifts and len(self.shifts) != self.n_sites:
-            raise ConfigError(f"federate.shifts: one entry per site ({self.n_sites}), got {len(self.shifts)}; use 'none' for no shift")
+            raise ConfigError(
+                f"federate.shifts: one entry per site ({self.n_sites}), got {len(self.shifts)}; use 'none' for no shift"
+            )
 
 
 @dataclass
@@ -58,16 +60,28 @@ class SiteSplit:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"format": SPLIT_FORMAT, "config": asdict(self.config), "train": self.train, "val": self.val,
-                                    "summary": self.summary}, indent=1))
+        path.write_text(
+            json.dumps(
+                {
+                    "format": SPLIT_FORMAT,
+                    "config": asdict(self.config),
+                    "train": self.train,
+                    "val": self.val,
+                    "summary": self.summary,
+                },
+                indent=1,
+            )
+        )
         return path
 
     def check_usable(self) -> None:
         """One index list per site for train and validation. An empty or single-class site is allowed here: in a real
         federation the server cannot know, so such a site is handled when it answers (it fails, or adds little)."""
         if len(self.train) != self.config.n_sites or len(self.val) != self.config.n_sites:
-            raise DataError(f"site split: {len(self.train)} train and {len(self.val)} validation lists for {self.config.n_sites} "
-                            "sites; make the split again")
+            raise DataError(
+                f"site split: {len(self.train)} train and {len(self.val)} validation lists for {self.config.n_sites} "
+                "sites; make the split again"
+            )
 
 
 def split_sites(train_labels: np.ndarray, val_labels: np.ndarray, config: SiteSplitConfig) -> SiteSplit:
@@ -79,9 +93,16 @@ def split_sites(train_labels: np.ndarray, val_labels: np.ndarray, config: SiteSp
     train = _assign(train_labels, shares, config.n_sites, rng)
     val = _assign(val_labels, shares, config.n_sites, rng)
     _top_up(train, train_labels, config.min_images, rng)
-    summary = [{"site": k, "n_train": len(train[k]), "n_val": len(val[k]),
-                "train_class_counts": {int(c): int((train_labels[train[k]] == c).sum()) for c in classes},
-                "shift": config.shifts[k] if config.shifts else "none"} for k in range(config.n_sites)]
+    summary = [
+        {
+            "site": k,
+            "n_train": len(train[k]),
+            "n_val": len(val[k]),
+            "train_class_counts": {int(c): int((train_labels[train[k]] == c).sum()) for c in classes},
+            "shift": config.shifts[k] if config.shifts else "none",
+        }
+        for k in range(config.n_sites)
+    ]
     return SiteSplit(config, [sorted(map(int, t)) for t in train], [sorted(map(int, v)) for v in val], summary)
 
 
@@ -90,18 +111,24 @@ def load_site_split(path: str | Path) -> SiteSplit:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable site split ({exc}); make one with `medlens federate --sites N`") from exc
+        raise DataError(
+            f"{path}: not a readable site split ({exc}); make one with `medlens federate --sites N`"
+        ) from exc
     if data.get("format") != SPLIT_FORMAT:
         raise DataError(f"{path}: format {data.get('format')!r}, expected {SPLIT_FORMAT!r}")
     cfg = data["config"]
-    return SiteSplit(SiteSplitConfig(**{**cfg, "shifts": tuple(cfg["shifts"])}), data["train"], data["val"], data.get("summary", []))
+    return SiteSplit(
+        SiteSplitConfig(**{**cfg, "shifts": tuple(cfg["shifts"])}), data["train"], data["val"], data.get("summary", [])
+    )
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
     return x / x.sum()
 
 
-def _assign(labels: np.ndarray, shares: dict[Any, np.ndarray], n_sites: int, rng: np.random.Generator) -> list[list[int]]:
+def _assign(
+    labels: np.ndarray, shares: dict[Any, np.ndarray], n_sites: int, rng: np.random.Generator
+) -> list[list[int]]:
     sites: list[list[int]] = [[] for _ in range(n_sites)]
     for c, share in shares.items():
         index = rng.permutation(np.flatnonzero(labels == c))

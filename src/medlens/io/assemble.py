@@ -90,7 +90,9 @@ def _release_pixels(ds: Dataset) -> None:
     ds._pixel_id = {}
 
 
-def assemble_volumes(slices: list[Slice], notes: list[str] | None = None, problems: list[FileProblem] | None = None) -> list[Volume]:
+def assemble_volumes(
+    slices: list[Slice], notes: list[str] | None = None, problems: list[FileProblem] | None = None
+) -> list[Volume]:
     """Sort one group along its normal, resolve duplicates, and stack it into volumes (several for repeated scans).
 
     A file whose pixels cannot be decoded is left out and added to ``problems``
@@ -153,13 +155,21 @@ def _drop_identical(run: list[Slice], decoder: _Decoder, notes: list[str]) -> li
         if twin is None:
             kept.append((s, frames[s.frame]))
         else:
-            notes.append(f"{series_label(s)}: {s.path.name} duplicates {twin.path.name} (same position, identical pixels); kept one")
+            notes.append(
+                f"{series_label(s)}: {s.path.name} duplicates {twin.path.name} (same position, identical pixels); kept one"
+            )
     return [s for s, _ in kept]
 
 
 def _acquisition_order(s: Slice) -> tuple:
     ds = s.dataset
-    return (int_or(ds.get("AcquisitionNumber"), 0), str(ds.get("AcquisitionTime", "")), float(ds.get("TriggerTime") or 0.0), s.instance, str(s.path))
+    return (
+        int_or(ds.get("AcquisitionNumber"), 0),
+        str(ds.get("AcquisitionTime", "")),
+        float(ds.get("TriggerTime") or 0.0),
+        s.instance,
+        str(s.path),
+    )
 
 
 def _built(slices: list[Slice], decoder: _Decoder, notes: list[str], repeat: int = 0) -> list[Volume]:
@@ -190,7 +200,9 @@ def _fill(stack: np.ndarray, slices: list[Slice], where: dict[Path, list[int]], 
         for k in where[path]:
             frame = frames[slices[k].frame]
             if frame.shape != stack.shape[1:]:
-                raise DicomError(f"{path}: decoded frame has shape {frame.shape}, the series {stack.shape[1:]}; the file is corrupt")
+                raise DicomError(
+                    f"{path}: decoded frame has shape {frame.shape}, the series {stack.shape[1:]}; the file is corrupt"
+                )
             stack[k] = frame
     return failed
 
@@ -214,12 +226,19 @@ def _volume(array: np.ndarray, slices: list[Slice], notes: list[str], repeat: in
         affine_lps[:3, 3] = first.position
         if not slices_evenly_spaced(positions):
             steps = np.diff(positions)
-            warnings.append(f"slices are not evenly spaced (steps {steps.min():.2f} to {steps.max():.2f} mm): "
-                            "gaps or missing slices; equalize before treating it as a regular grid")
+            warnings.append(
+                f"slices are not evenly spaced (steps {steps.min():.2f} to {steps.max():.2f} mm): "
+                "gaps or missing slices; equalize before treating it as a regular grid"
+            )
     meta = phi_free_meta(first.dataset, n_slices=len(slices), repeat=repeat)
     notes.extend(f"{meta['name']}: {w}" for w in warnings)
-    return Volume(array=array, affine=affine_lps_to_ras(affine_lps), meta=meta, slice_positions_mm=positions,
-                  warnings=tuple(warnings))
+    return Volume(
+        array=array,
+        affine=affine_lps_to_ras(affine_lps),
+        meta=meta,
+        slice_positions_mm=positions,
+        warnings=tuple(warnings),
+    )
 
 
 def _single_slice_step(ds: Dataset) -> float:

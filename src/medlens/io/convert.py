@@ -29,15 +29,27 @@ def convert_dicom(source: str | Path, out_dir: str | Path, equalize: bool = True
         stem = f"{index:02d}_{volume.meta['name']}"
         if not volume.regular:
             if not equalize:
-                scan.problems.append(FileProblem(stem, GeometryError.__name__, f"{stem}: {volume.warnings[0]}; "
-                                                 "not written (run without --no-equalize to resample it)"))
+                scan.problems.append(
+                    FileProblem(
+                        stem,
+                        GeometryError.__name__,
+                        f"{stem}: {volume.warnings[0]}; not written (run without --no-equalize to resample it)",
+                    )
+                )
                 continue
             volume, stem = equalize_slices(volume), stem + "_Eq"
         path = save_nifti(volume, out / f"{stem}.nii.gz")
         sidecar = volume_sidecar(volume)
         (out / f"{stem}.json").write_text(json.dumps(sidecar, indent=2))
-        written.append({"file": path.name, **{k: sidecar[k] for k in ("shape", "spacing_mm", "orientation", "warnings")}})
-    report = {"source": str(source), "volumes": written, "problems": [asdict(p) for p in scan.problems], "notes": scan.notes}
+        written.append(
+            {"file": path.name, **{k: sidecar[k] for k in ("shape", "spacing_mm", "orientation", "warnings")}}
+        )
+    report = {
+        "source": str(source),
+        "volumes": written,
+        "problems": [asdict(p) for p in scan.problems],
+        "notes": scan.notes,
+    }
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -56,8 +56,10 @@ DUMMY_DATE, DUMMY_DATETIME, DUMMY_TIME = "19000101", "19000101000000", "000000"
 DUMMIES = {"", DUMMY_TEXT, DUMMY_DATE, DUMMY_DATETIME, DUMMY_TIME, "ANONYMOUS", "ANON", "0", "000Y", "0.0"}
 BURNED_IN_MODALITIES = {"US", "SC", "XA", "RF", "ES", "OT", "DOC", "SM", "XC", "GM"}
 COMBINED = {"Z_D_TAGS": "Z", "X_Z_TAGS": "Z", "X_D_TAGS": "D", "X_Z_D_TAGS": "D", "X_Z_U_STAR_TAGS": "U*"}
-PROFILE_CODES = (("113100", "Basic Application Confidentiality Profile"),
-                 ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
+PROFILE_CODES = (
+    ("113100", "Basic Application Confidentiality Profile"),
+    ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+)
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,21 @@ def profile_actions() -> tuple[dict[int, str], list[tuple[int, int, int, int, st
 
 
 _EXACT, _MASKED = profile_actions()
-FREE_TEXT = {Tag("TextValue"): "D", Tag("UnformattedTextValue"): "D"}  # reached by the table only through their sequence
+FREE_TEXT = {
+    Tag("TextValue"): "D",
+    Tag("UnformattedTextValue"): "D",
+}  # reached by the table only through their sequence
 _EXACT.update(FREE_TEXT)
-META_IDENTIFYING = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "ReceivingApplicationEntityTitle",
-                    "SourcePresentationAddress", "SendingPresentationAddress", "ReceivingPresentationAddress",
-                    "PrivateInformationCreatorUID", "PrivateInformation")
+META_IDENTIFYING = (
+    "SourceApplicationEntityTitle",
+    "SendingApplicationEntityTitle",
+    "ReceivingApplicationEntityTitle",
+    "SourcePresentationAddress",
+    "SendingPresentationAddress",
+    "ReceivingPresentationAddress",
+    "PrivateInformationCreatorUID",
+    "PrivateInformation",
+)
 
 
 def action_for(tag: BaseTag) -> str | None:
@@ -116,7 +128,9 @@ def deidentify_dataset(ds: Dataset, ctx: DeidContext) -> None:
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = "MODIFIED" if ctx.shift_days is not None else "REMOVED"
     ds.DeidentificationMethod = f"medlens {__version__}: DICOM PS3.15 Annex E basic profile"
-    ds.DeidentificationMethodCodeSequence = Sequence([_code(c, m) for c, m in PROFILE_CODES[: 2 if ctx.shift_days is not None else 1]])
+    ds.DeidentificationMethodCodeSequence = Sequence(
+        [_code(c, m) for c, m in PROFILE_CODES[: 2 if ctx.shift_days is not None else 1]]
+    )
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         for keyword in META_IDENTIFYING:
@@ -135,10 +149,14 @@ def read_key_file(path: Path) -> str:
     try:
         key = Path(path).read_text().strip()
     except FileNotFoundError:
-        raise ConfigError(f"--key-file {path}: no such file; create it with a long random secret "
-                          "(e.g. `openssl rand -hex 32 > secret.txt`) and keep it safe") from None
+        raise ConfigError(
+            f"--key-file {path}: no such file; create it with a long random secret "
+            "(e.g. `openssl rand -hex 32 > secret.txt`) and keep it safe"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--key-file {path}: cannot be read as text ({type(exc).__name__}); give a text file with the key") from None
+        raise ConfigError(
+            f"--key-file {path}: cannot be read as text ({type(exc).__name__}); give a text file with the key"
+        ) from None
     if not key:
         raise ConfigError(f"--key-file {path}: the file is empty; put a long random secret in it")
     return key
@@ -267,10 +285,17 @@ def deidentify_tree(source: str | Path, out_dir: str | Path, options: DeidOption
             if "SOPInstanceUID" not in ds:
                 raise DicomError(f"{path}: no SOPInstanceUID; not a DICOM instance that can be de-identified")
             deidentify_dataset(ds, ctx)
-            target = out / _short_uid(ds.get("StudyInstanceUID")) / _short_uid(ds.get("SeriesInstanceUID")) / f"{ds.SOPInstanceUID}.dcm"
+            target = (
+                out
+                / _short_uid(ds.get("StudyInstanceUID"))
+                / _short_uid(ds.get("SeriesInstanceUID"))
+                / f"{ds.SOPInstanceUID}.dcm"
+            )
             if target in sources:
-                raise DicomError(f"{path}: has the same SOP Instance UID as {sources[target]}, so both would be written to one "
-                                 "file; the first was kept and this one was not written: give each instance its own UID")
+                raise DicomError(
+                    f"{path}: has the same SOP Instance UID as {sources[target]}, so both would be written to one "
+                    "file; the first was kept and this one was not written: give each instance its own UID"
+                )
             sources[target] = path
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
@@ -281,12 +306,25 @@ def deidentify_tree(source: str | Path, out_dir: str | Path, options: DeidOption
         except DicomError as exc:
             problems.append({"file": str(path), "message": str(exc)})
         except Exception as exc:  # a header pydicom parses but cannot write back: report, go on with the rest
-            problems.append({"file": str(path), "message": f"{path}: cannot write the de-identified copy ({str(exc)[:200]})"})
-    changes = sorted(({"attribute": k, "action": a, "count": n} for (k, a), n in ctx.actions.items()), key=lambda c: c["attribute"])
-    report = {"profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
-              "dates": f"shifted by {options.shift_days} days" if options.shift_days is not None else "removed or replaced by dummies",
-              "uids": "remapped to 2.25.<uuid> from (key, old UID)", "private_tags": "removed", "overlays_curves": "removed",
-              "files_written": written, "changes": changes, "burned_in_check": burned, "problems": problems}
+            problems.append(
+                {"file": str(path), "message": f"{path}: cannot write the de-identified copy ({str(exc)[:200]})"}
+            )
+    changes = sorted(
+        ({"attribute": k, "action": a, "count": n} for (k, a), n in ctx.actions.items()), key=lambda c: c["attribute"]
+    )
+    report = {
+        "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
+        "dates": f"shifted by {options.shift_days} days"
+        if options.shift_days is not None
+        else "removed or replaced by dummies",
+        "uids": "remapped to 2.25.<uuid> from (key, old UID)",
+        "private_tags": "removed",
+        "overlays_curves": "removed",
+        "files_written": written,
+        "changes": changes,
+        "burned_in_check": burned,
+        "problems": problems,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "deid_report.json").write_text(json.dumps(report, indent=2))
     return report
@@ -318,7 +356,9 @@ def verify_tree(path: str | Path) -> dict[str, Any]:
         except Exception as exc:  # a value pydicom cannot convert: the file cannot be shown clean
             problems, uid = [("-", f"header value unreadable ({type(exc).__name__}); cannot verify this file")], ""
         if uid and uid in seen:
-            problems.append(("SOPInstanceUID", f"shared with {seen[uid]}: two instances that a PACS would store as one"))
+            problems.append(
+                ("SOPInstanceUID", f"shared with {seen[uid]}: two instances that a PACS would store as one")
+            )
         seen.setdefault(uid, str(file))
         if str(ds.get("PatientIdentityRemoved", "")) != "YES":
             problems.append(("PatientIdentityRemoved", "not YES: the file does not claim to be de-identified"))
@@ -332,7 +372,11 @@ def verify_tree(path: str | Path) -> dict[str, Any]:
 def _meta_leftovers(ds: Dataset) -> list[tuple[str, str]]:
     """The file meta's AE titles and addresses, and a preamble that is not zeros (values never shown)."""
     meta = getattr(ds, "file_meta", None)
-    found = [(k, "file meta holds it; the de-identified copy must not") for k in META_IDENTIFYING if meta is not None and meta.get(k)]
+    found = [
+        (k, "file meta holds it; the de-identified copy must not")
+        for k in META_IDENTIFYING
+        if meta is not None and meta.get(k)
+    ]
     if getattr(ds, "preamble", None) and any(ds.preamble):
         found.append(("preamble", "the 128-byte preamble holds data (zero it)"))
     return found

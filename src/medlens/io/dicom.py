@@ -27,12 +27,7 @@ from pydicom.pixels.utils import (
 )
 from pydicom.tag import Tag
 
-from medlens.errors import (
-    DicomError,
-    InputMismatchError,
-    MedlensError,
-    UnsupportedTransferSyntaxError,
-)
+from medlens.errors import DicomError, InputMismatchError, MedlensError, UnsupportedTransferSyntaxError
 from medlens.io.dicom_guard import (
     DEFAULT_LIMITS,
     J2K_SYNTAXES,
@@ -44,20 +39,57 @@ from medlens.io.dicom_guard import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 RADIOGRAPHY = {"CR", "DX", "DR"}  # one kind of image under several Modality codes
-NUMERIC_TAGS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit",
-                "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "SpacingBetweenSlices", "SliceThickness",
-                "DoseGridScaling", "TriggerTime")
-JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-                 "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+NUMERIC_TAGS = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "SpacingBetweenSlices",
+    "SliceThickness",
+    "DoseGridScaling",
+    "TriggerTime",
+)
+JPEG_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+}
 JPEG_LS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 _HAS_GDCM = importlib.util.find_spec("gdcm") is not None
-USED_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SeriesInstanceUID", "EchoNumbers",
-             "ImageType", "InstanceNumber", "PhotometricInterpretation", "SharedFunctionalGroupsSequence",
-             "PerFrameFunctionalGroupsSequence")  # read for every slice; the rest only for a series' first
+USED_TAGS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SeriesInstanceUID",
+    "EchoNumbers",
+    "ImageType",
+    "InstanceNumber",
+    "PhotometricInterpretation",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+)  # read for every slice; the rest only for a series' first
 _USED_TAG_NUMBERS = tuple(Tag(k) for k in USED_TAGS)
 _NUMERIC_TAG_NUMBERS = tuple((k, Tag(k)) for k in NUMERIC_TAGS)
 _ROWS, _COLUMNS = Tag("Rows"), Tag("Columns")
-INTEGER_TAGS = {"Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"}
+INTEGER_TAGS = {
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+}
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
@@ -134,7 +166,9 @@ def decode_frames(ds: Dataset, path: Path, header_checked: bool = False) -> np.n
         raise _no_decoder(path, syntax, exc) from exc
     except RuntimeError as exc:
         if "exceptions were raised by all" in str(exc) and "support" not in str(exc):  # each decoder refused the data
-            raise DicomError(f"{path}: cannot decode pixel data, the compressed stream is corrupt ({_decoder_detail(exc)})") from exc
+            raise DicomError(
+                f"{path}: cannot decode pixel data, the compressed stream is corrupt ({_decoder_detail(exc)})"
+            ) from exc
         if "plugin" in str(exc) or "decoder" in str(exc).lower():
             raise _no_decoder(path, syntax, exc) from exc
         raise DicomError(f"{path}: cannot decode pixel data ({_short(exc)})") from exc
@@ -153,8 +187,11 @@ def decode_frames(ds: Dataset, path: Path, header_checked: bool = False) -> np.n
         low, high = stored_range(ds)
         values = (low + high) - values if low is not None else values.max() + values.min() - values
     # integers times a finite slope stay finite unless the slope is absurd; float pixel data is checked always
-    if (stored.dtype.kind == "f" or abs(float(ds.get("RescaleSlope", 1) or 1)) > 1e20 or "PerFrameFunctionalGroupsSequence" in ds) \
-            and not np.isfinite(values).all():
+    if (
+        stored.dtype.kind == "f"
+        or abs(float(ds.get("RescaleSlope", 1) or 1)) > 1e20
+        or "PerFrameFunctionalGroupsSequence" in ds
+    ) and not np.isfinite(values).all():
         raise DicomError(f"{path}: pixel data contains NaN or inf after rescale; the file is corrupt")
     return values.astype(np.float32, copy=False)
 
@@ -173,7 +210,11 @@ def _check_jpeg_frame_header(ds: Dataset, path: Path) -> None:
         raise DicomError(f"{path}: compressed pixel data is damaged ({str(exc)[:120]}); the file is corrupt") from exc
     found = (params.get("height"), params.get("width"), params.get("components"))
     expected = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
-    if found != expected or int(params.get("precision", 0)) > int(ds.get("BitsAllocated", 0)) or not params.get("precision"):
+    if (
+        found != expected
+        or int(params.get("precision", 0)) > int(ds.get("BitsAllocated", 0))
+        or not params.get("precision")
+    ):
         raise DicomError(
             f"{path}: the JPEG stream is {found[0]}x{found[1]}, {found[2]} component(s), {params.get('precision')} bits "
             f"but the header says {expected[0]}x{expected[1]}, {expected[2]} sample(s), {ds.get('BitsAllocated')} bits "
@@ -189,7 +230,9 @@ def _first_frame(ds: Dataset, path: Path) -> bytes:
 
 
 @header_errors
-def check_numeric_tags(ds: Dataset, path: Path, limits: DicomLimits = DEFAULT_LIMITS, file_bytes: int | None = None) -> None:
+def check_numeric_tags(
+    ds: Dataset, path: Path, limits: DicomLimits = DEFAULT_LIMITS, file_bytes: int | None = None
+) -> None:
     """pydicom keeps an invalid number as text: refuse it here, naming the tag, so later arithmetic can trust it."""
     for keyword, tag in _NUMERIC_TAG_NUMBERS:
         element = ds.get(tag)
@@ -200,7 +243,11 @@ def check_numeric_tags(ds: Dataset, path: Path, limits: DicomLimits = DEFAULT_LI
             number = float(value)
         except (TypeError, ValueError):
             number = float("nan")
-        if keyword in INTEGER_TAGS and np.isfinite(number) and (not float(number).is_integer() or number < 0 or "." in str(value)):
+        if (
+            keyword in INTEGER_TAGS
+            and np.isfinite(number)
+            and (not float(number).is_integer() or number < 0 or "." in str(value))
+        ):
             number = float("nan")
         if not np.isfinite(number):
             raise DicomError(f"{path}: {keyword} holds {str(value)[:40]!r}, not a number; the header is corrupt")
@@ -307,9 +354,12 @@ def _frame_rescale(frame_group: Any, shared: Any) -> tuple[float, float]:
 def _no_decoder(path: Path, syntax: Any, exc: Exception) -> UnsupportedTransferSyntaxError:
     name = getattr(syntax, "name", None) or str(syntax)
     detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4]) or _short(exc)
-    hint = ("12-bit JPEG Extended needs pylibjpeg-libjpeg, left out of medlens because it is GPL-3.0: install it "
-            "yourself if its licence suits you, or" if "12-bit" in str(exc) else "medlens decodes uncompressed, RLE, "
-            "JPEG baseline/lossless, JPEG-LS and JPEG 2000:")
+    hint = (
+        "12-bit JPEG Extended needs pylibjpeg-libjpeg, left out of medlens because it is GPL-3.0: install it "
+        "yourself if its licence suits you, or"
+        if "12-bit" in str(exc)
+        else "medlens decodes uncompressed, RLE, JPEG baseline/lossless, JPEG-LS and JPEG 2000:"
+    )
     return UnsupportedTransferSyntaxError(
         f"{path}: pixel data is compressed as {name} ({syntax}) and no installed decoder handles it; {hint} "
         f"convert the file to an uncompressed syntax (e.g. `gdcmconv --raw IN OUT`) [{detail[:300]}]"

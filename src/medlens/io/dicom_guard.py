@@ -37,8 +37,15 @@ from medlens.errors import DicomError
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", DEFLATED}
-J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
-                "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+J2K_SYNTAXES = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
 _PIECE = 1 << 20
 
 
@@ -58,7 +65,7 @@ def check_deflate_bomb(source: bytes | Path, where: str, limits: DicomLimits = D
 
     Anything that is not a deflated Part 10 file passes (the parser then says what is wrong with it).
     """
-    with (BytesIO(source) if isinstance(source, bytes) else Path(source).open("rb")) as fp:
+    with BytesIO(source) if isinstance(source, bytes) else Path(source).open("rb") as fp:
         start = _deflated_body_offset(fp)
         if start is None:
             return
@@ -76,7 +83,8 @@ def check_deflate_bomb(source: bytes | Path, where: str, limits: DicomLimits = D
                 if total > limits.max_inflated_bytes:
                     raise DicomError(
                         f"{where}: the deflated dataset inflates to more than {limits.max_inflated_bytes / 2**20:.0f} MiB "
-                        "(the stated limit); it is a decompression bomb or too large to read: send it uncompressed")
+                        "(the stated limit); it is a decompression bomb or too large to read: send it uncompressed"
+                    )
 
 
 def _deflated_body_offset(fp: BinaryIO) -> int | None:
@@ -100,29 +108,40 @@ def check_pixel_budget(ds: Dataset, where: str, file_bytes: int | None, limits: 
     wanted = frames * rows * columns * samples * max(bits, 1) // 8
     shape = f"NumberOfFrames {frames} x Rows {rows} x Columns {columns} x SamplesPerPixel {samples} x {bits} bits"
     if wanted > limits.max_pixel_bytes:
-        raise DicomError(f"{where}: the header describes {_size(wanted)} of pixel data ({shape}), over the limit of "
-                         f"{_size(limits.max_pixel_bytes)}; the header is corrupt, or the image is too large for this reader")
+        raise DicomError(
+            f"{where}: the header describes {_size(wanted)} of pixel data ({shape}), over the limit of "
+            f"{_size(limits.max_pixel_bytes)}; the header is corrupt, or the image is too large for this reader"
+        )
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
     if syntax in UNCOMPRESSED and syntax != DEFLATED and file_bytes is not None and wanted > file_bytes:
-        raise DicomError(f"{where}: the header describes {_size(wanted)} of uncompressed pixel data ({shape}) but the "
-                         f"file holds {_size(file_bytes)}; the file is truncated or its header is corrupt")
-    if syntax not in UNCOMPRESSED and file_bytes is not None and frames * 8 > file_bytes:  # >= one 8-byte item per frame
-        raise DicomError(f"{where}: NumberOfFrames {frames} cannot fit in a file of {file_bytes} bytes (each compressed "
-                         "frame needs at least one 8-byte fragment); the header is corrupt")
+        raise DicomError(
+            f"{where}: the header describes {_size(wanted)} of uncompressed pixel data ({shape}) but the "
+            f"file holds {_size(file_bytes)}; the file is truncated or its header is corrupt"
+        )
+    if (
+        syntax not in UNCOMPRESSED and file_bytes is not None and frames * 8 > file_bytes
+    ):  # >= one 8-byte item per frame
+        raise DicomError(
+            f"{where}: NumberOfFrames {frames} cannot fit in a file of {file_bytes} bytes (each compressed "
+            "frame needs at least one 8-byte fragment); the header is corrupt"
+        )
 
 
 def check_j2k_codestream(frame: bytes, ds: Dataset, where: str) -> None:
     """The first JPEG 2000 frame's SIZ marker must agree with the header before a native decoder sees it."""
     siz = _j2k_siz(frame)
     if siz is None:
-        raise DicomError(f"{where}: the pixel data is not a JPEG 2000 codestream (no SOC/SIZ markers); the file is corrupt")
+        raise DicomError(
+            f"{where}: the pixel data is not a JPEG 2000 codestream (no SOC/SIZ markers); the file is corrupt"
+        )
     expected = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
     if siz["shape"] != expected or siz["precision"] > int(ds.get("BitsAllocated", 0) or 0):
         found = siz["shape"]
         raise DicomError(
             f"{where}: the JPEG 2000 stream is {found[0]}x{found[1]}, {found[2]} component(s), {siz['precision']} bits but "
             f"the header says {expected[0]}x{expected[1]}, {expected[2]} sample(s), {ds.get('BitsAllocated')} bits "
-            "allocated; the file is corrupt")
+            "allocated; the file is corrupt"
+        )
 
 
 def _j2k_siz(frame: bytes) -> dict[str, Any] | None:
@@ -130,8 +149,8 @@ def _j2k_siz(frame: bytes) -> dict[str, Any] | None:
     offset = frame.find(b"\xff\x4f\xff\x51", 0, 4096)
     if offset < 0 or len(frame) < offset + 4 + 41:
         return None
-    body = frame[offset + 4:]
-    x, y, x0, y0 = (int.from_bytes(body[i:i + 4], "big") for i in (4, 8, 12, 16))
+    body = frame[offset + 4 :]
+    x, y, x0, y0 = (int.from_bytes(body[i : i + 4], "big") for i in (4, 8, 12, 16))
     components = int.from_bytes(body[36:38], "big")
     if len(body) < 38 + 3 * components or components == 0:
         return None

@@ -14,11 +14,31 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 TECHNICAL_TAGS = (
-    "Modality", "SeriesNumber", "AcquisitionNumber", "ImageType", "Manufacturer", "ManufacturerModelName",
-    "MagneticFieldStrength", "EchoTime", "RepetitionTime", "InversionTime", "FlipAngle", "EchoNumbers",
-    "SliceThickness", "SpacingBetweenSlices", "KVP", "ConvolutionKernel", "PhotometricInterpretation",
-    "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "Rows", "Columns",
-    "NumberOfFrames", "PatientPosition",
+    "Modality",
+    "SeriesNumber",
+    "AcquisitionNumber",
+    "ImageType",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "MagneticFieldStrength",
+    "EchoTime",
+    "RepetitionTime",
+    "InversionTime",
+    "FlipAngle",
+    "EchoNumbers",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "KVP",
+    "ConvolutionKernel",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "PatientPosition",
 )
 UNITS = {"CT": "HU"}
 

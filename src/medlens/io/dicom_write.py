@@ -25,12 +25,23 @@ from medlens.io.dicom import read_dataset
 from medlens.io.series import find_dicom_files
 from medlens.types import LPS_TO_RAS, Volume
 
-_DROP = ("LargestImagePixelValue", "SmallestImagePixelValue", "PixelPaddingValue", "PixelPaddingRangeLimit",
-         "RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
-         "ModalityLUTSequence", "VOILUTSequence", "IconImageSequence")
+_DROP = (
+    "LargestImagePixelValue",
+    "SmallestImagePixelValue",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+    "IconImageSequence",
+)
 
 
-def write_derived_series(source: str | Path, volume: Volume, out_dir: str | Path, what: str, zoom: int = 1) -> list[Path]:
+def write_derived_series(
+    source: str | Path, volume: Volume, out_dir: str | Path, what: str, zoom: int = 1
+) -> list[Path]:
     """One file per source slice in ``out_dir``; ``volume`` is the processed source (same slices, in-plane ``zoom``)."""
     headers = []
     for f in find_dicom_files(source):
@@ -43,8 +54,10 @@ def write_derived_series(source: str | Path, volume: Volume, out_dir: str | Path
     if not headers:
         raise DicomError(f"{source}: no DICOM images to derive from")
     if any(int(ds.get("NumberOfFrames") or 1) > 1 for _, ds in headers):
-        raise DicomError(f"{source}: multi-frame (enhanced) DICOM output is not written by medlens yet; "
-                         "write NIfTI instead (--format nifti)")
+        raise DicomError(
+            f"{source}: multi-frame (enhanced) DICOM output is not written by medlens yet; "
+            "write NIfTI instead (--format nifti)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     series_uid, written = generate_uid(), []

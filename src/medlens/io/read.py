@@ -34,13 +34,10 @@ def read_image(path: str | Path, expected_modality: str | None = None) -> np.nda
         raise ImageReadError(f"{path}: no such file; check the path (relative paths are from the current folder)")
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
-
         array = read_nifti(path)
     elif name.endswith(RASTER_SUFFIXES):
-
         array = read_raster(path)
     elif name.endswith(DICOM_SUFFIXES) or has_dicom_marker(path):
-
         array = read_dicom(path, expected_modality)
     else:
         raise ImageReadError(

@@ -22,19 +22,33 @@ from pydicom.dataset import Dataset
 
 from medlens import errors
 from medlens.errors import DataError, DicomError, GeometryError, ImageReadError
-from medlens.io.assemble import (
-    FileProblem,
-    Slice,
-    assemble_volumes,
-    int_or,
-    series_label,
-)
+from medlens.io.assemble import FileProblem, Slice, assemble_volumes, int_or, series_label
 from medlens.io.dicom import check_numeric_tags, has_dicom_marker, read_dataset
 from medlens.types import Volume
 
 SKIP_NAMES = {"DICOMDIR"}
-NOT_DICOM_SUFFIXES = {".txt", ".md", ".json", ".csv", ".xml", ".pdf", ".html", ".nii", ".gz", ".png", ".jpg",
-                      ".jpeg", ".bmp", ".tif", ".tiff", ".zip", ".py", ".log", ".bval", ".bvec"}
+NOT_DICOM_SUFFIXES = {
+    ".txt",
+    ".md",
+    ".json",
+    ".csv",
+    ".xml",
+    ".pdf",
+    ".html",
+    ".nii",
+    ".gz",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".zip",
+    ".py",
+    ".log",
+    ".bval",
+    ".bvec",
+}
 
 
 @dataclass
@@ -53,7 +67,9 @@ def find_dicom_files(path: str | Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder; check the path")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in SKIP_NAMES and not p.name.startswith("."))
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.name not in SKIP_NAMES and not p.name.startswith(".")
+    )
     if not files:
         raise ImageReadError(f"{root}: the folder holds no files; point to the folder with the DICOM series")
     return files
@@ -72,16 +88,24 @@ def read_dicom_volumes(path: str | Path) -> DicomScan:
     for uid, count in per_series.items():
         if count > 1:
             parts = [k for k in groups if k[0] == uid]
-            scan.notes.append(f"{series_label(groups[parts[0]][0])} mixes acquisitions ({_split_reason(parts)}): "
-                              f"split into {count} volumes")
+            scan.notes.append(
+                f"{series_label(groups[parts[0]][0])} mixes acquisitions ({_split_reason(parts)}): "
+                f"split into {count} volumes"
+            )
     for key, members in sorted(groups.items(), key=lambda kv: _series_order(kv[1])):
         try:
             scan.volumes.extend(assemble_volumes(members, notes=scan.notes, problems=scan.problems))
         except (GeometryError, DicomError) as exc:
             scan.problems.append(FileProblem(_names(members), type(exc).__name__, str(exc)))
         except Exception as exc:  # last resort, so one strange series cannot stop a batch: reported, never silent
-            scan.problems.append(FileProblem(_names(members), "DicomError", f"{_names(members)}: could not be assembled "
-                                             f"({type(exc).__name__}: {str(exc)[:200]}); please report this file"))
+            scan.problems.append(
+                FileProblem(
+                    _names(members),
+                    "DicomError",
+                    f"{_names(members)}: could not be assembled "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); please report this file",
+                )
+            )
     if not scan.volumes:
         if len(scan.problems) == 1:
             raise getattr(errors, scan.problems[0].error, ImageReadError)(scan.problems[0].message)
@@ -119,7 +143,9 @@ def read_dicom_volume(path: str | Path) -> Volume:
 
 
 def scan_error(path: str | Path, scan: DicomScan) -> DicomError:
-    return DicomError(f"{path}: {len(scan.problems)} file(s) could not be used: " + "; ".join(p.message for p in scan.problems[:5]))
+    return DicomError(
+        f"{path}: {len(scan.problems)} file(s) could not be used: " + "; ".join(p.message for p in scan.problems[:5])
+    )
 
 
 def group_slices(slices: Iterable[Slice]) -> dict[tuple, list[Slice]]:
@@ -130,8 +156,15 @@ def group_slices(slices: Iterable[Slice]) -> dict[tuple, list[Slice]]:
         orientation = tuple(np.round(s.orientation, 3)) if s.orientation is not None else None
         image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
         part = next((p for p in ("PHASE", "P", "REAL", "R", "IMAGINARY", "I") if p in image_type[2:]), "M")
-        key = (str(ds.get("SeriesInstanceUID", "")), str(ds.get("EchoNumbers", "")), part, orientation,
-               int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), int(ds.get("SamplesPerPixel", 1)))
+        key = (
+            str(ds.get("SeriesInstanceUID", "")),
+            str(ds.get("EchoNumbers", "")),
+            part,
+            orientation,
+            int(ds.get("Rows", 0)),
+            int(ds.get("Columns", 0)),
+            int(ds.get("SamplesPerPixel", 1)),
+        )
         groups[key].append(s)
     return groups
 
@@ -149,8 +182,10 @@ def slices_of(path: Path, ds: Dataset) -> list[Slice]:
 def _frames_with_geometry(path: Path, ds: Dataset) -> list[Slice]:
     frames = int(ds.get("NumberOfFrames") or 1)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DicomError(f"{path}: no pixel data (SOP class {getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); "
-                         "it is not an image, e.g. a report or presentation state: leave it out")
+        raise DicomError(
+            f"{path}: no pixel data (SOP class {getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); "
+            "it is not an image, e.g. a report or presentation state: leave it out"
+        )
     check_numeric_tags(ds, path)
     instance = int_or(ds.get("InstanceNumber"), 0)
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
@@ -158,9 +193,23 @@ def _frames_with_geometry(path: Path, ds: Dataset) -> list[Slice]:
     out = []
     for f in range(frames):
         group = per_frame[f] if f < len(per_frame) else None
-        position = _vector(_functional(group, shared, "PlanePositionSequence", "ImagePositionPatient") or ds.get("ImagePositionPatient"), 3, path)
-        orientation = _vector(_functional(group, shared, "PlaneOrientationSequence", "ImageOrientationPatient") or ds.get("ImageOrientationPatient"), 6, path)
-        candidates = (_functional(group, shared, "PixelMeasuresSequence", "PixelSpacing"), ds.get("PixelSpacing"), ds.get("ImagerPixelSpacing"))
+        position = _vector(
+            _functional(group, shared, "PlanePositionSequence", "ImagePositionPatient")
+            or ds.get("ImagePositionPatient"),
+            3,
+            path,
+        )
+        orientation = _vector(
+            _functional(group, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
+            or ds.get("ImageOrientationPatient"),
+            6,
+            path,
+        )
+        candidates = (
+            _functional(group, shared, "PixelMeasuresSequence", "PixelSpacing"),
+            ds.get("PixelSpacing"),
+            ds.get("ImagerPixelSpacing"),
+        )
         spacing = next((sp for sp in (_spacing(c, path) for c in candidates) if sp is not None), None)
         if frames > 1 and position is not None and group is None and orientation is not None:
             position = position + _frame_offset(ds, f) * np.cross(orientation[:3], orientation[3:])
@@ -195,7 +244,9 @@ def _vector(value: Any, n: int, path: Path) -> np.ndarray | None:
     if vector.shape != (n,) or not np.isfinite(vector).all():
         raise DicomError(f"{path}: geometry tag holds {value!r}, not {n} finite numbers; the header is corrupt")
     if n == 6 and (abs(np.linalg.norm(vector[:3]) - 1) > 0.01 or abs(np.linalg.norm(vector[3:]) - 1) > 0.01):
-        raise DicomError(f"{path}: ImageOrientationPatient {list(vector)} is not two unit vectors; the header is corrupt")
+        raise DicomError(
+            f"{path}: ImageOrientationPatient {list(vector)} is not two unit vectors; the header is corrupt"
+        )
     return vector
 
 
@@ -225,8 +276,12 @@ def _split_reason(keys: list[tuple]) -> str:
 
 def _series_order(slices: list[Slice]) -> tuple:
     ds = slices[0].dataset
-    return (int_or(_value(ds, "SeriesNumber"), 0), str(_value(ds, "SeriesInstanceUID") or ""), str(_value(ds, "EchoNumbers") or ""),
-            str(slices[0].path))
+    return (
+        int_or(_value(ds, "SeriesNumber"), 0),
+        str(_value(ds, "SeriesInstanceUID") or ""),
+        str(_value(ds, "EchoNumbers") or ""),
+        str(slices[0].path),
+    )
 
 
 def _value(ds: Dataset, keyword: str) -> Any:

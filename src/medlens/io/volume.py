@@ -26,7 +26,6 @@ def load_volume(path: str | Path) -> Volume:
     path = Path(path)
     name = path.name.lower()
     if path.is_dir():
-
         return read_dicom_volume(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file; check the path")
@@ -93,8 +92,17 @@ def resample_volume(volume: Volume, spacing_mm: tuple[float, float, float], inte
     old_size, old_spacing = np.asarray(image.GetSize()), np.asarray(image.GetSpacing())
     size = [max(1, int(round(n))) for n in old_size * old_spacing / np.asarray(spacing_mm)]
     kind = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}[interpolation]
-    out = sitk.Resample(image, size, sitk.Transform(), kind, image.GetOrigin(), [float(s) for s in spacing_mm],
-                        image.GetDirection(), float(volume.array.min()), sitk.sitkFloat32)
+    out = sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        kind,
+        image.GetOrigin(),
+        [float(s) for s in spacing_mm],
+        image.GetDirection(),
+        float(volume.array.min()),
+        sitk.sitkFloat32,
+    )
     return from_sitk(out, volume.meta)
 
 
@@ -115,7 +123,9 @@ def reorient_volume(volume: Volume, axcodes: str = "RAS") -> Volume:
     except ValueError:
         target = None
     if len(codes) != 3 or target is None or np.isnan(target).any():
-        raise GeometryError(f"orientation {axcodes!r} is not three axis codes like RAS or LPS (one of R/L, A/P, S/I each)")
+        raise GeometryError(
+            f"orientation {axcodes!r} is not three axis codes like RAS or LPS (one of R/L, A/P, S/I each)"
+        )
     transform = nib.orientations.ornt_transform(nib.io_orientation(volume.affine), target)
     array = nib.orientations.apply_orientation(volume.array, transform)
     affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.array.shape[:3])
@@ -139,8 +149,13 @@ def equalize_slices(volume: Volume, spacing_mm: float | None = None) -> Volume:
     affine = volume.affine.copy()
     affine[:3, 2] = affine[:3, 2] / np.linalg.norm(affine[:3, 2]) * step
     note = f"resampled from {positions.size} unevenly spaced slices to {grid.size} at {step:.3f} mm (linear)"
-    return Volume(array=array.astype(np.float32), affine=affine, meta={**volume.meta, "equalized": note},
-                  slice_positions_mm=tuple(float(g) for g in grid), warnings=volume.warnings + (note,))
+    return Volume(
+        array=array.astype(np.float32),
+        affine=affine,
+        meta={**volume.meta, "equalized": note},
+        slice_positions_mm=tuple(float(g) for g in grid),
+        warnings=volume.warnings + (note,),
+    )
 
 
 def _load_nifti(path: Path) -> Volume:
@@ -148,7 +163,9 @@ def _load_nifti(path: Path) -> Volume:
         image = nib.load(path)
         array = np.asanyarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, ValueError, zlib errors
-        raise ImageReadError(f"{path}: cannot read NIfTI ({str(exc)[:200]}); the file is truncated or not NIfTI") from exc
+        raise ImageReadError(
+            f"{path}: cannot read NIfTI ({str(exc)[:200]}); the file is truncated or not NIfTI"
+        ) from exc
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
@@ -166,7 +183,9 @@ def _load_itk(path: Path) -> Volume:
     except RuntimeError as exc:
         raise ImageReadError(f"{path}: cannot read with SimpleITK ({str(exc).strip().splitlines()[-1][:200]})") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageReadError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar image")
+        raise ImageReadError(
+            f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar image"
+        )
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     volume = from_sitk(image, {"name": path.name.split(".")[0]})

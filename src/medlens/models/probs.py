@@ -45,7 +45,11 @@ def decide_label(task: str, label_names: Sequence[str], thresholds: Sequence[flo
     """The decision for one case: the positive class at its threshold (binary), the labels at or above theirs
     joined with ``|`` (multi-label), else the arg-max."""
     if task == "binary":
-        return label_names[1] if probs[1] >= finding_thresholds(task, label_names, thresholds)[label_names[1]] else label_names[0]
+        return (
+            label_names[1]
+            if probs[1] >= finding_thresholds(task, label_names, thresholds)[label_names[1]]
+            else label_names[0]
+        )
     if task == "multilabel":
         cut = finding_thresholds(task, label_names, thresholds)
         return "|".join(n for n, p in zip(label_names, probs) if p >= cut[n])
@@ -66,8 +70,13 @@ def predict_logits(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
 
-def predict_proba(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...], task: str, batch_size: int = 256,
-                  temperature: float = 1.0) -> np.ndarray:
+def predict_proba(
+    model: nn.Module,
+    inputs: np.ndarray | tuple[np.ndarray, ...],
+    task: str,
+    batch_size: int = 256,
+    temperature: float = 1.0,
+) -> np.ndarray:
     """Probabilities for normalised inputs: :func:`predict_logits`, then :func:`scale_logits`."""
     logits = predict_logits(model, inputs, batch_size)
     return scale_logits(logits, task, temperature) if len(logits) else logits

@@ -45,8 +45,14 @@ class SampleOptions:
 
 
 @torch.no_grad()
-def _passes(model: nn.Module, inputs: np.ndarray | tuple[np.ndarray, ...], transform: Callable[[torch.Tensor], torch.Tensor],
-            task: str, temperature: float, batch_size: int = 256) -> np.ndarray:
+def _passes(
+    model: nn.Module,
+    inputs: np.ndarray | tuple[np.ndarray, ...],
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    task: str,
+    temperature: float,
+    batch_size: int = 256,
+) -> np.ndarray:
     """Probabilities of ``model`` on transformed inputs; a fused model's inputs are (images, clinical features), and
     only the images are transformed."""
     device = next(model.parameters()).device
@@ -91,8 +97,10 @@ def _mc_dropout(models: Sequence[nn.Module], inputs: np.ndarray, task: str, opts
     model = models[0]
     dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if not dropouts:
-        raise ModelError("mc-dropout needs a network with dropout, and this one has none: train it with "
-                         "--set dropout=0.2, or use --method tta or ensemble")
+        raise ModelError(
+            "mc-dropout needs a network with dropout, and this one has none: train it with "
+            "--set dropout=0.2, or use --method tta or ensemble"
+        )
     model.eval()
     for m in dropouts:
         m.train()
@@ -115,8 +123,13 @@ UNCERTAINTY_METHODS.add("mc-dropout", _mc_dropout)
 UNCERTAINTY_METHODS.add("ensemble", _ensemble)
 
 
-def probability_samples(method: str, models: Sequence[nn.Module], inputs: np.ndarray | tuple[np.ndarray, ...], task: str,
-                        opts: SampleOptions = SampleOptions()) -> np.ndarray:
+def probability_samples(
+    method: str,
+    models: Sequence[nn.Module],
+    inputs: np.ndarray | tuple[np.ndarray, ...],
+    task: str,
+    opts: SampleOptions = SampleOptions(),
+) -> np.ndarray:
     """``(S, N, classes)`` probabilities from a registered method; ``inputs`` is (images, clinical features) for a
     fused model (augmentations touch the images only)."""
     return UNCERTAINTY_METHODS.get(method)(models, inputs, task, opts)
@@ -150,15 +163,24 @@ def referral_threshold(val_uncertainty: np.ndarray, fraction: float) -> float:
     return float(np.quantile(val_uncertainty, 1.0 - fraction)) if fraction > 0 else float("inf")
 
 
-def referral_curve(metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]], labels: np.ndarray,
-                   probs: np.ndarray, uncertainty: np.ndarray,
-                   fractions: Sequence[float] = REFERRAL_FRACTIONS) -> list[dict[str, float]]:
+def referral_curve(
+    metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    uncertainty: np.ndarray,
+    fractions: Sequence[float] = REFERRAL_FRACTIONS,
+) -> list[dict[str, float]]:
     """Metrics on the cases the model keeps when the most uncertain ``fraction`` go to a radiologist."""
     order = np.argsort(-uncertainty, kind="stable")  # most uncertain first
     rows = []
     for fraction in fractions:
-        kept = np.sort(order[int(round(fraction * len(order))):])
+        kept = np.sort(order[int(round(fraction * len(order))) :])
         metrics = metric_fn(labels[kept], probs[kept])
-        rows.append({"referred_fraction": float(fraction), "n_kept": int(len(kept)),
-                     **{k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity") if k in metrics}})
+        rows.append(
+            {
+                "referred_fraction": float(fraction),
+                "n_kept": int(len(kept)),
+                **{k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity") if k in metrics},
+            }
+        )
     return rows

@@ -68,7 +68,9 @@ def make_photo(spatial_dims: int) -> Transform:
     from monai.transforms import Compose, RandAffine, RandFlip
 
     flips = [RandFlip(prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
-    return Compose([*flips, RandAffine(prob=0.5, rotate_range=math.radians(15), scale_range=0.1, padding_mode="border")])
+    return Compose(
+        [*flips, RandAffine(prob=0.5, rotate_range=math.radians(15), scale_range=0.1, padding_mode="border")]
+    )
 
 
 @AUGMENTATIONS.register("volume")

@@ -42,7 +42,9 @@ class Preprocessing:
     std: float = 0.5
     resize: bool = False
     modality: str = "unknown"
-    window: tuple[float, float] | None = None  # (center, width): CT/HU input clipped to this window instead of input_range
+    window: tuple[float, float] | None = (
+        None  # (center, width): CT/HU input clipped to this window instead of input_range
+    )
     layout: str = field(default="channel-first (C, H, W) or (C, D, H, W)")
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,8 +35,9 @@ SIMCLR_VIEWS = ViewOptions()
 FIXMATCH_STRONG = ViewOptions(zoom=(0.8, 1.0), cutout=0.5)
 # Segmentation's strong view keeps every voxel where it was (the pseudo-label map must still fit) and works on
 # z-scored MR/CT intensities (no gamma, whose [-1, 1] range they do not have): contrast, brightness, noise, cut-out.
-PHOTOMETRIC_STRONG = ViewOptions(rotate_deg=0.0, zoom=(1.0, 1.0), shift=0.0, contrast=0.3, brightness=0.3,
-                                 gamma=(1.0, 1.0), noise=0.1, cutout=0.4)
+PHOTOMETRIC_STRONG = ViewOptions(
+    rotate_deg=0.0, zoom=(1.0, 1.0), shift=0.0, contrast=0.3, brightness=0.3, gamma=(1.0, 1.0), noise=0.1, cutout=0.4
+)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -54,7 +55,12 @@ def _affine(x: torch.Tensor, opts: ViewOptions, generator: torch.Generator | Non
     for axis in range(dims):
         theta[:, axis, axis] = zoom
     a, b = dims - 2, dims - 1
-    theta[:, a, a], theta[:, a, b], theta[:, b, a], theta[:, b, b] = cos, -sin, sin, cos  # rotation in the plane of the last two grid axes
+    theta[:, a, a], theta[:, a, b], theta[:, b, a], theta[:, b, b] = (
+        cos,
+        -sin,
+        sin,
+        cos,
+    )  # rotation in the plane of the last two grid axes
     if opts.flip:
         theta[:, :, 0] *= torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(x.device)[:, None]
     theta[:, :, dims] = (torch.rand(n, dims, generator=generator).to(x.device) * 2 - 1) * opts.shift
@@ -89,7 +95,9 @@ def _cutout(x: torch.Tensor, opts: ViewOptions, generator: torch.Generator | Non
     return x * keep + (1 - keep) * x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
-def random_views(x: torch.Tensor, opts: ViewOptions = SIMCLR_VIEWS, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_views(
+    x: torch.Tensor, opts: ViewOptions = SIMCLR_VIEWS, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One random strong view of each image in a (N, C, *spatial) batch normalised to about [-1, 1]."""
     with torch.no_grad():
         return _cutout(_intensity(_affine(x.float(), opts, generator), opts, generator), opts, generator)

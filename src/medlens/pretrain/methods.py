@@ -31,8 +31,15 @@ METHODS: Registry[Callable[..., Objective]] = Registry("pretraining method")
 
 
 class SimCLR(nn.Module):
-    def __init__(self, feature_dim: int, image_shape: tuple[int, ...], temperature: float = 0.5, seed: int = 0,
-                 flip: bool = False, **_: object) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        image_shape: tuple[int, ...],
+        temperature: float = 0.5,
+        seed: int = 0,
+        flip: bool = False,
+        **_: object,
+    ) -> None:
         from monai.losses import ContrastiveLoss
 
         super().__init__()
@@ -54,15 +61,24 @@ class SimCLR(nn.Module):
 class MaskedReconstruction(nn.Module):
     """Decode at most 4096 values (a coarse image), upsample, and score the hidden pixels only."""
 
-    def __init__(self, feature_dim: int, image_shape: tuple[int, ...], in_channels: int = 1, mask_ratio: float = 0.5,
-                 patch: int = 4, seed: int = 0, **_: object) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        image_shape: tuple[int, ...],
+        in_channels: int = 1,
+        mask_ratio: float = 0.5,
+        patch: int = 4,
+        seed: int = 0,
+        **_: object,
+    ) -> None:
         super().__init__()
         self.image_shape, self.mask_ratio, self.patch = tuple(image_shape), mask_ratio, patch
         factor = max(1, math.ceil((math.prod(image_shape) * in_channels / 4096) ** (1 / len(image_shape))))
         self.coarse = tuple(max(1, s // factor) for s in image_shape)
         self.channels = in_channels
-        self.decoder = nn.Sequential(nn.Linear(feature_dim, 512), nn.ReLU(),
-                                     nn.Linear(512, in_channels * math.prod(self.coarse)))
+        self.decoder = nn.Sequential(
+            nn.Linear(feature_dim, 512), nn.ReLU(), nn.Linear(512, in_channels * math.prod(self.coarse))
+        )
         self.generator = torch.Generator().manual_seed(seed)
 
     def mask(self, batch: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,22 @@ class EnhancerBundle(BundleBase):
     supports: ClassVar[frozenset[str]] = frozenset({"predict"})
     model: nn.Module
 
-    def predict(self, files: list[str | Path], out: str | Path, scale: int = 2, simulate: int | None = None,
-                seed: int = 0) -> list[dict[str, Any]]:
+    @classmethod
+    def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
+        """What ``medlens models`` shows, from the manifest alone."""
+        spec = manifest.get("input", {})
+        modality = spec.get("modality", "/".join(spec.get("modalities", [])))
+        return {
+            "task": manifest["task"],
+            "labels": "",
+            "input": modality,
+            "score": manifest.get("summary", ""),
+            "accuracy": "",
+        }
+
+    def predict(
+        self, files: list[str | Path], out: str | Path, scale: int = 2, simulate: int | None = None, seed: int = 0
+    ) -> list[dict[str, Any]]:
         """One row per input: ``file``, ``output`` (the NIfTI written under ``out``) and what was measured, or
         ``error``. ``scale``: super-resolution factor; ``simulate``: MRI acceleration to undersample images with
         (else ``.npy`` k-space is reconstructed)."""
@@ -43,15 +57,26 @@ class EnhancerBundle(BundleBase):
             report = upscale_files(self, inputs, Path(out), scale)
         else:
             report = reconstruct_files(self, inputs, Path(out), simulate, seed)
-        rows = [{"file": w["input"], **{k: v for k, v in w.items() if k != "input"}, "error": ""} for w in report["written"]]
+        rows = [
+            {"file": w["input"], **{k: v for k, v in w.items() if k != "input"}, "error": ""} for w in report["written"]
+        ]
         return rows + [{"file": p["path"], "error": p["message"]} for p in report["problems"]]
 
 
-def save_enhance_bundle(path: Path, model: nn.Module, task: str, network: str, network_kwargs: dict[str, Any],
-                        manifest: dict[str, Any], half: bool = True) -> Path:
+def save_enhance_bundle(
+    path: Path,
+    model: nn.Module,
+    task: str,
+    network: str,
+    network_kwargs: dict[str, Any],
+    manifest: dict[str, Any],
+    half: bool = True,
+) -> Path:
     if task not in TASKS:
         raise ModelError(f"task {task!r}: choose one of {', '.join(TASKS)}")
-    return save_bundle(path, model, {"task": task, "network": {"name": network, "kwargs": network_kwargs}, **manifest}, half=half)
+    return save_bundle(
+        path, model, {"task": task, "network": {"name": network, "kwargs": network_kwargs}, **manifest}, half=half
+    )
 
 
 def load_enhancer(name_or_path: str | Path, task: str | None = None) -> EnhancerBundle:
@@ -61,8 +86,10 @@ def load_enhancer(name_or_path: str | Path, task: str | None = None) -> Enhancer
     if manifest["kind"] != EnhancerBundle.kind or (task is not None and manifest.get("task") != task):
         other = COMMANDS.get(str(manifest.get("task")))
         hint = f"use `medlens {other}`" if other else "it is not a reconstruction/enhancement bundle"
-        raise ModelError(f"{path} is a {manifest.get('task')} bundle, not {task or 'an enhancer'}: {hint} "
-                         f"(shipped bundles: see `medlens models`)")
+        raise ModelError(
+            f"{path} is a {manifest.get('task')} bundle, not {task or 'an enhancer'}: {hint} "
+            f"(shipped bundles: see `medlens models`)"
+        )
     spec = manifest["network"]
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("kwargs", {}).items()}
     model = build_recon_network(spec["name"], **kwargs)

@@ -40,8 +40,10 @@ def _check_hu(hu: np.ndarray) -> np.ndarray:
     if np.iscomplexobj(hu) or not np.isfinite(hu).all():
         raise DataError("CT slice has complex or non-finite values; it must be real Hounsfield units")
     if hu.min() >= 0 and hu.max() > 500:
-        raise DataError(f"CT slice ranges {hu.min():.0f}..{hu.max():.0f} with no negative value: it looks like raw stored "
-                        "values, not Hounsfield units (air is -1000 HU); apply RescaleSlope/RescaleIntercept first")
+        raise DataError(
+            f"CT slice ranges {hu.min():.0f}..{hu.max():.0f} with no negative value: it looks like raw stored "
+            "values, not Hounsfield units (air is -1000 HU); apply RescaleSlope/RescaleIntercept first"
+        )
     return hu
 
 
@@ -52,21 +54,25 @@ def _circle(shape: tuple[int, int]) -> np.ndarray:
     return (rows - shape[0] // 2) ** 2 + (cols - shape[1] // 2) ** 2 <= radius**2
 
 
-def simulate_low_dose(hu: np.ndarray, pixel_mm: float, dose_fraction: float, seed: int = 0,
-                      sim: DoseSimulation = DoseSimulation()) -> np.ndarray:
+def simulate_low_dose(
+    hu: np.ndarray, pixel_mm: float, dose_fraction: float, seed: int = 0, sim: DoseSimulation = DoseSimulation()
+) -> np.ndarray:
     """A ``dose_fraction`` (e.g. 0.25, 0.1) version of a real full-dose slice in HU, float32 ``(H, W)``."""
     return simulate_low_doses(hu, pixel_mm, [(dose_fraction, seed)], sim)[0]
 
 
-def simulate_low_doses(hu: np.ndarray, pixel_mm: float, settings: list[tuple[float, int]],
-                       sim: DoseSimulation = DoseSimulation()) -> list[np.ndarray]:
+def simulate_low_doses(
+    hu: np.ndarray, pixel_mm: float, settings: list[tuple[float, int]], sim: DoseSimulation = DoseSimulation()
+) -> list[np.ndarray]:
     """Several ``(dose_fraction, seed)`` realisations of one slice; the forward projection is done once."""
     from skimage.transform import iradon, radon
 
     hu = _check_hu(hu)
     for dose_fraction, _ in settings:
         if not 0 < dose_fraction < 1:
-            raise ConfigError(f"dose_fraction {dose_fraction} must be within (0, 1): 0.25 is a quarter of the full dose")
+            raise ConfigError(
+                f"dose_fraction {dose_fraction} must be within (0, 1): 0.25 is a quarter of the full dose"
+            )
     if pixel_mm <= 0:
         raise DataError(f"pixel spacing {pixel_mm} mm must be positive (DICOM PixelSpacing)")
     size = max(hu.shape)
@@ -90,7 +96,9 @@ def simulate_low_doses(hu: np.ndarray, pixel_mm: float, settings: list[tuple[flo
 WINDOW_HU = (-160.0, 240.0)  # abdominal soft tissue, W400 L40
 
 
-def ct_metrics(reference_hu: np.ndarray, test_hu: np.ndarray, window: tuple[float, float] = WINDOW_HU) -> dict[str, float]:
+def ct_metrics(
+    reference_hu: np.ndarray, test_hu: np.ndarray, window: tuple[float, float] = WINDOW_HU
+) -> dict[str, float]:
     """RMSE in HU over the whole image; PSNR and SSIM after clipping both to ``window`` (data range = its width)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -113,5 +121,6 @@ def nlm_denoise(hu: np.ndarray, strength: float = 0.8, patch: int = 5, distance:
 
     hu = np.asarray(hu, dtype=np.float32)
     sigma = float(estimate_sigma(hu))
-    return denoise_nl_means(hu, h=strength * sigma, sigma=sigma, patch_size=patch, patch_distance=distance,
-                            fast_mode=True).astype(np.float32)
+    return denoise_nl_means(
+        hu, h=strength * sigma, sigma=sigma, patch_size=patch, patch_distance=distance, fast_mode=True
+    ).astype(np.float32)

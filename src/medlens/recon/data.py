@@ -19,12 +19,18 @@ from medlens.recon.ct import simulate_low_doses
 from medlens.recon.learn import CENTRE_FRACTIONS
 from medlens.recon.mri import to_kspace, undersample
 
-MR_SERIES = {"train": ["11-T1post-18670", "26401-T1prereg-52906"], "val": ["36468-FLAIRreg-58706"],
-             "test": ["37830-T2reg-78532"]}
+MR_SERIES = {
+    "train": ["11-T1post-18670", "26401-T1prereg-52906"],
+    "val": ["36468-FLAIRreg-58706"],
+    "test": ["37830-T2reg-78532"],
+}
 MRI_TEST_SEED = 50_000  # test slice i at acceleration a uses mask seed MRI_TEST_SEED + i
 CT_VAL_POSITIONS = (3, 8)  # KiTS slice indices (sorted by position) kept for validation
-CT_TEST_FILES = {"explicit_VR-UN.dcm": "abdomen, NIH Pancreas-CT PANCREAS_0001",
-                 "693_UNCR.dcm": "head, CQ500-CT-310", "bad_sequence.dcm": "neck/spine, zoomed field of view"}
+CT_TEST_FILES = {
+    "explicit_VR-UN.dcm": "abdomen, NIH Pancreas-CT PANCREAS_0001",
+    "693_UNCR.dcm": "head, CQ500-CT-310",
+    "bad_sequence.dcm": "neck/spine, zoomed field of view",
+}
 DOSES = (0.25, 0.1)
 
 
@@ -32,9 +38,11 @@ def data_root() -> Path:
     """``$MEDLENS_DATA_DIR``, which must hold ``dicom/mr_pgbm003`` and ``dicom/ct_kits_slices``."""
     root = resolve_data_dir()
     if root is None or not (root / "dicom").is_dir():
-        raise DataError(f"{root or '$MEDLENS_DATA_DIR (not set)'}: no dicom/ folder; set MEDLENS_DATA_DIR to the folder "
-                        "holding dicom/mr_pgbm003 and dicom/ct_kits_slices (TCIA PGBM-003 and C4KC-KiTS; see the "
-                        "data page of the documentation)")
+        raise DataError(
+            f"{root or '$MEDLENS_DATA_DIR (not set)'}: no dicom/ folder; set MEDLENS_DATA_DIR to the folder "
+            "holding dicom/mr_pgbm003 and dicom/ct_kits_slices (TCIA PGBM-003 and C4KC-KiTS; see the "
+            "data page of the documentation)"
+        )
     return root
 
 
@@ -62,18 +70,24 @@ def ct_images() -> dict[str, list[tuple[np.ndarray, float]]]:
     """(HU slice ``(rows, cols)``, pixel mm) per split: train/val KiTS patient A, test four other patients."""
     import pydicom
 
-
     def rows_cols(volume) -> list[tuple[np.ndarray, float]]:
         # outside the field of view some scanners store -3024 HU: padding, not anatomy
-        return [(np.maximum(np.asarray(volume.array[:, :, k], dtype=np.float32).T, -1024.0), float(volume.spacing_mm[0]))
-                for k in range(volume.array.shape[2])]
+        return [
+            (np.maximum(np.asarray(volume.array[:, :, k], dtype=np.float32).T, -1024.0), float(volume.spacing_mm[0]))
+            for k in range(volume.array.shape[2])
+        ]
 
     kits = rows_cols(read_dicom_volumes(data_root() / "dicom" / "ct_kits_slices").volumes[0])
     test = []
-    for path in [pydicom_data_file(name) for name in CT_TEST_FILES] + [Path(pydicom.data.get_testdata_file("CT_small.dcm"))]:
+    for path in [pydicom_data_file(name) for name in CT_TEST_FILES] + [
+        Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ]:
         test += rows_cols(read_dicom_volume(path))
-    return {"train": [s for i, s in enumerate(kits) if i not in CT_VAL_POSITIONS],
-            "val": [s for i, s in enumerate(kits) if i in CT_VAL_POSITIONS], "test": test}
+    return {
+        "train": [s for i, s in enumerate(kits) if i not in CT_VAL_POSITIONS],
+        "val": [s for i, s in enumerate(kits) if i in CT_VAL_POSITIONS],
+        "test": test,
+    }
 
 
 def ct_low_dose_settings(image_index: int, realisations: int) -> list[tuple[float, int]]:
@@ -86,13 +100,16 @@ def mri_test_cases(acceleration: int) -> list[tuple[np.ndarray, object, np.ndarr
 
     out = []
     for i, image in enumerate(mr_slices("test")):
-        masked, _, columns = undersample(to_kspace(image), "random", acceleration, CENTRE_FRACTIONS[acceleration],
-                                         seed=MRI_TEST_SEED + i)
+        masked, _, columns = undersample(
+            to_kspace(image), "random", acceleration, CENTRE_FRACTIONS[acceleration], seed=MRI_TEST_SEED + i
+        )
         out.append((image, masked, columns))
     return out
 
 
-def ct_pairs(split: str, realisations: int, doses: tuple[float, ...] = DOSES) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def ct_pairs(
+    split: str, realisations: int, doses: tuple[float, ...] = DOSES
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """(low-dose HU, full-dose HU, dose) for every image of a split, the benchmark's seeds."""
 
     out = []

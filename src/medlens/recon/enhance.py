@@ -34,12 +34,21 @@ class PatchPairs(torch.utils.data.Dataset):
     patients and body parts.
     """
 
-    def __init__(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], patch: int, batches: int, batch_size: int,
-                 seed: int, noise_scale: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        patch: int,
+        batches: int,
+        batch_size: int,
+        seed: int,
+        noise_scale: tuple[float, float] | None = None,
+    ) -> None:
         self.noise_scale = noise_scale
         small = [p[0].shape for p in pairs if min(p[0].shape) < patch]
         if small:
-            raise DataError(f"training images {small[:3]} are smaller than the {patch}-pixel patch; lower the patch size")
+            raise DataError(
+                f"training images {small[:3]} are smaller than the {patch}-pixel patch; lower the patch size"
+            )
         self.pairs, self.patch, self.batches, self.batch_size = list(pairs), patch, batches, batch_size
         self.rng = np.random.default_rng(seed)
 
@@ -98,8 +107,9 @@ def bicubic(low: np.ndarray, scale: int) -> np.ndarray:
     from skimage.transform import resize
 
     shape = (low.shape[0] * scale, low.shape[1] * scale)
-    return resize(np.asarray(low, dtype=np.float32), shape, order=3, mode="reflect", anti_aliasing=False,
-                  preserve_range=True).astype(np.float32)
+    return resize(
+        np.asarray(low, dtype=np.float32), shape, order=3, mode="reflect", anti_aliasing=False, preserve_range=True
+    ).astype(np.float32)
 
 
 def intensity_range(image: np.ndarray) -> tuple[float, float]:

@@ -54,7 +54,9 @@ def _flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class UndersampledBatches(torch.utils.data.Dataset):
     """Whole batches of (packed k-space, target) sharing one fresh mask (VarNet takes one mask per batch)."""
 
-    def __init__(self, images: Sequence[np.ndarray], masks: MRIMaskConfig, batches: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, images: Sequence[np.ndarray], masks: MRIMaskConfig, batches: int, batch_size: int, seed: int
+    ) -> None:
         self.images, self.masks, self.batches, self.batch_size = list(images), masks, batches, batch_size
         self.rng = np.random.default_rng(seed)
 
@@ -90,22 +92,52 @@ def mri_reconstruct(model: nn.Module, masked_kspace: torch.Tensor, columns: np.n
     return data_consistency(np.clip(out, 0, None), masked_kspace, columns)
 
 
-def train_enhancer(model: nn.Module, batches: torch.utils.data.Dataset, score_val: Callable[[nn.Module], float],
-                   cfg: EnhanceTrainConfig, out_dir: Path, show_progress: bool = False) -> tuple[nn.Module, dict]:
+def train_enhancer(
+    model: nn.Module,
+    batches: torch.utils.data.Dataset,
+    score_val: Callable[[nn.Module], float],
+    cfg: EnhanceTrainConfig,
+    out_dir: Path,
+    show_progress: bool = False,
+) -> tuple[nn.Module, dict]:
     """L1 training, epoch chosen by the validation score (higher is better). ``batches`` yields whole batches."""
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=0)
-    options = LoopOptions(epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, warmup_epochs=1, patience=cfg.epochs,
-                          device=torch.device("cpu"), show_progress=show_progress)
-    result = fit(model, nn.L1Loss(), loader, lambda m: {"score": float(score_val(m))}, options,
-                 out_dir / "checkpoints", run_key=repr(cfg))
+    options = LoopOptions(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=0.0,
+        warmup_epochs=1,
+        patience=cfg.epochs,
+        device=torch.device("cpu"),
+        show_progress=show_progress,
+    )
+    result = fit(
+        model,
+        nn.L1Loss(),
+        loader,
+        lambda m: {"score": float(score_val(m))},
+        options,
+        out_dir / "checkpoints",
+        run_key=repr(cfg),
+    )
     model.load_state_dict(result.best_state)
-    return model.eval(), {"best_epoch": result.best_epoch, "val_score": result.best_score, "history": result.history,
-                          "train_seconds": result.seconds}
+    return model.eval(), {
+        "best_epoch": result.best_epoch,
+        "val_score": result.best_score,
+        "history": result.history,
+        "train_seconds": result.seconds,
+    }
 
 
-def train_mri(train: Sequence[np.ndarray], val: Sequence[np.ndarray], cfg: EnhanceTrainConfig, out_dir: Path,
-              masks: MRIMaskConfig = MRIMaskConfig(), show_progress: bool = False,
-              init: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict]:
+def train_mri(
+    train: Sequence[np.ndarray],
+    val: Sequence[np.ndarray],
+    cfg: EnhanceTrainConfig,
+    out_dir: Path,
+    masks: MRIMaskConfig = MRIMaskConfig(),
+    show_progress: bool = False,
+    init: dict[str, torch.Tensor] | None = None,
+) -> tuple[nn.Module, dict]:
     """Train an MRI reconstruction network; select the epoch by mean validation PSNR over its accelerations.
 
     ``init`` is a state dict to start from (e.g. an unrolled network from a trained ``unet-recon``).
@@ -115,12 +147,23 @@ def train_mri(train: Sequence[np.ndarray], val: Sequence[np.ndarray], cfg: Enhan
     model = build_recon_network(cfg.network, **cfg.network_kwargs)
     if init is not None:
         model.load_state_dict(init)
-    batches = UndersampledBatches(train, masks, max(1, cfg.samples_per_epoch // cfg.batch_size), cfg.batch_size, cfg.seed)
-    val_cases = [(image, *undersample(to_kspace(image), masks.mask, acc, CENTRE_FRACTIONS[acc], seed=10_000 + i))
-                 for acc in masks.accelerations for i, image in enumerate(val)]
+    batches = UndersampledBatches(
+        train, masks, max(1, cfg.samples_per_epoch // cfg.batch_size), cfg.batch_size, cfg.seed
+    )
+    val_cases = [
+        (image, *undersample(to_kspace(image), masks.mask, acc, CENTRE_FRACTIONS[acc], seed=10_000 + i))
+        for acc in masks.accelerations
+        for i, image in enumerate(val)
+    ]
 
     def score(m: nn.Module) -> float:
-        return float(np.mean([volume_metrics(image, mri_reconstruct(m, masked, columns))["psnr"]
-                              for image, masked, _, columns in val_cases]))
+        return float(
+            np.mean(
+                [
+                    volume_metrics(image, mri_reconstruct(m, masked, columns))["psnr"]
+                    for image, masked, _, columns in val_cases
+                ]
+            )
+        )
 
     return train_enhancer(model, batches, score, cfg, out_dir, show_progress)

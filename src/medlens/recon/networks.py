@@ -100,19 +100,22 @@ class VarNetRecon(nn.Module):
     training draws one mask per batch.
     """
 
-    def __init__(self, cascades: int = 6, features: tuple[int, ...] = (16, 16, 32, 64, 128, 16),
-                 sens_features: tuple[int, ...] = (8, 8, 16, 32, 64, 8)) -> None:
+    def __init__(
+        self,
+        cascades: int = 6,
+        features: tuple[int, ...] = (16, 16, 32, 64, 128, 16),
+        sens_features: tuple[int, ...] = (8, 8, 16, 32, 64, 8),
+    ) -> None:
         super().__init__()
-        from monai.apps.reconstruction.networks.nets.coil_sensitivity_model import (
-            CoilSensitivityModel,
-        )
+        from monai.apps.reconstruction.networks.nets.coil_sensitivity_model import CoilSensitivityModel
         from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
-        from monai.apps.reconstruction.networks.nets.varnet import (
-            VariationalNetworkModel,
-        )
+        from monai.apps.reconstruction.networks.nets.varnet import VariationalNetworkModel
 
-        self.net = VariationalNetworkModel(CoilSensitivityModel(spatial_dims=2, features=tuple(sens_features)),
-                                           ComplexUnet(spatial_dims=2, features=tuple(features)), num_cascades=cascades)
+        self.net = VariationalNetworkModel(
+            CoilSensitivityModel(spatial_dims=2, features=tuple(sens_features)),
+            ComplexUnet(spatial_dims=2, features=tuple(features)),
+            num_cascades=cascades,
+        )
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         kspace, mask = _unpack(packed)

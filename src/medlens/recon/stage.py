@@ -40,7 +40,9 @@ def is_dicom_input(path: Path) -> bool:
 def _slices(volume: Volume) -> list[np.ndarray]:
     array = np.asarray(volume.array)
     if array.ndim != 3:
-        raise DataError(f"expected a grey-level volume (X, Y, Z), got shape {array.shape}; colour or 4D input is not supported")
+        raise DataError(
+            f"expected a grey-level volume (X, Y, Z), got shape {array.shape}; colour or 4D input is not supported"
+        )
     return [np.ascontiguousarray(array[:, :, k].T, dtype=np.float32) for k in range(array.shape[2])]
 
 
@@ -59,14 +61,15 @@ def _stem(path: Path) -> str:
 def _write(source: Path, volume: Volume, out: Path, what: str, zoom: int = 1) -> str:
     tag = what.split()[0]
     if is_dicom_input(source):
-
         target = out / f"{_stem(source)}_{tag}"
         write_derived_series(source, volume, target, what, zoom)
         return str(target)
     return str(save_nifti(volume, out / f"{_stem(source)}_{tag}.nii.gz"))
 
 
-def run_stage(stage: str, inputs: list[Path], out_dir: Path, process: Callable[[Path], tuple[Volume, str, int, dict]]) -> dict[str, Any]:
+def run_stage(
+    stage: str, inputs: list[Path], out_dir: Path, process: Callable[[Path], tuple[Volume, str, int, dict]]
+) -> dict[str, Any]:
     """Apply ``process`` (path -> processed volume, description, zoom, extra) to each input; collect the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written, problems = [], []
@@ -86,15 +89,21 @@ def check_ct_hu(volume: Volume, path: Path) -> None:
     meta = volume.meta
     if is_dicom_input(path):
         if meta.get("Modality") != "CT":
-            raise DataError(f"{path}: modality {meta.get('Modality')!r}, but the CT denoiser needs CT (Hounsfield units)")
+            raise DataError(
+                f"{path}: modality {meta.get('Modality')!r}, but the CT denoiser needs CT (Hounsfield units)"
+            )
         if "RescaleIntercept" not in meta or "RescaleSlope" not in meta:
-            raise DataError(f"{path}: CT without RescaleSlope/RescaleIntercept (0028,1053)/(0028,1052), so its stored values "
-                            "are not known to be Hounsfield units; add the scanner's values (often slope 1, intercept -1024), "
-                            "e.g. `dcmodify -i \"(0028,1052)=-1024\" -i \"(0028,1053)=1\" FILE`, then run again")
+            raise DataError(
+                f"{path}: CT without RescaleSlope/RescaleIntercept (0028,1053)/(0028,1052), so its stored values "
+                "are not known to be Hounsfield units; add the scanner's values (often slope 1, intercept -1024), "
+                'e.g. `dcmodify -i "(0028,1052)=-1024" -i "(0028,1053)=1" FILE`, then run again'
+            )
     array = np.asarray(volume.array)
     if array.size and array.min() >= 0 and array.max() > 500:
-        raise DataError(f"{path}: values {array.min():.0f}..{array.max():.0f} with nothing below 0: not Hounsfield units "
-                        "(air is -1000 HU); give the image in HU")
+        raise DataError(
+            f"{path}: values {array.min():.0f}..{array.max():.0f} with nothing below 0: not Hounsfield units "
+            "(air is -1000 HU); give the image in HU"
+        )
 
 
 def denoise_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
@@ -134,21 +143,25 @@ def read_kspace(path: Path) -> tuple[list[np.ndarray], str]:
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
     if not np.iscomplexobj(k):
-        raise DataError(f"{path}: k-space must be complex (real and imaginary parts), got {k.dtype} values: "
-                        "is this a magnitude image? Give the image itself with --simulate ACCEL to simulate k-space from it")
+        raise DataError(
+            f"{path}: k-space must be complex (real and imaginary parts), got {k.dtype} values: "
+            "is this a magnitude image? Give the image itself with --simulate ACCEL to simulate k-space from it"
+        )
     if k.ndim == 2:
         k = k[None]
     if k.ndim != 3 or min(k.shape[1:]) < 16:
-        raise DataError(f"{path}: k-space of shape {k.shape}; expected (rows, cols) or (slices, rows, cols), single coil, "
-                        "at least 16x16 (multi-coil data: combine coils first)")
+        raise DataError(
+            f"{path}: k-space of shape {k.shape}; expected (rows, cols) or (slices, rows, cols), single coil, "
+            "at least 16x16 (multi-coil data: combine coils first)"
+        )
     return list(k), "k-space"
 
 
-def reconstruct_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path, simulate: int | None,
-                      seed: int = 0) -> dict[str, Any]:
+def reconstruct_files(
+    bundle: EnhancerBundle, inputs: list[Path], out_dir: Path, simulate: int | None, seed: int = 0
+) -> dict[str, Any]:
     """Reconstruct measured k-space (``.npy``), or retrospectively undersample images (``simulate`` = acceleration)."""
     import torch
-
 
     mask = bundle.manifest.get("input", {}).get("mask", "random")
 
@@ -162,25 +175,37 @@ def reconstruct_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path,
     def process(path: Path) -> tuple[Volume, str, int, dict]:
         if path.suffix == ".npy":
             if simulate:
-                raise DataError(f"{path}: --simulate undersamples images; this is k-space already (leave --simulate out)")
+                raise DataError(
+                    f"{path}: --simulate undersamples images; this is k-space already (leave --simulate out)"
+                )
             kspaces, _ = read_kspace(path)
             recon = [mri_reconstruct(bundle.model, *from_kspace(k, path)) for k in kspaces]
-            volume = Volume(array=_stack(recon), affine=np.eye(4), meta={"units": "arbitrary"}, slice_positions_mm=None,
-                            warnings=("geometry unknown for raw k-space: 1 mm voxels, identity orientation",))
+            volume = Volume(
+                array=_stack(recon),
+                affine=np.eye(4),
+                meta={"units": "arbitrary"},
+                slice_positions_mm=None,
+                warnings=("geometry unknown for raw k-space: 1 mm voxels, identity orientation",),
+            )
             return volume, "reconstructed", 1, {"slices": len(recon), "geometry": "unknown (identity affine)"}
         if not simulate:
-            raise DataError(f"{path}: an image, not k-space; pass --simulate 4 (or 8) to reconstruct it from "
-                            "retrospectively undersampled k-space, or give complex k-space as .npy")
+            raise DataError(
+                f"{path}: an image, not k-space; pass --simulate 4 (or 8) to reconstruct it from "
+                "retrospectively undersampled k-space, or give complex k-space as .npy"
+            )
         volume = load_volume(path)
         truth = _slices(volume)
         recon, zf = [], []
         for i, image in enumerate(truth):
-            masked, _, columns = undersample(to_kspace(np.abs(image)), mask, simulate, CENTRE_FRACTIONS.get(simulate, 0.08),
-                                             seed=seed + i)
+            masked, _, columns = undersample(
+                to_kspace(np.abs(image)), mask, simulate, CENTRE_FRACTIONS.get(simulate, 0.08), seed=seed + i
+            )
             recon.append(mri_reconstruct(bundle.model, masked, columns))
             zf.append(zero_filled(masked))
-        scores = {"network": volume_metrics(np.stack(truth), np.stack(recon)),
-                  "zero_filled": volume_metrics(np.stack(truth), np.stack(zf))}
+        scores = {
+            "network": volume_metrics(np.stack(truth), np.stack(recon)),
+            "zero_filled": volume_metrics(np.stack(truth), np.stack(zf)),
+        }
         what = f"reconstructed from {simulate}x undersampled k-space (simulated)"
         return replace(volume, array=_stack(recon)), what, 1, {"acceleration": simulate, "metrics_vs_input": scores}
 

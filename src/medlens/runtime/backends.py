@@ -54,8 +54,10 @@ def choose_backend(bundle: Any, requested: str = "auto") -> str:
     available = onnx_path(bundle) is not None and _has_onnxruntime()
     if requested == "onnxruntime" and not available:
         why = "onnxruntime is not installed" if onnx_path(bundle) else "the bundle has no model.onnx"
-        raise ModelError(f"--backend onnxruntime: {why}; run `medlens export {bundle.path} --format onnx` first "
-                         "(pip install onnxruntime if needed), or use --backend torch")
+        raise ModelError(
+            f"--backend onnxruntime: {why}; run `medlens export {bundle.path} --format onnx` first "
+            "(pip install onnxruntime if needed), or use --backend torch"
+        )
     return "onnxruntime" if available else "torch"
 
 
@@ -66,7 +68,9 @@ def _session(path: str, mtime: float) -> Any:
     return cpu_session(Path(path))
 
 
-def predict_raw(bundle: ClassifierBundle, raw: np.ndarray, backend: str = "auto", clinical: np.ndarray | None = None) -> np.ndarray:
+def predict_raw(
+    bundle: ClassifierBundle, raw: np.ndarray, backend: str = "auto", clinical: np.ndarray | None = None
+) -> np.ndarray:
     """Calibrated probabilities for raw, checked images ``(N, C, ...)`` with the chosen backend; a fused bundle
     also takes their encoded clinical values ``(N, n_features)``."""
     if (bundle.tabular is not None) != (clinical is not None):

@@ -36,8 +36,13 @@ OPSET = 18
 TOLERANCE = 1e-4  # largest allowed |probability difference| between ONNX Runtime and PyTorch
 
 
-def export_module(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], target: Path, output: str,
-            input_names: tuple[str, ...] = ("image",)) -> None:
+def export_module(
+    module: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    target: Path,
+    output: str,
+    input_names: tuple[str, ...] = ("image",),
+) -> None:
     """torch.export-based ONNX export with a dynamic batch axis, without the exporter's internal chatter."""
     examples = example if isinstance(example, tuple) else (example,)
     batch = torch.export.Dim("batch")
@@ -50,9 +55,18 @@ def export_module(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor,
         for logger in quiet:
             logger.setLevel(logging.ERROR)
         try:
-            torch.onnx.export(module, examples, str(target), input_names=list(input_names), output_names=[output],
-                              dynamic_shapes=tuple({0: batch} for _ in examples), opset_version=OPSET, dynamo=True,
-                              external_data=False, verbose=False)
+            torch.onnx.export(
+                module,
+                examples,
+                str(target),
+                input_names=list(input_names),
+                output_names=[output],
+                dynamic_shapes=tuple({0: batch} for _ in examples),
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
         finally:
             for logger, level in zip(quiet, levels):
                 logger.setLevel(level)
@@ -89,8 +103,12 @@ class RawToProbabilities(nn.Module):
         return logits_to_probabilities(logits, self.task, self.temperature)
 
 
-def export_onnx(bundle: ClassifierBundle, check_images: np.ndarray, out: Path | None = None,
-                check_clinical: np.ndarray | None = None) -> dict[str, Any]:
+def export_onnx(
+    bundle: ClassifierBundle,
+    check_images: np.ndarray,
+    out: Path | None = None,
+    check_clinical: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Write ``model.onnx`` into the bundle (or ``out``), check it on ``check_images`` (raw, ``(N, C, ...)``) and,
     for a fused bundle, their encoded clinical values ``check_clinical`` ``(N, n_features)``.
 
@@ -100,8 +118,9 @@ def export_onnx(bundle: ClassifierBundle, check_images: np.ndarray, out: Path | 
     import onnxruntime as ort
 
     if (bundle.tabular is not None) != (check_clinical is not None):
-        raise ModelError(f"{bundle.path.name}: the export check needs encoded clinical values exactly when the bundle "
-                         "fuses them")
+        raise ModelError(
+            f"{bundle.path.name}: the export check needs encoded clinical values exactly when the bundle fuses them"
+        )
     target = out or bundle.path / ONNX_FILE
     wrapper = RawToProbabilities(bundle.model.eval(), bundle.preprocessing, bundle.task, bundle.temperature).eval()
     feeds = {"image": np.ascontiguousarray(check_images, dtype=np.float32)}
@@ -115,13 +134,28 @@ def export_onnx(bundle: ClassifierBundle, check_images: np.ndarray, out: Path | 
     got = session.run(None, feeds)[0]
     diff = float(np.abs(got - expected).max())
     if diff > TOLERANCE:
-        raise ModelError(f"ONNX export of {bundle.path.name} differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
-                         f"{len(x)} real images; keep using --backend torch and report this")
-    record = {"file": target.name, "opset": OPSET, "input": "raw intensities (N, C, ...) after the bundle's input "
-              "checks; preprocessing, temperature and softmax are in the graph", "checked_images": int(len(x)),
-              **({"clinical_input": "clinical: (N, n_features) float32, the bundle's tabular.skops encoding of the "
-                  "clinical columns (medlens.tabular.encode)"} if check_clinical is not None else {}),
-              "max_abs_difference": diff, "tolerance": TOLERANCE, "onnxruntime": ort.__version__}
+        raise ModelError(
+            f"ONNX export of {bundle.path.name} differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
+            f"{len(x)} real images; keep using --backend torch and report this"
+        )
+    record = {
+        "file": target.name,
+        "opset": OPSET,
+        "input": "raw intensities (N, C, ...) after the bundle's input "
+        "checks; preprocessing, temperature and softmax are in the graph",
+        "checked_images": int(len(x)),
+        **(
+            {
+                "clinical_input": "clinical: (N, n_features) float32, the bundle's tabular.skops encoding of the "
+                "clinical columns (medlens.tabular.encode)"
+            }
+            if check_clinical is not None
+            else {}
+        ),
+        "max_abs_difference": diff,
+        "tolerance": TOLERANCE,
+        "onnxruntime": ort.__version__,
+    }
     if out is None:
         store_onnx_record(bundle, record)
     return record

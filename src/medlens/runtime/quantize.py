@@ -50,12 +50,16 @@ def _auc(path: Path, feeds: dict[str, np.ndarray], labels: np.ndarray, task: str
     from sklearn.metrics import roc_auc_score
 
     session, n = cpu_session(path), len(feeds["image"])
-    probs = np.concatenate([session.run(None, {k: v[i : i + 256] for k, v in feeds.items()})[0] for i in range(0, n, 256)])
+    probs = np.concatenate(
+        [session.run(None, {k: v[i : i + 256] for k, v in feeds.items()})[0] for i in range(0, n, 256)]
+    )
     if task == "binary":
         return float(roc_auc_score(labels, probs[:, 1]))
     if task == "multiclass":
         return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
-    present = [j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]  # a finding absent from a split has no AUC
+    present = [
+        j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)
+    ]  # a finding absent from a split has no AUC
     return float(np.mean([roc_auc_score(labels[:, j], probs[:, j]) for j in present]))
 
 
@@ -67,9 +71,14 @@ def _feeds(images: np.ndarray, clinical: np.ndarray | None) -> dict[str, np.ndar
     return feeds
 
 
-def quantize_bundle(bundle: ClassifierBundle, kind: str, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                    max_auc_drop: float = MAX_AUC_DROP,
-                    clinical: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+def quantize_bundle(
+    bundle: ClassifierBundle,
+    kind: str,
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    max_auc_drop: float = MAX_AUC_DROP,
+    clinical: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Write ``model.int8.onnx`` from the bundle's ``model.onnx``; keep it if the validation AUC holds.
 
     ``val`` and ``test`` are (images, labels); a fused bundle also needs ``clinical``, the two splits' encoded
@@ -90,8 +99,13 @@ def quantize_bundle(bundle: ClassifierBundle, kind: str, val: tuple[np.ndarray, 
         raise ModelError(f"{bundle.path.name} has no model.onnx to quantize; export it first (medlens export)")
     fp32, target = bundle.path / record["file"], bundle.path / "model.int8.onnx"
     if (bundle.tabular is not None) != (clinical is not None):
-        raise ConfigError(f"{bundle.path.name}: quantizing a fused bundle needs each image's clinical values, and only a fused one takes them")
-    val_x, test_x = _feeds(val[0], clinical[0] if clinical else None), _feeds(test[0], clinical[1] if clinical else None)
+        raise ConfigError(
+            f"{bundle.path.name}: quantizing a fused bundle needs each image's clinical values, and only a fused one takes them"
+        )
+    val_x, test_x = (
+        _feeds(val[0], clinical[0] if clinical else None),
+        _feeds(test[0], clinical[1] if clinical else None),
+    )
     n_val = len(val_x["image"])
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -99,23 +113,41 @@ def quantize_bundle(bundle: ClassifierBundle, kind: str, val: tuple[np.ndarray, 
         if kind == "dynamic":
             quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
         else:
-            batches = iter([{k: v[i : i + 32] for k, v in val_x.items()} for i in range(0, min(n_val, CALIBRATION_IMAGES), 32)])
+            batches = iter(
+                [{k: v[i : i + 32] for k, v in val_x.items()} for i in range(0, min(n_val, CALIBRATION_IMAGES), 32)]
+            )
 
             class Reader(CalibrationDataReader):
                 def get_next(self) -> dict[str, np.ndarray] | None:
                     return next(batches, None)
 
-            quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    auc = {f"{split}_{which}": _auc(path, x, y, bundle.task)
-           for split, (x, y) in (("val", (val_x, val[1])), ("test", (test_x, test[1])))
-           for which, path in (("fp32", fp32), ("int8", target))}
+            quantize_static(
+                str(prepared),
+                str(target),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+    auc = {
+        f"{split}_{which}": _auc(path, x, y, bundle.task)
+        for split, (x, y) in (("val", (val_x, val[1])), ("test", (test_x, test[1])))
+        for which, path in (("fp32", fp32), ("int8", target))
+    }
     speed = {"fp32_images_per_s": images_per_second(fp32, val_x), "int8_images_per_s": images_per_second(target, val_x)}
     kept = auc["val_fp32"] - auc["val_int8"] <= max_auc_drop and speed["int8_images_per_s"] > speed["fp32_images_per_s"]
-    result = {"kind": kind, "file": target.name, "kept": kept, "max_auc_drop": max_auc_drop,
-              "decided_on": "validation AUC within the bound and faster than fp32 (batch 64, this CPU)", **auc, **speed,
-              "calibration_images": min(n_val, CALIBRATION_IMAGES) if kind == "static" else 0,
-              "inputs": sorted(val_x)}
+    result = {
+        "kind": kind,
+        "file": target.name,
+        "kept": kept,
+        "max_auc_drop": max_auc_drop,
+        "decided_on": "validation AUC within the bound and faster than fp32 (batch 64, this CPU)",
+        **auc,
+        **speed,
+        "calibration_images": min(n_val, CALIBRATION_IMAGES) if kind == "static" else 0,
+        "inputs": sorted(val_x),
+    }
     if not kept:
         target.unlink()
     store_onnx_record(bundle, {**record, "int8": result})

@@ -22,8 +22,12 @@ from medlens.types import Volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 MSD_KNOWN = {  # what the Decathlon's dataset.json says, for copies that lost it
-    "hippocampus": {"labels": {0: "background", 1: "anterior", 2: "posterior"}, "modality": "MR",
-                    "licence": "CC BY-SA 4.0", "name": "MSD Task04 Hippocampus"},
+    "hippocampus": {
+        "labels": {0: "background", 1: "anterior", 2: "posterior"},
+        "modality": "MR",
+        "licence": "CC BY-SA 4.0",
+        "name": "MSD Task04 Hippocampus",
+    }
 }
 
 
@@ -53,11 +57,17 @@ def load_seg_dataset(path: str | Path) -> SegDataset:
     if root.is_file() and root.suffix.lower() == ".csv":
         return _from_csv(root)
     if not (root / "imagesTr").is_dir():
-        raise DataError(f"{root}: expected a Medical Segmentation Decathlon folder (imagesTr/, labelsTr/) or a CSV "
-                        "with 'image' and 'label' columns")
+        raise DataError(
+            f"{root}: expected a Medical Segmentation Decathlon folder (imagesTr/, labelsTr/) or a CSV "
+            "with 'image' and 'label' columns"
+        )
     info = json.loads((root / "dataset.json").read_text()) if (root / "dataset.json").is_file() else {}
     cases = []
-    for image in sorted(p for p in (root / "imagesTr").iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")):
+    for image in sorted(
+        p
+        for p in (root / "imagesTr").iterdir()
+        if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")
+    ):
         label = root / "labelsTr" / image.name
         cases.append(SegCase(_case_id(image), image, label if label.is_file() else None))
     if not cases:
@@ -65,10 +75,17 @@ def load_seg_dataset(path: str | Path) -> SegDataset:
     if not info:  # a copy that lost its dataset.json: what the Decathlon's says, when the folder name tells
         info = next((v for k, v in MSD_KNOWN.items() if k in root.name.lower()), {})
     labels = {int(k): str(v) for k, v in info.get("labels", {}).items()}
-    modality = str(info["modality"] if isinstance(info.get("modality"), str) else next(iter(info.get("modality", {}).values()), "")) \
-        or _guess_modality(root)
-    return SegDataset(root, cases, labels, modality.upper() if modality.upper() == "CT" else "MR",
-                      str(info.get("licence", info.get("license", "unknown"))), str(info.get("name", root.name)))
+    modality = str(
+        info["modality"] if isinstance(info.get("modality"), str) else next(iter(info.get("modality", {}).values()), "")
+    ) or _guess_modality(root)
+    return SegDataset(
+        root,
+        cases,
+        labels,
+        modality.upper() if modality.upper() == "CT" else "MR",
+        str(info.get("licence", info.get("license", "unknown"))),
+        str(info.get("name", root.name)),
+    )
 
 
 def _from_csv(path: Path) -> SegDataset:
@@ -76,7 +93,10 @@ def _from_csv(path: Path) -> SegDataset:
         rows = list(csv.DictReader(f))
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise DataError(f"{path}: needs a header with 'image' and 'label' columns (paths relative to the CSV)")
-    cases = [SegCase(_case_id(Path(r["image"])), path.parent / r["image"], path.parent / r["label"] if r["label"] else None) for r in rows]
+    cases = [
+        SegCase(_case_id(Path(r["image"])), path.parent / r["image"], path.parent / r["label"] if r["label"] else None)
+        for r in rows
+    ]
     return SegDataset(path.parent, cases, {}, "CT" if "ct" in path.stem.lower() else "MR", name=path.stem)
 
 
@@ -99,11 +119,15 @@ def read_pair(case: SegCase) -> tuple[Volume, np.ndarray | None]:
         return image, None
     label = load_volume(case.label)
     if label.shape != image.shape:
-        raise DataError(f"{case.case_id}: label shape {label.shape} differs from image shape {image.shape}; "
-                        "labels must be on the image's voxel grid")
+        raise DataError(
+            f"{case.case_id}: label shape {label.shape} differs from image shape {image.shape}; "
+            "labels must be on the image's voxel grid"
+        )
     if not np.allclose(label.affine, image.affine, atol=1e-3):
-        raise DataError(f"{case.case_id}: label and image geometry (affine) differ by up to "
-                        f"{np.abs(label.affine - image.affine).max():.3g} mm; resample the label onto the image")
+        raise DataError(
+            f"{case.case_id}: label and image geometry (affine) differ by up to "
+            f"{np.abs(label.affine - image.affine).max():.3g} mm; resample the label onto the image"
+        )
     values = label.array
     if not np.array_equal(values, np.round(values)):
         raise DataError(f"{case.case_id}: label map holds non-integer values; labels must be integer classes")
@@ -128,13 +152,22 @@ def check_dataset(dataset: SegDataset) -> dict[str, Any]:
         values = set(np.unique(label).tolist())
         seen |= values
         if declared is not None and not values <= declared:
-            problems.append(f"{case.case_id}: label values {sorted(values - declared)} are not declared in dataset.json "
-                            f"({sorted(declared)})")
+            problems.append(
+                f"{case.case_id}: label values {sorted(values - declared)} are not declared in dataset.json "
+                f"({sorted(declared)})"
+            )
         if values <= {0}:
             problems.append(f"{case.case_id}: label map is empty (background only)")
         shapes.append(image.shape)
         spacings.append(image.spacing_mm)
         codes.append(image.orientation)
     common = max(set(codes), key=codes.count) if codes else ""
-    return {"cases": len(dataset.cases), "usable": len(shapes), "label_values": sorted(seen), "problems": problems,
-            "shapes": shapes, "spacings_mm": spacings, "axis_codes": common}
+    return {
+        "cases": len(dataset.cases),
+        "usable": len(shapes),
+        "label_values": sorted(seen),
+        "problems": problems,
+        "shapes": shapes,
+        "spacings_mm": spacings,
+        "axis_codes": common,
+    }

@@ -17,8 +17,17 @@ if TYPE_CHECKING:
     from medlens.segment.bundle import SegmenterBundle
 
 
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "AccessionNumber", "StudyID")
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+)
 
 
 def write_dicom_seg(source: Path, labels: Volume, bundle: SegmenterBundle, target: Path) -> Path:
@@ -40,24 +49,43 @@ def write_dicom_seg(source: Path, labels: Volume, bundle: SegmenterBundle, targe
         k = inverse[:3, :3] @ ras + inverse[:3, 3]
         index = int(round(k[2]))
         if abs(k[0]) > 1e-2 or abs(k[1]) > 1e-2 or not 0 <= index < labels.shape[2]:
-            raise GeometryError(f"{source}: slice of instance {ds.get('InstanceNumber')} is not on the label map's grid")
+            raise GeometryError(
+                f"{source}: slice of instance {ds.get('InstanceNumber')} is not on the label map's grid"
+            )
         frames[i] = np.rint(labels.array[:, :, index].T).astype(np.uint8)
-    algorithm = hd.AlgorithmIdentificationSequence(name=f"medlens {bundle.manifest.get('name', 'segmentation')}",
-                                                   family=codes.cid7162.ArtificialIntelligence, version=__version__)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"medlens {bundle.manifest.get('name', 'segmentation')}",
+        family=codes.cid7162.ArtificialIntelligence,
+        version=__version__,
+    )
     names = {int(k): v for k, v in bundle.plan.label_names.items() if int(k)}
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name, segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=codes.SCT.Hippocampus if "hippocampus" in str(bundle.manifest.get("name", "")).lower()
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=codes.SCT.Hippocampus
+            if "hippocampus" in str(bundle.manifest.get("name", "")).lower()
             else codes.SCT.AnatomicalStructure,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
         for number, name in sorted(names.items())
     ]
     seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=9901,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medlens", manufacturer_model_name="medlens",
-        software_versions=__version__, device_serial_number="none", omit_empty_frames=False,
+        source_images=datasets,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=9901,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="medlens",
+        manufacturer_model_name="medlens",
+        software_versions=__version__,
+        device_serial_number="none",
+        omit_empty_frames=False,
         content_description="medlens automatic segmentation, research use only",
     )
     seg.save_as(target)

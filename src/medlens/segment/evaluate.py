@@ -21,8 +21,15 @@ if TYPE_CHECKING:
     from medlens.segment.bundle import SegmenterBundle
 
 
-def evaluate_segmentation(bundle: SegmenterBundle, data: str | Path, out_dir: str | Path, split: str = "test",
-                          tta: bool = False, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+def evaluate_segmentation(
+    bundle: SegmenterBundle,
+    data: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    tta: bool = False,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Segment the split's cases from their raw files (the same path users take), score against the labels.
 
     Writes ``per_case.csv`` and ``metrics.json`` (means and percentile-bootstrap 95% CIs over cases).
@@ -34,11 +41,15 @@ def evaluate_segmentation(bundle: SegmenterBundle, data: str | Path, out_dir: st
     if split == "all":
         ids = [c.case_id for c in dataset.cases if c.label is not None]
     if not ids:
-        raise ConfigError(f"split {split!r}: the bundle records no such cases; use --split all to score every labelled case")
+        raise ConfigError(
+            f"split {split!r}: the bundle records no such cases; use --split all to score every labelled case"
+        )
     by_id = {c.case_id: c for c in dataset.cases}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise ConfigError(f"{len(missing)} case(s) of split {split!r} are not in {data} (e.g. {missing[0]}); wrong dataset?")
+        raise ConfigError(
+            f"{len(missing)} case(s) of split {split!r} are not in {data} (e.g. {missing[0]}); wrong dataset?"
+        )
     rows, seconds = [], []
     for case_id in ids:
         volume, label = read_pair(by_id[case_id])
@@ -46,7 +57,13 @@ def evaluate_segmentation(bundle: SegmenterBundle, data: str | Path, out_dir: st
         pred = segment_volume(bundle.model, volume, bundle.plan, bundle.postprocess, tta=tta)
         seconds.append(time.perf_counter() - started)
         metrics = case_metrics(pred.array.astype(np.uint8), label, bundle.plan.label_names, volume.spacing_mm)
-        rows.append({"case": case_id, **metrics, **{f"ml_{k}": v for k, v in label_volumes_ml(pred, bundle.plan.label_names).items()}})
+        rows.append(
+            {
+                "case": case_id,
+                **metrics,
+                **{f"ml_{k}": v for k, v in label_volumes_ml(pred, bundle.plan.label_names).items()},
+            }
+        )
     summary = _summarise(rows, bundle.plan, n_bootstrap, seed)
     summary.update({"split": split, "n": len(rows), "tta": tta, "seconds_per_case": float(np.mean(seconds))})
     with (out / "per_case.csv").open("w", newline="") as f:

@@ -11,14 +11,7 @@ import torch
 
 from medlens.errors import ModelError
 from medlens.io.volume import load_volume
-from medlens.runtime.onnx_export import (
-    ONNX_FILE,
-    OPSET,
-    TOLERANCE,
-    OnnxModule,
-    export_module,
-    store_onnx_record,
-)
+from medlens.runtime.onnx_export import ONNX_FILE, OPSET, TOLERANCE, OnnxModule, export_module, store_onnx_record
 from medlens.segment.infer import predict_probabilities
 from medlens.segment.preprocess import preprocess_image
 
@@ -43,11 +36,20 @@ def export_segmentation_onnx(bundle: SegmenterBundle, check_image: Path) -> dict
     got = predict_probabilities(OnnxModule(target), image, plan).numpy()
     diff = float(np.abs(got - expected).max())
     if diff > TOLERANCE:
-        raise ModelError(f"ONNX export of {bundle.path.name} differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
-                         f"{check_image.name}; keep using --backend torch and report this")
-    record = {"file": target.name, "opset": OPSET, "input": "one preprocessed patch (N, 1, *patch_size): resample to "
-              "the plan's spacing and normalise first (medlens.segment.preprocess.preprocess_image); sliding window "
-              "outside the graph", "checked_on": check_image.name, "max_abs_difference": diff, "tolerance": TOLERANCE,
-              "onnxruntime": ort.__version__}
+        raise ModelError(
+            f"ONNX export of {bundle.path.name} differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
+            f"{check_image.name}; keep using --backend torch and report this"
+        )
+    record = {
+        "file": target.name,
+        "opset": OPSET,
+        "input": "one preprocessed patch (N, 1, *patch_size): resample to "
+        "the plan's spacing and normalise first (medlens.segment.preprocess.preprocess_image); sliding window "
+        "outside the graph",
+        "checked_on": check_image.name,
+        "max_abs_difference": diff,
+        "tolerance": TOLERANCE,
+        "onnxruntime": ort.__version__,
+    }
     store_onnx_record(bundle, record)
     return record

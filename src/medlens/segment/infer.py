@@ -25,8 +25,15 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, plan: SegPlan, tt
 
     def run(inputs: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, enabled=device.type == "cuda"):  # mixed precision on a GPU, fp32 on CPU
-            logits = sliding_window_inference(inputs, roi_size=plan.patch_size, sw_batch_size=4 if plan.dims == 3 else 32, predictor=model,
-                                              overlap=0.5, mode="gaussian", padding_mode="constant")
+            logits = sliding_window_inference(
+                inputs,
+                roi_size=plan.patch_size,
+                sw_batch_size=4 if plan.dims == 3 else 32,
+                predictor=model,
+                overlap=0.5,
+                mode="gaussian",
+                padding_mode="constant",
+            )
         return torch.softmax(logits.float(), dim=1).cpu()
 
     probs = run(batch)
@@ -48,7 +55,9 @@ def keep_largest_component(labels: np.ndarray, label_values: list[int]) -> np.nd
     return np.asarray(kept[0], dtype=labels.dtype)
 
 
-def segment_volume(model: nn.Module, volume: Volume, plan: SegPlan, postprocess: list[int], tta: bool = False) -> Volume:
+def segment_volume(
+    model: nn.Module, volume: Volume, plan: SegPlan, postprocess: list[int], tta: bool = False
+) -> Volume:
     """A label map on ``volume``'s own grid (uint8 values as float32 in the Volume)."""
     image, grid = preprocess_image(volume, plan)
     labels = predict_probabilities(model, image, plan, tta).argmax(0).numpy().astype(np.uint8)
@@ -56,11 +65,16 @@ def segment_volume(model: nn.Module, volume: Volume, plan: SegPlan, postprocess:
     result = grid.with_array(labels.astype(np.float32))
     if needs_resampling(volume, plan):
         result = resample_to_reference(result, volume, "nearest")
-    return Volume(array=np.rint(result.array).astype(np.float32), affine=volume.affine,
-                  meta={"name": volume.meta.get("name", "segmentation"), "kind": "label map"})
+    return Volume(
+        array=np.rint(result.array).astype(np.float32),
+        affine=volume.affine,
+        meta={"name": volume.meta.get("name", "segmentation"), "kind": "label map"},
+    )
 
 
 def label_volumes_ml(labels: Volume, label_names: dict[int, str]) -> dict[str, float]:
     """Millilitres per foreground label: voxel count times voxel volume."""
     voxel_ml = float(np.prod(labels.spacing_mm)) / 1000.0
-    return {name: round(float((labels.array == value).sum()) * voxel_ml, 4) for value, name in label_names.items() if value}
+    return {
+        name: round(float((labels.array == value).sum()) * voxel_ml, 4) for value, name in label_names.items() if value
+    }

@@ -8,18 +8,19 @@ import numpy as np
 import torch
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, label_names: dict[int, str], spacing_mm: tuple[float, ...],
-                 surface_tolerance_mm: float = 1.0) -> dict[str, float]:
+def case_metrics(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    label_names: dict[int, str],
+    spacing_mm: tuple[float, ...],
+    surface_tolerance_mm: float = 1.0,
+) -> dict[str, float]:
     """``{"dice_<label>", "hd95_<label>", "nsd_<label>"}`` for every foreground label.
 
     Conventions for empty structures: both empty -> Dice 1, HD95 0; one empty -> Dice 0, HD95 NaN
     (left out of means and reported as a count), so an empty prediction is never silently scored well.
     """
-    from monai.metrics import (
-        compute_dice,
-        compute_hausdorff_distance,
-        compute_surface_dice,
-    )
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
     labels = [v for v in sorted(label_names) if v]
     n = max(label_names) + 1
@@ -33,7 +34,9 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, label_names: dict[int, str
         out[f"dice_{name}"] = 1.0 if not (has_p or has_t) else float(dice[v])
         if has_p and has_t:
             hd = compute_hausdorff_distance(p[:, [0, v]], t[:, [0, v]], percentile=95, spacing=list(spacing_mm))
-            nsd = compute_surface_dice(p[:, [0, v]], t[:, [0, v]], class_thresholds=[surface_tolerance_mm], spacing=list(spacing_mm))
+            nsd = compute_surface_dice(
+                p[:, [0, v]], t[:, [0, v]], class_thresholds=[surface_tolerance_mm], spacing=list(spacing_mm)
+            )
             out[f"hd95_{name}"], out[f"nsd_{name}"] = float(hd[0, 0]), float(nsd[0, 0])
         else:
             out[f"hd95_{name}"] = 0.0 if not (has_p or has_t) else math.nan

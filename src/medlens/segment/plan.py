@@ -81,15 +81,21 @@ def fingerprint(dataset: SegDataset, max_cases: int | None = None) -> dict[str, 
             foreground.append(values[:: max(1, values.size // 2000)])
     fg = np.concatenate(foreground) if foreground else np.zeros(1, np.float32)
     return {
-        "dataset": dataset.name, "modality": dataset.modality, "licence": dataset.licence, "cases": report["cases"],
-        "usable": report["usable"], "problems": report["problems"], "label_values": report["label_values"],
+        "dataset": dataset.name,
+        "modality": dataset.modality,
+        "licence": dataset.licence,
+        "cases": report["cases"],
+        "usable": report["usable"],
+        "problems": report["problems"],
+        "label_values": report["label_values"],
         "label_names": {str(k): v for k, v in _label_names(dataset, report["label_values"]).items()},
         "median_shape": [int(v) for v in np.median(np.asarray(report["shapes"]), axis=0)],
         "max_shape": [int(v) for v in np.max(np.asarray(report["shapes"]), axis=0)],
         "median_spacing_mm": [round(float(v), 4) for v in np.median(np.asarray(report["spacings_mm"]), axis=0)],
         "axis_codes": report["axis_codes"],
         "foreground_percentiles_0.5_50_99.5": [float(np.percentile(fg, p)) for p in (0.5, 50, 99.5)],
-        "foreground_mean": float(fg.mean()), "foreground_std": float(fg.std()),
+        "foreground_mean": float(fg.mean()),
+        "foreground_std": float(fg.std()),
     }
 
 
@@ -106,7 +112,7 @@ def make_plan(fp: dict[str, Any], memory_budget_mb: int = 2000, dims: int = 3, w
     if dims == 2:
         shape = shape[:2]
     depth = _depth(shape)
-    multiple = 2 ** depth
+    multiple = 2**depth
     patch = [int(np.ceil(s / multiple) * multiple) for s in shape]
     batch, notes = 2, []
     while _activation_mb(patch, batch, width, depth) > memory_budget_mb and max(patch) > multiple:
@@ -120,14 +126,25 @@ def make_plan(fp: dict[str, Any], memory_budget_mb: int = 2000, dims: int = 3, w
     ct = fp["modality"] == "CT"
     pct = fp["foreground_percentiles_0.5_50_99.5"]
     mirror = _mirror_axes(fp, dims)
-    notes.append(f"mirroring along axes {list(mirror)}" if mirror else "no mirroring (no left-right axis, or lateralised labels)")
+    notes.append(
+        f"mirroring along axes {list(mirror)}" if mirror else "no mirroring (no left-right axis, or lateralised labels)"
+    )
     return SegPlan(
-        dims=dims, target_spacing_mm=spacing, patch_size=tuple(patch), batch_size=batch, strides=strides, filters=filters,
-        modality=fp["modality"], normalization="ct" if ct else "zscore",
+        dims=dims,
+        target_spacing_mm=spacing,
+        patch_size=tuple(patch),
+        batch_size=batch,
+        strides=strides,
+        filters=filters,
+        modality=fp["modality"],
+        normalization="ct" if ct else "zscore",
         clip_hu=(pct[0], pct[2]) if ct else None,
-        ct_mean=fp["foreground_mean"] if ct else None, ct_std=fp["foreground_std"] if ct else None,
-        label_names={int(k): v for k, v in fp["label_names"].items()}, memory_budget_mb=memory_budget_mb,
-        mirror_axes=mirror, notes=notes,
+        ct_mean=fp["foreground_mean"] if ct else None,
+        ct_std=fp["foreground_std"] if ct else None,
+        label_names={int(k): v for k, v in fp["label_names"].items()},
+        memory_budget_mb=memory_budget_mb,
+        mirror_axes=mirror,
+        notes=notes,
     )
 
 

@@ -42,8 +42,14 @@ def build_unet(plan: SegPlan) -> nn.Module:
     from monai.networks.nets import DynUNet
 
     return DynUNet(
-        spatial_dims=plan.dims, in_channels=1, out_channels=plan.n_classes,
-        kernel_size=[[3] * plan.dims] * len(plan.strides), strides=[list(s) for s in plan.strides],
-        upsample_kernel_size=[list(s) for s in plan.strides[1:]], filters=list(plan.filters),
-        norm_name="instance", deep_supervision=False, res_block=False,
+        spatial_dims=plan.dims,
+        in_channels=1,
+        out_channels=plan.n_classes,
+        kernel_size=[[3] * plan.dims] * len(plan.strides),
+        strides=[list(s) for s in plan.strides],
+        upsample_kernel_size=[list(s) for s in plan.strides[1:]],
+        filters=list(plan.filters),
+        norm_name="instance",
+        deep_supervision=False,
+        res_block=False,
     )

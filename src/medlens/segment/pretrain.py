@@ -41,11 +41,7 @@ from medlens.segment.data import load_seg_dataset
 from medlens.segment.init import ARCHITECTURE, PREPROCESSING
 from medlens.segment.plan import SegPlan
 from medlens.segment.preprocess import build_unet
-from medlens.segment.semi import (
-    UnlabelledPatches,
-    read_unlabelled_volumes,
-    read_volume_for_plan,
-)
+from medlens.segment.semi import UnlabelledPatches, read_unlabelled_volumes, read_volume_for_plan
 from medlens.segment.train import SegTrainConfig, split_cases
 from medlens.train.device import resolve_device, seed_everything
 from medlens.train.loop import optimise_epoch
@@ -53,8 +49,9 @@ from medlens.train.loop import optimise_epoch
 log = logging.getLogger(__name__)
 ENCODER_PATH = ("input_block.", "downsamples.", "bottleneck.")
 # z-scored intensities have no [-1, 1] range (no gamma), and a view must not mirror what the plan does not mirror
-SEG_CONTRASTIVE_VIEWS = ViewOptions(rotate_deg=10.0, zoom=(0.7, 1.0), shift=0.1, contrast=0.3, brightness=0.3,
-                                    gamma=(1.0, 1.0), noise=0.1, cutout=0.3)
+SEG_CONTRASTIVE_VIEWS = ViewOptions(
+    rotate_deg=10.0, zoom=(0.7, 1.0), shift=0.1, contrast=0.3, brightness=0.3, gamma=(1.0, 1.0), noise=0.1, cutout=0.3
+)
 SEG_METHODS: Registry[Callable[..., nn.Module]] = Registry("segmentation pretraining method")
 
 
@@ -81,7 +78,9 @@ class SegPretrainConfig:
     def __post_init__(self) -> None:
         SEG_METHODS.get(self.method)
         if self.epochs < 1 or self.samples_per_epoch < 2:
-            raise ConfigError(f"pretrain: epochs must be >= 1 and samples_per_epoch >= 2, got {self.epochs} and {self.samples_per_epoch}")
+            raise ConfigError(
+                f"pretrain: epochs must be >= 1 and samples_per_epoch >= 2, got {self.epochs} and {self.samples_per_epoch}"
+            )
         if not 0 < self.mask_ratio < 1:
             raise ConfigError(f"pretrain.mask_ratio: expected a share in (0, 1), got {self.mask_ratio}")
         if self.block < 1:
@@ -150,16 +149,21 @@ SEG_METHODS.add("simclr", EncoderContrastive)
 SCORE_NAMES = {"masked": "hidden-voxel MSE", "simclr": "positive-pair accuracy"}
 
 
-def pretrain_segmenter(data: str | Path, plan: SegPlan, cfg: SegPretrainConfig, out_dir: str | Path,
-                       show_progress: bool = True) -> Path:
+def pretrain_segmenter(
+    data: str | Path, plan: SegPlan, cfg: SegPretrainConfig, out_dir: str | Path, show_progress: bool = True
+) -> Path:
     """Pretrain the plan's U-Net with ``cfg.method`` on the training split's images and write the encoder folder."""
 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     dataset = load_seg_dataset(data)
     ids = [c.case_id for c in dataset.cases if c.label is not None][: cfg.max_cases]
-    split = split_cases(ids, SegTrainConfig(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                                            seed=cfg.seed, split_seed=cfg.split_seed))
+    split = split_cases(
+        ids,
+        SegTrainConfig(
+            val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, split_seed=cfg.split_seed
+        ),
+    )
     by_id = {c.case_id: c for c in dataset.cases}
     images = [read_volume_for_plan(by_id[c].image, plan) for c in split["train"]]  # images only: labels never read
     n_extra = 0
@@ -169,42 +173,77 @@ def pretrain_segmenter(data: str | Path, plan: SegPlan, cfg: SegPretrainConfig, 
     n_volumes = len(images)
     if plan.dims == 2:
         images = [im[..., k] for im in images for k in range(im.shape[-1])]
-    loader = torch.utils.data.DataLoader(UnlabelledPatches(images, plan, cfg.samples_per_epoch, cfg.seed),
-                                         batch_size=plan.batch_size, shuffle=False, num_workers=0, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        UnlabelledPatches(images, plan, cfg.samples_per_epoch, cfg.seed),
+        batch_size=plan.batch_size,
+        shuffle=False,
+        num_workers=0,
+        drop_last=True,
+    )
     objective = SEG_METHODS.get(cfg.method)(build_unet(plan), plan, cfg).to(device)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, steps - 1) / steps) ** 0.9)
     history, started = [], time.perf_counter()
     for epoch in range(cfg.epochs):
-        loss, score = _one_epoch(objective, loader, optimizer, scheduler, device, f"pretrain {epoch + 1}/{cfg.epochs}", show_progress)
+        loss, score = _one_epoch(
+            objective, loader, optimizer, scheduler, device, f"pretrain {epoch + 1}/{cfg.epochs}", show_progress
+        )
         history.append({"epoch": epoch, "loss": loss, "score": score})
         log.info("segmentation pretrain epoch %d: loss %.4f, %s %.4f", epoch, loss, SCORE_NAMES[cfg.method], score)
-    source = {"dataset": dataset.name, "root": str(dataset.root), "licence": dataset.licence, "labels_used": False,
-              "train_cases": split["train"], "left_out": {"val": split["val"], "test": split["test"]},
-              "unlabelled_folder_volumes": n_extra, "n_volumes": n_volumes}
+    source = {
+        "dataset": dataset.name,
+        "root": str(dataset.root),
+        "licence": dataset.licence,
+        "labels_used": False,
+        "train_cases": split["train"],
+        "left_out": {"val": split["val"], "test": split["test"]},
+        "unlabelled_folder_volumes": n_extra,
+        "n_volumes": n_volumes,
+    }
     return _save(Path(out_dir), objective, plan, cfg, source, history, time.perf_counter() - started)
 
 
-def _one_epoch(objective: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device,
-               title: str, show_progress: bool) -> tuple[float, float]:
+def _one_epoch(
+    objective: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+    title: str,
+    show_progress: bool,
+) -> tuple[float, float]:
 
     objective.train()
-    return optimise_epoch(loader, lambda item: objective(item[0].to(device)), optimizer, scheduler, title, show_progress)
+    return optimise_epoch(
+        loader, lambda item: objective(item[0].to(device)), optimizer, scheduler, title, show_progress
+    )
 
 
-def _save(out_dir: Path, objective: nn.Module, plan: SegPlan, cfg: SegPretrainConfig, source: dict[str, Any],
-          history: list[dict[str, float]], seconds: float) -> Path:
+def _save(
+    out_dir: Path,
+    objective: nn.Module,
+    plan: SegPlan,
+    cfg: SegPretrainConfig,
+    source: dict[str, Any],
+    history: list[dict[str, float]],
+    seconds: float,
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in objective.saved_state().items()}, out_dir / "encoder.pt")
     (out_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))  # train with --plan on it
     meta = {
-        "medlens_version": __version__, "task": "segmentation",
+        "medlens_version": __version__,
+        "task": "segmentation",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "method": cfg.method, "score_name": SCORE_NAMES[cfg.method],
+        "method": cfg.method,
+        "score_name": SCORE_NAMES[cfg.method],
         "loads": "the whole U-Net but its output layer" if cfg.method == "masked" else "the U-Net's encoder path",
         "network": {"name": "dynunet", **{k: plan.to_dict()[k] for k in ARCHITECTURE + PREPROCESSING}},
-        "config": asdict(cfg), "data": source, "history": history, "seconds": round(seconds, 1),
+        "config": asdict(cfg),
+        "data": source,
+        "history": history,
+        "seconds": round(seconds, 1),
         "use": f"medlens train DATA --task segment --plan {out_dir / 'plan.json'} --init {out_dir}",
     }
     (out_dir / "encoder.json").write_text(json.dumps(meta, indent=1, default=str))

@@ -38,8 +38,13 @@ class UnlabelledPatches(Dataset):
         from monai.transforms import Compose, RandFlip, RandSpatialCrop, SpatialPad
 
         self.images, self.samples = images, samples
-        self.transform = Compose([SpatialPad(plan.patch_size), RandSpatialCrop(plan.patch_size, random_size=False),
-                                  *[RandFlip(prob=0.5, spatial_axis=axis) for axis in plan.mirror_axes]])
+        self.transform = Compose(
+            [
+                SpatialPad(plan.patch_size),
+                RandSpatialCrop(plan.patch_size, random_size=False),
+                *[RandFlip(prob=0.5, spatial_axis=axis) for axis in plan.mirror_axes],
+            ]
+        )
         self.transform.set_random_state(seed)
 
     def __len__(self) -> int:
@@ -65,7 +70,9 @@ def read_unlabelled_volumes(folder: Path, plan: SegPlan) -> list[np.ndarray]:
     naming each such file (training on a silently shrunken pool would be a different experiment)."""
     if not folder.is_dir():
         raise ConfigError(f"train.unlabelled: {folder} is not a folder of volumes ({', '.join(VOLUME_SUFFIXES)})")
-    files = sorted(p for p in folder.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES) and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES) and not p.name.startswith(".")
+    )
     if not files:
         raise DataError(f"{folder}: no volumes ({', '.join(VOLUME_SUFFIXES)}) found for unlabelled training")
     images, problems = [], []
@@ -76,13 +83,16 @@ def read_unlabelled_volumes(folder: Path, plan: SegPlan) -> list[np.ndarray]:
             problems.append(f"{path.name}: {exc}")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise DataError(f"{folder}: {len(problems)} of {len(files)} unlabelled volumes do not fit this {plan.modality} "
-                        f"plan ({shown}); move them out of the folder")
+        raise DataError(
+            f"{folder}: {len(problems)} of {len(files)} unlabelled volumes do not fit this {plan.modality} "
+            f"plan ({shown}); move them out of the folder"
+        )
     return images
 
 
-def make_seg_fixmatch_loss(cfg: Any, supervised: nn.Module, model: nn.Module, held_back: list[np.ndarray],
-                           plan: SegPlan, world_size: int) -> FixMatchLoss:
+def make_seg_fixmatch_loss(
+    cfg: Any, supervised: nn.Module, model: nn.Module, held_back: list[np.ndarray], plan: SegPlan, world_size: int
+) -> FixMatchLoss:
     """FixMatch around the Dice + CE loss, from held-back training cases plus ``cfg.unlabelled`` volumes."""
     if world_size > 1:
         raise ConfigError("train.semi_supervised=fixmatch runs in one process; start it without torchrun")
@@ -90,16 +100,23 @@ def make_seg_fixmatch_loss(cfg: Any, supervised: nn.Module, model: nn.Module, he
     if cfg.unlabelled:
         images += read_unlabelled_volumes(Path(cfg.unlabelled), plan)
     if not images:
-        raise ConfigError("train.semi_supervised=fixmatch needs unlabelled volumes: --set unlabelled=FOLDER, or "
-                          "--set max_train_cases=N to hold back the labels of the other training cases")
+        raise ConfigError(
+            "train.semi_supervised=fixmatch needs unlabelled volumes: --set unlabelled=FOLDER, or "
+            "--set max_train_cases=N to hold back the labels of the other training cases"
+        )
     n_volumes = len(images)
     if plan.dims == 2:
         images = [im[..., k] for im in images for k in range(im.shape[-1])]
     patches = UnlabelledPatches(images, plan, cfg.samples_per_epoch, cfg.seed + 1)
     loader = DataLoader(patches, batch_size=plan.batch_size, shuffle=False, num_workers=0, drop_last=True)
-    log.info("FixMatch: %d unlabelled %s, threshold %.2f", len(images), "slices" if plan.dims == 2 else "volumes",
-             cfg.fixmatch_threshold)
-    loss = FixMatchLoss(supervised, model, loader, cfg.fixmatch_threshold, cfg.unlabelled_weight, cfg.seed,
-                        strong=PHOTOMETRIC_STRONG)
+    log.info(
+        "FixMatch: %d unlabelled %s, threshold %.2f",
+        len(images),
+        "slices" if plan.dims == 2 else "volumes",
+        cfg.fixmatch_threshold,
+    )
+    loss = FixMatchLoss(
+        supervised, model, loader, cfg.fixmatch_threshold, cfg.unlabelled_weight, cfg.seed, strong=PHOTOMETRIC_STRONG
+    )
     loss.n_unlabelled = n_volumes  # volumes (a 2D plan draws from their slices)
     return loss

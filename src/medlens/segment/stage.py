@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from medlens.segment.bundle import SegmenterBundle
 
 
-def plan_stage(data: str | Path, out_dir: str | Path, dims: int = 3, memory_mb: int = 2000, width: int = 8) -> tuple[SegPlan, dict[str, Any]]:
+def plan_stage(
+    data: str | Path, out_dir: str | Path, dims: int = 3, memory_mb: int = 2000, width: int = 8
+) -> tuple[SegPlan, dict[str, Any]]:
     """Check the dataset, measure its fingerprint, write ``fingerprint.json`` and an editable ``plan.json``."""
     fp = fingerprint(load_seg_dataset(data))
     plan = make_plan(fp, memory_budget_mb=memory_mb, dims=dims, width=width)
@@ -28,14 +30,21 @@ def plan_stage(data: str | Path, out_dir: str | Path, dims: int = 3, memory_mb: 
     return plan, fp
 
 
-def train_stage(data: str | Path, out_dir: str | Path, cfg: SegTrainConfig, plan_path: str | Path | None = None,
-                show_progress: bool = True) -> Path:
+def train_stage(
+    data: str | Path,
+    out_dir: str | Path,
+    cfg: SegTrainConfig,
+    plan_path: str | Path | None = None,
+    show_progress: bool = True,
+) -> Path:
     """Refuse a dataset with problems (listing them), plan if no plan is given, train, return the bundle folder."""
     out_dir = Path(out_dir)
     report = check_dataset(load_seg_dataset(data))
     if report["problems"]:
-        raise DataError(f"{data}: {len(report['problems'])} problem(s), fix or leave out these cases first: "
-                        + "; ".join(report["problems"][:5]))
+        raise DataError(
+            f"{data}: {len(report['problems'])} problem(s), fix or leave out these cases first: "
+            + "; ".join(report["problems"][:5])
+        )
     plan = load_plan(plan_path) if plan_path else plan_stage(data, out_dir)[0]
     return train_segmenter(data, plan, cfg, out_dir, show_progress=show_progress)
 
@@ -51,8 +60,13 @@ def output_name(source: Path) -> str:
     return f"{name}.nii.gz"
 
 
-def segment_files(bundle: SegmenterBundle, inputs: list[Path], out_dir: str | Path, tta: bool = False,
-                  on_item: Callable[[], None] | None = None) -> dict[str, Any]:
+def segment_files(
+    bundle: SegmenterBundle,
+    inputs: list[Path],
+    out_dir: str | Path,
+    tta: bool = False,
+    on_item: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """One label map per input (same grid, same file name), DICOM SEG for DICOM inputs, ``volumes.json``; bad inputs listed.
 
     Streams for long lists: the next input is read by a background thread
@@ -87,7 +101,9 @@ def segment_files(bundle: SegmenterBundle, inputs: list[Path], out_dir: str | Pa
                 problems.append({"input": str(source), "message": str(exc)})
             if on_item is not None:
                 on_item()
-    (out / "volumes.json").write_text(json.dumps({"results": results, "problems": problems, "skipped_done": len(done)}, indent=1))
+    (out / "volumes.json").write_text(
+        json.dumps({"results": results, "problems": problems, "skipped_done": len(done)}, indent=1)
+    )
     return {"results": results, "problems": problems, "skipped_done": len(done)}
 
 
@@ -104,8 +120,9 @@ def _segment_one(bundle: SegmenterBundle, source: Path, volume: Any, out: Path, 
     target = save_nifti(labels, out / output_name(source))
     row = {"input": str(source), "labels": target.name, "volumes_ml": label_volumes_ml(labels, bundle.plan.label_names)}
     if _is_dicom(source):
-
-        row["dicom_seg"] = write_dicom_seg(source, labels, bundle, out / (target.name.removesuffix(".nii.gz") + "_seg.dcm")).name
+        row["dicom_seg"] = write_dicom_seg(
+            source, labels, bundle, out / (target.name.removesuffix(".nii.gz") + "_seg.dcm")
+        ).name
     return row
 
 

@@ -25,12 +25,7 @@ from medlens.segment.preprocess import build_unet, preprocess_image, preprocess_
 from medlens.segment.semi import make_seg_fixmatch_loss
 from medlens.train import LoopOptions, fit
 from medlens.train.device import resolve_device, seed_everything
-from medlens.train.distributed import (
-    DistInfo,
-    barrier,
-    distributed_session,
-    shard_batch_size,
-)
+from medlens.train.distributed import DistInfo, barrier, distributed_session, shard_batch_size
 
 
 @dataclass(frozen=True)
@@ -52,7 +47,9 @@ class SegTrainConfig:
     mixed_precision: bool = True  # autocast on CUDA; CPU trains in fp32
     max_cases: int | None = None
     max_train_cases: int | None = None  # label only this many training cases (seeded); validation and test stay whole
-    labelled_cases: str | None = None  # a file of the training cases whose labels may be used (one ID a line, or `medlens select` CSV)
+    labelled_cases: str | None = (
+        None  # a file of the training cases whose labels may be used (one ID a line, or `medlens select` CSV)
+    )
     split_seed: int | None = None  # seed of the train/validation/test split when it should not follow ``seed``
     semi_supervised: str = "none"  # "fixmatch": also learn from unlabelled volumes (medlens.segment.semi)
     unlabelled: str | None = None  # a folder of unlabelled volumes for semi_supervised
@@ -64,7 +61,9 @@ class SegTrainConfig:
         if self.semi_supervised not in ("none", "fixmatch"):
             raise ConfigError(f"train.semi_supervised: choose none or fixmatch, got {self.semi_supervised!r}")
         if not 0 < self.fixmatch_threshold < 1:
-            raise ConfigError(f"train.fixmatch_threshold: expected a probability in (0, 1), got {self.fixmatch_threshold}")
+            raise ConfigError(
+                f"train.fixmatch_threshold: expected a probability in (0, 1), got {self.fixmatch_threshold}"
+            )
         if self.max_train_cases is not None and self.max_train_cases < 1:
             raise ConfigError(f"train.max_train_cases: expected at least 1 labelled case, got {self.max_train_cases}")
         if self.folds > 1 and not 0 <= self.fold < self.folds:
@@ -97,8 +96,10 @@ def limit_labels(split: dict[str, list[str]], cfg: SegTrainConfig) -> dict[str, 
         wanted = read_case_list(Path(cfg.labelled_cases))
         outside = sorted(set(wanted) - set(train))
         if outside:
-            raise ConfigError(f"train.labelled_cases: {len(outside)} case(s) are not in this run's training split "
-                              f"({', '.join(outside[:5])}); validation and test cases cannot be labelled for training")
+            raise ConfigError(
+                f"train.labelled_cases: {len(outside)} case(s) are not in this run's training split "
+                f"({', '.join(outside[:5])}); validation and test cases cannot be labelled for training"
+            )
         keep = [c for c in train if c in set(wanted)]
     elif cfg.max_train_cases and cfg.max_train_cases < len(train):
         picked = set(np.random.default_rng(cfg.seed).permutation(len(train))[: cfg.max_train_cases].tolist())
@@ -129,7 +130,9 @@ def read_case_list(path: Path) -> list[str]:
 class PatchDataset(torch.utils.data.Dataset):
     """Random patches, one third centred on foreground (nnU-Net's oversampling), with MONAI augmentation."""
 
-    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray], plan: SegPlan, samples: int, seed: int) -> None:
+    def __init__(
+        self, images: list[np.ndarray], labels: list[np.ndarray], plan: SegPlan, samples: int, seed: int
+    ) -> None:
         self.images, self.labels, self.samples = images, labels, samples
         self.transform = _augmentation(plan)
         self.transform.set_random_state(seed)
@@ -158,15 +161,24 @@ def _augmentation(plan: SegPlan) -> Any:
 
     keys = ["image", "label"]
     rotate = (0.26,) * (1 if plan.dims == 2 else 3)  # +-15 degrees
-    return Compose([
-        SpatialPadd(keys, spatial_size=plan.patch_size),
-        RandCropByPosNegLabeld(keys, label_key="label", spatial_size=plan.patch_size, pos=1, neg=2, num_samples=1),
-        RandAffined(keys, prob=0.2, rotate_range=rotate, scale_range=0.15, mode=("bilinear", "nearest"), padding_mode="zeros"),
-        *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in plan.mirror_axes],
-        RandGaussianNoised("image", prob=0.1, std=0.1),
-        RandScaleIntensityd("image", factors=0.25, prob=0.15),
-        RandShiftIntensityd("image", offsets=0.1, prob=0.15),
-    ])
+    return Compose(
+        [
+            SpatialPadd(keys, spatial_size=plan.patch_size),
+            RandCropByPosNegLabeld(keys, label_key="label", spatial_size=plan.patch_size, pos=1, neg=2, num_samples=1),
+            RandAffined(
+                keys,
+                prob=0.2,
+                rotate_range=rotate,
+                scale_range=0.15,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in plan.mirror_axes],
+            RandGaussianNoised("image", prob=0.1, std=0.1),
+            RandScaleIntensityd("image", factors=0.25, prob=0.15),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.15),
+        ]
+    )
 
 
 def load_cases(dataset: SegDataset, ids: list[str], plan: SegPlan) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -183,10 +195,15 @@ def load_cases(dataset: SegDataset, ids: list[str], plan: SegPlan) -> tuple[list
 
 def _as_slices(images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """2D plans train on every axial slice (last axis) of every case."""
-    return ([im[..., k] for im in images for k in range(im.shape[-1])], [lb[..., k] for lb in labels for k in range(lb.shape[-1])])
+    return (
+        [im[..., k] for im in images for k in range(im.shape[-1])],
+        [lb[..., k] for lb in labels for k in range(lb.shape[-1])],
+    )
 
 
-def train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
+def train_segmenter(
+    data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_dir: str | Path, show_progress: bool = True
+) -> Path:
     """Train, choose post-processing on validation, and write ``OUT/model`` (a bundle ``medlens segment`` reads).
 
     Under ``torchrun`` each process draws its own patches (``samples_per_epoch`` and the plan's batch are
@@ -199,8 +216,15 @@ def train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_di
     return bundle
 
 
-def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_dir: Path, show_progress: bool,
-                     info: DistInfo, device: torch.device) -> Path:
+def _train_segmenter(
+    data: str | Path,
+    plan: SegPlan,
+    cfg: SegTrainConfig,
+    out_dir: Path,
+    show_progress: bool,
+    info: DistInfo,
+    device: torch.device,
+) -> Path:
 
     seed_everything(cfg.seed)
     dataset = load_seg_dataset(data)
@@ -214,12 +238,18 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
     init = initialise_unet(model, plan, cfg.init, split) if cfg.init else {"source": "random"}
     loss_fn = _dice_ce()
     if cfg.semi_supervised == "fixmatch":
-
         held_back = load_cases(dataset, split.get("train_unlabelled", []), plan)[0]
         loss_fn = make_seg_fixmatch_loss(cfg, loss_fn, model, held_back, plan, info.world_size)
-    patches = PatchDataset(train_images, train_labels, plan, cfg.samples_per_epoch // info.world_size, cfg.seed + info.rank)
-    loader = torch.utils.data.DataLoader(patches, batch_size=shard_batch_size(plan.batch_size, info, "plan.batch_size"),
-                                         shuffle=True, num_workers=0, drop_last=True)
+    patches = PatchDataset(
+        train_images, train_labels, plan, cfg.samples_per_epoch // info.world_size, cfg.seed + info.rank
+    )
+    loader = torch.utils.data.DataLoader(
+        patches,
+        batch_size=shard_batch_size(plan.batch_size, info, "plan.batch_size"),
+        shuffle=True,
+        num_workers=0,
+        drop_last=True,
+    )
     fg = [v for v in plan.label_names if v]
 
     def score_val(m: torch.nn.Module) -> dict[str, float]:
@@ -227,8 +257,17 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
         return {"score": float(np.mean([mean_foreground_dice(p, t, fg) for p, t in zip(preds, val_labels)]))}
 
     started = time.perf_counter()
-    options = LoopOptions(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=0, patience=cfg.patience,
-                          device=device, show_progress=show_progress, schedule="poly", mixed_precision=cfg.mixed_precision)
+    options = LoopOptions(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_epochs=0,
+        patience=cfg.patience,
+        device=device,
+        show_progress=show_progress,
+        schedule="poly",
+        mixed_precision=cfg.mixed_precision,
+    )
     run_key = str(sorted({**asdict(cfg), "epochs": None, "plan": plan.to_dict()}.items()))
     result = fit(model, loss_fn, loader, score_val, options, out_dir / "checkpoints", run_key)
     if not info.is_main:
@@ -237,22 +276,37 @@ def _train_segmenter(data: str | Path, plan: SegPlan, cfg: SegTrainConfig, out_d
     model.cpu().eval()
     postprocess, val_metrics = choose_postprocessing(model, val_images, val_labels, plan)
     manifest = {
-        "task": "segmentation", "name": dataset.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "medlens_version": __version__, "plan": plan.to_dict(), "label_names": {str(k): v for k, v in plan.label_names.items()},
-        "postprocess_largest_component": postprocess, "config": asdict(cfg), "split": split, "init": init,
+        "task": "segmentation",
+        "name": dataset.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "medlens_version": __version__,
+        "plan": plan.to_dict(),
+        "label_names": {str(k): v for k, v in plan.label_names.items()},
+        "postprocess_largest_component": postprocess,
+        "config": asdict(cfg),
+        "split": split,
+        "init": init,
         "data": {"dataset": dataset.name, "root": str(dataset.root), "licence": dataset.licence},
-        "training": {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "seconds": round(time.perf_counter() - started, 1),
-                     "history": result.history, "processes": info.world_size},
+        "training": {
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "seconds": round(time.perf_counter() - started, 1),
+            "history": result.history,
+            "processes": info.world_size,
+        },
         "metrics": {"validation": val_metrics},
     }
     if cfg.semi_supervised == "fixmatch":
-
-        manifest["training"]["fixmatch"] = {"unlabelled_images": loss_fn.n_unlabelled, "confident_share": confident_share(loss_fn)}
+        manifest["training"]["fixmatch"] = {
+            "unlabelled_images": loss_fn.n_unlabelled,
+            "confident_share": confident_share(loss_fn),
+        }
     return save_bundle(out_dir / "model", model, manifest)
 
 
-def choose_postprocessing(model: torch.nn.Module, images: list[np.ndarray], labels: list[np.ndarray],
-                          plan: SegPlan) -> tuple[list[int], dict[str, float]]:
+def choose_postprocessing(
+    model: torch.nn.Module, images: list[np.ndarray], labels: list[np.ndarray], plan: SegPlan
+) -> tuple[list[int], dict[str, float]]:
     """Keep-largest-component per label, only for labels where it raises validation Dice (as nnU-Net decides)."""
     fg = [v for v in plan.label_names if v]
     raw = [predict_probabilities(model, im, plan).argmax(0).numpy().astype(np.uint8) for im in images]
@@ -265,7 +319,9 @@ def choose_postprocessing(model: torch.nn.Module, images: list[np.ndarray], labe
     final = [keep_largest_component(p, chosen) for p in raw]
     per_case = [case_metrics(p, t, plan.label_names, plan.target_spacing_mm) for p, t in zip(final, labels)]
     summary = {k: float(np.nanmean([c[k] for c in per_case])) for k in per_case[0]} if per_case else {}
-    summary["mean_dice"] = float(np.mean([summary[f"dice_{plan.label_names[v]}"] for v in fg])) if per_case else float("nan")
+    summary["mean_dice"] = (
+        float(np.mean([summary[f"dice_{plan.label_names[v]}"] for v in fg])) if per_case else float("nan")
+    )
     summary["n"] = len(per_case)
     return chosen, summary
 

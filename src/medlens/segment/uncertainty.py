@@ -31,8 +31,9 @@ def case_uncertainty(model: torch.nn.Module, image: np.ndarray, plan: SegPlan, r
     return float(entropy[region].mean()) if bool(region.any()) else 1.0
 
 
-def select_volumes(bundle: SegmenterBundle, pool: Path, budget: int, strategy: str = "uncertainty",
-                   seed: int = 0) -> tuple[list[str], Selection, list[dict[str, str]]]:
+def select_volumes(
+    bundle: SegmenterBundle, pool: Path, budget: int, strategy: str = "uncertainty", seed: int = 0
+) -> tuple[list[str], Selection, list[dict[str, str]]]:
     """Rank the volumes of a folder for labelling: most uncertain first (or ``random``).
 
     A file that cannot be read as a 3D volume is skipped and reported; the
@@ -53,9 +54,14 @@ def select_volumes(bundle: SegmenterBundle, pool: Path, budget: int, strategy: s
         except MedlensError as exc:
             skipped.append({"file": path.name, "error": str(exc)})
     if budget > len(names):
-        raise ConfigError(f"--budget {budget} is larger than the pool ({len(names)} readable volumes in {pool}); "
-                          "ask for fewer cases or add volumes")
+        raise ConfigError(
+            f"--budget {budget} is larger than the pool ({len(names)} readable volumes in {pool}); "
+            "ask for fewer cases or add volumes"
+        )
     uncertainty = np.asarray(scores)
-    order = (np.argsort(-uncertainty, kind="stable") if strategy == "uncertainty"
-             else np.random.default_rng(seed).permutation(len(names)))
+    order = (
+        np.argsort(-uncertainty, kind="stable")
+        if strategy == "uncertainty"
+        else np.random.default_rng(seed).permutation(len(names))
+    )
     return names, Selection(order[:budget], uncertainty), skipped

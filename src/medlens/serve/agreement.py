@@ -21,7 +21,9 @@ def agreement_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for row in rows:
         calls = {f["name"]: bool(f["present"]) for f in (row.get("result") or {}).get("findings", [])}
         if row["finding"] in calls:
-            pairs[(row["model"], row["finding"])].append((calls[row["finding"]], bool(row["present"]), row["job_id"], row["reader"]))
+            pairs[(row["model"], row["finding"])].append(
+                (calls[row["finding"]], bool(row["present"]), row["job_id"], row["reader"])
+            )
     table = [_summary(model, finding, items) for (model, finding), items in sorted(pairs.items())]
     return {"rows": table, "reads": sum(r["n"] for r in table)}
 
@@ -37,11 +39,14 @@ def _summary(model: str, finding: str, items: list[tuple[bool, bool, int, str]])
         kappa = value if np.isfinite(value) else None
     positives, negatives = human.sum(), (~human).sum()
     return {
-        "model": model, "finding": finding, "n": len(items),
+        "model": model,
+        "finding": finding,
+        "n": len(items),
         "agreement": float((ai == human).mean()),
         "kappa": kappa,
         "sensitivity": float((ai & human).sum() / positives) if positives else None,
         "specificity": float((~ai & ~human).sum() / negatives) if negatives else None,
-        "discordant": [{"job": job, "reader": reader, "model_says": a, "reader_says": h}
-                       for a, h, job, reader in items if a != h],
+        "discordant": [
+            {"job": job, "reader": reader, "model_says": a, "reader_says": h} for a, h, job, reader in items if a != h
+        ],
     }

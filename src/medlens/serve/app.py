@@ -26,13 +26,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import (
-    FileResponse,
-    HTMLResponse,
-    JSONResponse,
-    PlainTextResponse,
-    Response,
-)
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
@@ -54,8 +48,10 @@ STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {"app.js": "text/javascript", "app.css": "text/css"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
 JobId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a job number from the worklist")]
@@ -85,7 +81,9 @@ class ServeConfig:
     api_docs: bool = False  # serve /openapi.json (never a CDN-hosted docs page)
 
     def limits(self) -> DicomLimits:
-        return DicomLimits(max_inflated_bytes=int(self.max_inflated_mb * 2**20), max_pixel_bytes=int(self.max_pixel_mb * 2**20))
+        return DicomLimits(
+            max_inflated_bytes=int(self.max_inflated_mb * 2**20), max_pixel_bytes=int(self.max_pixel_mb * 2**20)
+        )
 
 
 class ReadIn(BaseModel):
@@ -113,7 +111,11 @@ def create_app(config: ServeConfig) -> FastAPI:
             for study_uid, entry in report.studies.items():
                 study_id, new = store.add_study(study_uid, entry["folder"], entry["info"], entry["count"], source)
                 _route(store, models, study_id, entry["info"], config.settle_seconds, new, entry["new"])
-                store.log(user, "upload", f"study {study_id}" + (f" ({entry['resent']} instance(s) sent again)" if entry["resent"] else ""))
+                store.log(
+                    user,
+                    "upload",
+                    f"study {study_id}" + (f" ({entry['resent']} instance(s) sent again)" if entry["resent"] else ""),
+                )
                 entry["study_id"] = study_id
         return report
 
@@ -133,8 +135,14 @@ def create_app(config: ServeConfig) -> FastAPI:
         if pacs is not None:
             pacs.close()
 
-    app = FastAPI(title="medlens", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json" if config.api_docs else None)
+    app = FastAPI(
+        title="medlens",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if config.api_docs else None,
+    )
     app.state.store, app.state.worker, app.state.models = store, worker, models
     bearer = HTTPBearer(auto_error=False)
 
@@ -145,16 +153,22 @@ def create_app(config: ServeConfig) -> FastAPI:
         return response
 
     def requires(role: str) -> Any:
-        def check(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+        def check(
+            request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+        ) -> User:
             user = user_for(credentials.credentials if credentials else None, users)
             if user is None:  # the path only: never the token, never a query string
                 store.log("(no valid token)", "refused", f"{request.method} {request.url.path}"[:200])
-                raise HTTPException(401, "a valid bearer token is needed (Authorization: Bearer <token>)",
-                                    headers={"WWW-Authenticate": "Bearer"})
+                raise HTTPException(
+                    401,
+                    "a valid bearer token is needed (Authorization: Bearer <token>)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             if not user.may(role):
                 store.log(user.name, "forbidden", f"{request.method} {request.url.path}"[:200])
                 raise HTTPException(403, f"role {user.role!r} may not do this; it needs {role!r}")
             return user
+
         return check
 
     @app.get("/health")
@@ -176,8 +190,14 @@ def create_app(config: ServeConfig) -> FastAPI:
         del body
         report = await run_in_threadpool(ingest, parts, "stow", user.name)
         status = 200 if not report.failed else (202 if report.stored else 409)  # PS3.18: all / some / none stored
-        return JSONResponse({"stored": len(report.stored), "failed": report.failed,
-                             "studies": [e["study_id"] for e in report.studies.values()]}, status_code=status)
+        return JSONResponse(
+            {
+                "stored": len(report.stored),
+                "failed": report.failed,
+                "studies": [e["study_id"] for e in report.studies.values()],
+            },
+            status_code=status,
+        )
 
     @app.get("/api/worklist")
     def worklist(user: Annotated[User, Depends(requires("viewer"))]) -> list[dict[str, Any]]:
@@ -215,7 +235,10 @@ def create_app(config: ServeConfig) -> FastAPI:
             return Response(_png(found.result or {}, kind, job_id), media_type="image/png")
         outputs = (found.result or {}).get("outputs", {})
         if kind not in ("sr", "heatmap", "seg", "fhir") or kind not in outputs:
-            raise HTTPException(404, f"job {job_id} has no {kind[:40]!r} output (state {found.state}); outputs: {', '.join(outputs) or 'none yet'}")
+            raise HTTPException(
+                404,
+                f"job {job_id} has no {kind[:40]!r} output (state {found.state}); outputs: {', '.join(outputs) or 'none yet'}",
+            )
         store.log(user.name, "view", f"job {job_id} {kind}")
         media = "application/fhir+json" if kind == "fhir" else "application/dicom"
         return FileResponse(outputs[kind], media_type=media)
@@ -229,7 +252,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         found = _job_or_404(job_id)
         names = [f["name"] for f in (found.result or {}).get("findings", [])]
         if body.finding not in names:
-            raise HTTPException(422, f"finding {body.finding!r} is not one job {job_id} reports ({', '.join(names) or 'no findings yet'})")
+            raise HTTPException(
+                422,
+                f"finding {body.finding!r} is not one job {job_id} reports ({', '.join(names) or 'no findings yet'})",
+            )
         store.record_read(job_id, user.name, body.finding, body.present)
         store.log(user.name, "read", f"job {job_id} {body.finding}={'present' if body.present else 'absent'}")
         return {"job": job_id, "finding": body.finding, "present": body.present, "reader": user.name}
@@ -266,10 +292,14 @@ def create_app(config: ServeConfig) -> FastAPI:
     def metrics(user: Annotated[User, Depends(requires("viewer"))]) -> str:
         lines = ["# HELP medlens_jobs Jobs by state.", "# TYPE medlens_jobs gauge"]
         lines += [f'medlens_jobs{{state="{state}"}} {n}' for state, n in store.counts().items()]
-        lines += ["# HELP medlens_drift_alarm 1 if the latest window of studies drifted from validation data.",
-                  "# TYPE medlens_drift_alarm gauge", "# HELP medlens_drift_embedding_score Latest window's embedding shift score.",
-                  "# TYPE medlens_drift_embedding_score gauge", "# HELP medlens_mean_probability Latest window's mean finding probability.",
-                  "# TYPE medlens_mean_probability gauge"]
+        lines += [
+            "# HELP medlens_drift_alarm 1 if the latest window of studies drifted from validation data.",
+            "# TYPE medlens_drift_alarm gauge",
+            "# HELP medlens_drift_embedding_score Latest window's embedding shift score.",
+            "# TYPE medlens_drift_embedding_score gauge",
+            "# HELP medlens_mean_probability Latest window's mean finding probability.",
+            "# TYPE medlens_mean_probability gauge",
+        ]
         for name, report in monitoring_report().items():
             latest = report["windows"][-1] if report["windows"] else {}
             lines.append(f'medlens_drift_alarm{{model="{name}"}} {int(report["alarm"])}')
@@ -282,8 +312,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     return app
 
 
-def _route(store: Any, models: dict[str, Any], study_id: int, info: dict[str, Any], settle_seconds: float, new: bool,
-           arrived: list[dict[str, Any]]) -> None:
+def _route(
+    store: Any,
+    models: dict[str, Any],
+    study_id: int,
+    info: dict[str, Any],
+    settle_seconds: float,
+    new: bool,
+    arrived: list[dict[str, Any]],
+) -> None:
     """One job per model the study matches; a skipped job (with the reason) per model it does not.
 
     New instances of a known study: its queued jobs wait for it to settle, and the finished job of each model that
@@ -313,7 +350,6 @@ def _png(result: dict[str, Any], kind: str, job_id: int) -> bytes:
     if not source or not Path(source).is_file():
         raise HTTPException(404, f"job {job_id} has no {kind} (not finished, or no heatmap for this model)")
     if kind == "image.png":
-
         grey = read_dicom(Path(source)).mean(axis=0)
         low, high = np.percentile(grey, [0.5, 99.5])
         pixels = (np.clip((grey - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
@@ -327,7 +363,9 @@ def _png(result: dict[str, Any], kind: str, job_id: int) -> bytes:
 async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes (ServeConfig.max_upload_mb)")
+        raise HTTPException(
+            413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes (ServeConfig.max_upload_mb)"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -40,7 +40,9 @@ def load_tokens(path: str | Path) -> dict[str, User]:
     """token hash -> user, from a tokens file written by :func:`add_token`."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--tokens {path}: no such file; create one with `medlens token add NAME --role ROLE --tokens {path}`")
+        raise ConfigError(
+            f"--tokens {path}: no such file; create one with `medlens token add NAME --role ROLE --tokens {path}`"
+        )
     try:
         entries = json.loads(path.read_text())["users"]
         users = {e["token_sha256"]: User(e["name"], e["role"]) for e in entries}

@@ -48,14 +48,16 @@ def split_multipart_related(body: bytes, content_type: str) -> list[bytes]:
     is not binary-safe: it rewrites line endings inside DICOM payloads.
     """
     if not re.match(r"\s*multipart/related", content_type or "", re.I):
-        raise DataError(f"STOW-RS needs Content-Type multipart/related; type=\"application/dicom\", got {content_type!r}")
+        raise DataError(f'STOW-RS needs Content-Type multipart/related; type="application/dicom", got {content_type!r}')
     found = re.search(r'boundary="?([^";]+)"?', content_type)
     if not found:
         raise DataError("STOW-RS Content-Type has no boundary parameter; add one (e.g. boundary=medlens)")
     delimiter = b"--" + found.group(1).strip().encode()
     chunks = body.split(delimiter)
     if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
-        raise DataError("the STOW-RS body does not match its boundary (no closing delimiter); check the multipart encoding")
+        raise DataError(
+            "the STOW-RS body does not match its boundary (no closing delimiter); check the multipart encoding"
+        )
     parts = []
     for chunk in chunks[1:-1]:
         head, sep, payload = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
@@ -63,8 +65,10 @@ def split_multipart_related(body: bytes, content_type: str) -> list[bytes]:
             raise DataError("a STOW-RS part has no header block; each part needs Content-Type: application/dicom")
         kind = re.search(rb"content-type:\s*([^\s;]+)", head, re.I)
         if kind is None or kind.group(1).lower() != b"application/dicom":
-            raise DataError(f"STOW-RS part of type {kind.group(1).decode(errors='replace') if kind else 'none'!r}: "
-                            "only application/dicom instances are accepted")
+            raise DataError(
+                f"STOW-RS part of type {kind.group(1).decode(errors='replace') if kind else 'none'!r}: "
+                "only application/dicom instances are accepted"
+            )
         parts.append(payload.removesuffix(b"\r\n"))
     return parts
 
@@ -86,7 +90,9 @@ def store_instances(parts: list[bytes], storage: Path, limits: DicomLimits = DEF
         path = storage / folder / f"{_digest(sop_uid)}.dcm"
         resent = path.is_file()
         _write_atomically(path, data)
-        entry = report.studies.setdefault(study_uid, {"folder": str(folder), "info": info, "count": 0, "resent": 0, "new": []})
+        entry = report.studies.setdefault(
+            study_uid, {"folder": str(folder), "info": info, "count": 0, "resent": 0, "new": []}
+        )
         entry["resent" if resent else "count"] += 1
         if not resent:
             entry["new"].append(info)  # what each new instance is, so only the models that read it run again
@@ -100,11 +106,15 @@ def _parse_instance(data: bytes, where: str, limits: DicomLimits) -> tuple[Any, 
     try:
         ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
         remember_identifiers(ds)
-        study_uid, sop_uid, series_uid = (str(ds.get(k) or "") for k in ("StudyInstanceUID", "SOPInstanceUID", "SeriesInstanceUID"))
+        study_uid, sop_uid, series_uid = (
+            str(ds.get(k) or "") for k in ("StudyInstanceUID", "SOPInstanceUID", "SeriesInstanceUID")
+        )
         info = _study_info(ds)
     except Exception as exc:  # pydicom raises many types on hostile input (struct, NotImplemented, length, Unicode...)
-        raise DataError(f"{where}: not a readable DICOM instance with Study/Series/SOP Instance UIDs "
-                        f"({type(exc).__name__}: {redact(str(exc)[:200], foreign=True)})") from exc
+        raise DataError(
+            f"{where}: not a readable DICOM instance with Study/Series/SOP Instance UIDs "
+            f"({type(exc).__name__}: {redact(str(exc)[:200], foreign=True)})"
+        ) from exc
     if not (study_uid and sop_uid and series_uid) or max(len(study_uid), len(sop_uid), len(series_uid)) > 64:
         raise DataError(f"{where}: Study, Series and SOP Instance UIDs must be present and at most 64 characters")
     if "Rows" in ds or "NumberOfFrames" in ds:
@@ -113,7 +123,9 @@ def _parse_instance(data: bytes, where: str, limits: DicomLimits) -> tuple[Any, 
         except DicomError:
             raise
         except Exception as exc:
-            raise DataError(f"{where}: unreadable image header ({type(exc).__name__}); the instance is corrupt") from exc
+            raise DataError(
+                f"{where}: unreadable image header ({type(exc).__name__}); the instance is corrupt"
+            ) from exc
     return ds, study_uid, sop_uid, info
 
 
@@ -123,8 +135,11 @@ def instance_files(storage: Path, folder: str) -> list[Path]:
 
 def _study_info(ds: Any) -> dict[str, Any]:
     """What routing reads, cut to the database's column sizes (a hostile header may hold anything)."""
-    return {"modality": str(ds.get("Modality", "") or "")[:16], "body_part": str(ds.get("BodyPartExamined", "") or "")[:64],
-            "description": str(ds.get("SeriesDescription", "") or ds.get("StudyDescription", "") or "")[:256]}
+    return {
+        "modality": str(ds.get("Modality", "") or "")[:16],
+        "body_part": str(ds.get("BodyPartExamined", "") or "")[:64],
+        "description": str(ds.get("SeriesDescription", "") or ds.get("StudyDescription", "") or "")[:256],
+    }
 
 
 def _digest(uid: str) -> str:

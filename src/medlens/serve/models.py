@@ -79,8 +79,10 @@ def load_models(spec: str | Path) -> dict[str, ServedModel]:
     paths = [_bundle_path(item.strip()) for item in str(spec).split(",") if item.strip()]
     names = [p.name if p.name != "model" else p.parent.name for p in paths]  # `medlens train` writes OUT/model
     if not paths or len(set(names)) < len(names):
-        raise ConfigError(f"--models {spec}: give a folder of bundles, or bundle names or folders separated by commas, "
-                          f"each name once (got {', '.join(names) or 'none'})")
+        raise ConfigError(
+            f"--models {spec}: give a folder of bundles, or bundle names or folders separated by commas, "
+            f"each name once (got {', '.join(names) or 'none'})"
+        )
     return {name: _load(path) for name, path in zip(names, paths)}
 
 
@@ -102,14 +104,19 @@ def _load(path: Path) -> ServedModel:
         default = {(manifest.get("expected_input", {}).get("modality") or "").upper()}
     try:
         served = ServedModel(
-            name=path.name, path=path, task=manifest.get("task", ""), bundle=bundle,
+            name=path.name,
+            path=path,
+            task=manifest.get("task", ""),
+            bundle=bundle,
             modalities={m.upper() for m in routing.get("modalities", default)},
             body_parts={b.upper() for b in routing.get("body_parts", [])},
             series_description=routing.get("series_description"),
             severity={k: float(v) for k, v in routing.get("severity", {}).items()},
         )
     except (TypeError, ValueError, AttributeError) as exc:
-        raise ModelError(f"{path / 'bundle.json'}: the routing block is malformed ({exc}); see medlens.serve.models") from exc
+        raise ModelError(
+            f"{path / 'bundle.json'}: the routing block is malformed ({exc}); see medlens.serve.models"
+        ) from exc
     try:
         served.clinical()  # a fused bundle whose clinical columns have no header field fails here, at start-up
     except ConfigError as exc:

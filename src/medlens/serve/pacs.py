@@ -26,7 +26,9 @@ class PacsError(MedlensError):
 
 
 class OrthancConnector:
-    def __init__(self, url: str, username: str | None = None, password: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, username: str | None = None, password: str | None = None, timeout: float = 30.0
+    ) -> None:
         import httpx
 
         auth = (username, password) if username and password else None
@@ -61,14 +63,18 @@ class OrthancConnector:
         """STOW-RS the files into Orthanc (its DICOMweb plugin); refused or unreachable raises PacsError."""
         import httpx
 
-
         body, content_type = stow_body(files)
         try:
-            response = self.client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type,
-                                                                                     "Accept": "application/dicom+json"})
+            response = self.client.post(
+                "/dicom-web/studies",
+                content=body,
+                headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+            )
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            raise PacsError(f"storing {len(files)} result(s) into Orthanc {self.url}: {type(exc).__name__}: {exc}") from exc
+            raise PacsError(
+                f"storing {len(files)} result(s) into Orthanc {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 class PacsPoller:
@@ -97,7 +103,9 @@ class PacsPoller:
             for study_id in ids:
                 self.ingest(self.pacs.study_instances(study_id), "orthanc")
                 taken += 1
-            self.store.set_setting("orthanc_cursor", str(last))  # after the studies are stored: a crash refetches, never skips
+            self.store.set_setting(
+                "orthanc_cursor", str(last)
+            )  # after the studies are stored: a crash refetches, never skips
             since = last
             if done:
                 return taken

@@ -26,26 +26,23 @@ from medlens.models.probs import finding_thresholds
 from medlens.segment.stage import segment_files
 from medlens.serve.models import ServedModel
 from medlens.serve.monitor import observe
-from medlens.serve.reports import (
-    fhir_report,
-    fhir_volume_report,
-    finding_code,
-    uid_for,
-    write_sr,
-)
+from medlens.serve.reports import fhir_report, fhir_volume_report, finding_code, uid_for, write_sr
 
 
-def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job_id: int, job_key: str) -> tuple[str, float, dict[str, Any]]:
+def run_classification(
+    model: ServedModel, files: list[Path], out_dir: Path, job_id: int, job_key: str
+) -> tuple[str, float, dict[str, Any]]:
     """(state, urgency, result) for a classification model on a study's DICOM instances."""
     import pydicom
-
 
     clinical = model.clinical()  # a fused bundle reads age, sex, view... from each instance's header
     rows = predict_files(model.bundle, files, adapt=True, clinical=clinical)
     good = [(i, r) for i, r in enumerate(rows) if not r.error]
     skipped = [{"instance": i, "reason": r.error} for i, r in enumerate(rows) if r.error]
     if not good:
-        raise DataError(f"no image of the study could be read by model {model.name}: " + "; ".join(s["reason"] for s in skipped[:3]))
+        raise DataError(
+            f"no image of the study could be read by model {model.name}: " + "; ".join(s["reason"] for s in skipped[:3])
+        )
     codes = model.bundle.manifest.get("routing", {}).get("codes")
     cut = finding_thresholds(model.task, model.bundle.label_names, model.bundle.thresholds)
     findings = []
@@ -53,8 +50,17 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
         probs = np.array([r.probabilities[name] for _, r in good])
         best = int(np.argmax(probs))
         t = cut[name]
-        findings.append({"name": name, "probability": float(probs[best]), "present": bool(probs[best] >= t), "threshold": float(t),
-                         "severity": model.severity.get(name, 1.0), "image_index": best, "code": finding_code(name, codes)})
+        findings.append(
+            {
+                "name": name,
+                "probability": float(probs[best]),
+                "present": bool(probs[best] >= t),
+                "threshold": float(t),
+                "severity": model.severity.get(name, 1.0),
+                "image_index": best,
+                "code": finding_code(name, codes),
+            }
+        )
     refer = any(bool(r.refer) for _, r in good)
     urgency = max((f["probability"] * f["severity"] for f in findings), default=0.0)
     sources = [files[i] for i, _ in good]
@@ -69,17 +75,25 @@ def run_classification(model: ServedModel, files: list[Path], out_dir: Path, job
     outputs["fhir"] = str(out_dir / "fhir.json")
 
     observation = observe(model, sources, [[r.probabilities[n] for n in model.bundle.label_names] for _, r in good])
-    result = {"findings": [{k: v for k, v in f.items() if k != "image_index"} for f in findings], "refer": refer,
-              "images": len(rows), "images_used": len(good), "skipped_instances": skipped,
-              "notes": sorted({n for _, r in good for n in r.notes}), "outputs": outputs, "key_image": str(key_image)}
+    result = {
+        "findings": [{k: v for k, v in f.items() if k != "image_index"} for f in findings],
+        "refer": refer,
+        "images": len(rows),
+        "images_used": len(good),
+        "skipped_instances": skipped,
+        "notes": sorted({n for _, r in good for n in r.notes}),
+        "outputs": outputs,
+        "key_image": str(key_image),
+    }
     result["observation"] = observation  # taken out by the worker into the monitoring table
     return ("referred" if refer else "done"), urgency, result
 
 
-def run_segmentation(model: ServedModel, folder: Path, out_dir: Path, job_id: int, job_key: str) -> tuple[str, float, dict[str, Any]]:
+def run_segmentation(
+    model: ServedModel, folder: Path, out_dir: Path, job_id: int, job_key: str
+) -> tuple[str, float, dict[str, Any]]:
     """(state, urgency, result) for a segmentation model on a study's DICOM series: label map, DICOM SEG, volumes, FHIR."""
     import pydicom
-
 
     report = segment_files(model.bundle, [folder], out_dir)
     if report["problems"]:

@@ -17,8 +17,9 @@ import numpy as np
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
-def write_cr_study(image_path: Path, out: Path, patient_id: str, accession: str = "", age: str = "", sex: str = "O",
-                   view: str = "PA") -> Path:
+def write_cr_study(
+    image_path: Path, out: Path, patient_id: str, accession: str = "", age: str = "", sex: str = "O", view: str = "PA"
+) -> Path:
     """One-image CR study (chest) from a real grey image file; returns the DICOM file written.
 
     ``age`` (a DICOM age string such as ``058Y``), ``sex`` and ``view`` fill the header fields a fused model reads,
@@ -58,7 +59,10 @@ def write_cr_study(image_path: Path, out: Path, patient_id: str, accession: str 
 
 def stow_body(files: list[Path], boundary: str = "medlens-boundary") -> tuple[bytes, str]:
     """A STOW-RS request body and its Content-Type for DICOM files (PS3.18 multipart/related)."""
-    parts = [b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + Path(f).read_bytes() + b"\r\n" for f in files]
+    parts = [
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + Path(f).read_bytes() + b"\r\n"
+        for f in files
+    ]
     body = b"".join(parts) + b"--" + boundary.encode() + b"--\r\n"
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 

@@ -30,6 +30,7 @@ from medlens.phi import install_phi_filter
 
 log = logging.getLogger(__name__)
 
+
 class JobCrashed(MedlensError):
     """The child process running a job died or overran its time limit; the job counts one attempt."""
 
@@ -94,8 +95,9 @@ class Sandbox:
         self._kill()
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        self._process = context.Process(target=_child_main, args=(child, self.setup, self.setup_args),
-                                        name="medlens-job", daemon=True)
+        self._process = context.Process(
+            target=_child_main, args=(child, self.setup, self.setup_args), name="medlens-job", daemon=True
+        )
         self._process.start()
         child.close()
         self._conn = parent
@@ -113,12 +115,17 @@ class Sandbox:
                 break
         else:
             self._kill()
-            raise JobCrashed(f"the job ran longer than {self.timeout_seconds:.0f} s and was stopped; a file may make the "
-                             "reader or a decoder hang", timed_out=True)
+            raise JobCrashed(
+                f"the job ran longer than {self.timeout_seconds:.0f} s and was stopped; a file may make the "
+                "reader or a decoder hang",
+                timed_out=True,
+            )
         code = self._exit_code()
         self._kill()
-        raise JobCrashed(f"the job's process died ({_describe(code)}) while running it; a native decoder probably "
-                         "aborted on corrupt pixel data (the service itself kept running)")
+        raise JobCrashed(
+            f"the job's process died ({_describe(code)}) while running it; a native decoder probably "
+            "aborted on corrupt pixel data (the service itself kept running)"
+        )
 
     def _exit_code(self) -> int | None:
         if self._process is None:
@@ -172,5 +179,7 @@ def _child_main(conn: Connection, setup: Callable[..., Any], setup_args: tuple) 
 
 def _origin(exc: BaseException) -> str:
     """Where in medlens an unexpected exception came from (file:line of the innermost medlens frame), for bug reports."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "medlens" in f.filename] or traceback.extract_tb(exc.__traceback__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "medlens" in f.filename] or traceback.extract_tb(
+        exc.__traceback__
+    )
     return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "unknown"

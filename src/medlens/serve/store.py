@@ -30,7 +30,8 @@ FINISHED = ("done", "referred", "failed", "skipped")
 metadata = sa.MetaData()
 
 studies = sa.Table(
-    "studies", metadata,
+    "studies",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("study_uid", sa.String(64), nullable=False, unique=True),
     sa.Column("folder", sa.Text, nullable=False),  # relative to the service's storage folder
@@ -43,7 +44,8 @@ studies = sa.Table(
 )
 
 jobs = sa.Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id"), nullable=False),
     sa.Column("model", sa.String(128), nullable=False),
@@ -57,12 +59,15 @@ jobs = sa.Table(
     sa.Column("result", sa.Text),  # JSON
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
-    sa.Column("version", sa.Integer, nullable=False, default=1, server_default="1"),  # +1 each time late instances re-open it
+    sa.Column(
+        "version", sa.Integer, nullable=False, default=1, server_default="1"
+    ),  # +1 each time late instances re-open it
     sa.UniqueConstraint("study_id", "model", name="one_job_per_study_and_model"),
 )
 
 reads = sa.Table(
-    "reads", metadata,
+    "reads",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=False),
     sa.Column("reader", sa.String(128), nullable=False),
@@ -73,7 +78,8 @@ reads = sa.Table(
 )
 
 audit = sa.Table(
-    "audit", metadata,
+    "audit",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("user", sa.String(128), nullable=False),
@@ -82,7 +88,8 @@ audit = sa.Table(
 )
 
 observations = sa.Table(
-    "observations", metadata,
+    "observations",
+    metadata,
     sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), primary_key=True),
     sa.Column("model", sa.String(128), nullable=False, index=True),
     sa.Column("at", sa.Float, nullable=False),
@@ -90,9 +97,7 @@ observations = sa.Table(
 )
 
 settings = sa.Table(
-    "settings", metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
+    "settings", metadata, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False)
 )
 
 _APPEND_ONLY = {
@@ -129,8 +134,10 @@ class Store:
         try:
             self.engine: Engine = sa.create_engine(url, future=True, **_engine_options(url))
         except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:
-            raise ConfigError(f"--db {_redact(url)}: not a database URL SQLAlchemy can open ({exc}); "
-                              "use sqlite:///path/medlens.db or postgresql+pg8000://user@host/db") from exc
+            raise ConfigError(
+                f"--db {_redact(url)}: not a database URL SQLAlchemy can open ({exc}); "
+                "use sqlite:///path/medlens.db or postgresql+pg8000://user@host/db"
+            ) from exc
         self.owner = owner
         metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
@@ -148,36 +155,65 @@ class Store:
             yield conn
 
     # studies and jobs ------------------------------------------------------------------------
-    def add_study(self, study_uid: str, folder: str, info: dict[str, Any], n_instances: int, source: str) -> tuple[int, bool]:
+    def add_study(
+        self, study_uid: str, folder: str, info: dict[str, Any], n_instances: int, source: str
+    ) -> tuple[int, bool]:
         """Record a study (or count more instances of one already known); returns (id, new)."""
         with self.connect() as conn:
             row = conn.execute(sa.select(studies.c.id).where(studies.c.study_uid == study_uid)).first()
             if row is not None:
-                conn.execute(studies.update().where(studies.c.id == row.id).values(n_instances=studies.c.n_instances + n_instances))
+                conn.execute(
+                    studies.update()
+                    .where(studies.c.id == row.id)
+                    .values(n_instances=studies.c.n_instances + n_instances)
+                )
                 return row.id, False
-            result = conn.execute(studies.insert().values(
-                study_uid=study_uid, folder=folder, modality=info.get("modality"), body_part=info.get("body_part"),
-                description=redact(info.get("description") or ""), n_instances=n_instances, source=source, received_at=time.time()))
+            result = conn.execute(
+                studies.insert().values(
+                    study_uid=study_uid,
+                    folder=folder,
+                    modality=info.get("modality"),
+                    body_part=info.get("body_part"),
+                    description=redact(info.get("description") or ""),
+                    n_instances=n_instances,
+                    source=source,
+                    received_at=time.time(),
+                )
+            )
             return int(result.inserted_primary_key[0]), True
 
-    def add_job(self, study_id: int, model: str, state: str = "queued", reason: str | None = None,
-                delay_seconds: float = 0.0) -> int | None:
+    def add_job(
+        self, study_id: int, model: str, state: str = "queued", reason: str | None = None, delay_seconds: float = 0.0
+    ) -> int | None:
         """A job for (study, model) unless there is one already (a study sent twice is processed once)."""
         with self.connect() as conn:
-            exists = conn.execute(sa.select(jobs.c.id).where(jobs.c.study_id == study_id, jobs.c.model == model)).first()
+            exists = conn.execute(
+                sa.select(jobs.c.id).where(jobs.c.study_id == study_id, jobs.c.model == model)
+            ).first()
             if exists is not None:
                 return None
             now = time.time()
-            result = conn.execute(jobs.insert().values(study_id=study_id, model=model, state=state, reason=redact(reason) if reason else None,
-                                                       created_at=now, next_attempt_at=now + delay_seconds,
-                                                       finished_at=now if state in FINISHED else None))
+            result = conn.execute(
+                jobs.insert().values(
+                    study_id=study_id,
+                    model=model,
+                    state=state,
+                    reason=redact(reason) if reason else None,
+                    created_at=now,
+                    next_attempt_at=now + delay_seconds,
+                    finished_at=now if state in FINISHED else None,
+                )
+            )
             return int(result.inserted_primary_key[0])
 
     def postpone_queued(self, study_id: int, delay_seconds: float) -> None:
         """A study still receiving instances: its queued jobs wait ``delay_seconds`` more."""
         with self.connect() as conn:
-            conn.execute(jobs.update().where(jobs.c.study_id == study_id, jobs.c.state == "queued", jobs.c.attempts == 0)
-                         .values(next_attempt_at=time.time() + delay_seconds))
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.study_id == study_id, jobs.c.state == "queued", jobs.c.attempts == 0)
+                .values(next_attempt_at=time.time() + delay_seconds)
+            )
 
     def reopen(self, study_id: int, delay_seconds: float, models: list[str]) -> int:
         """New instances of a study: the finished jobs of ``models`` run again over all instances, as a new version.
@@ -188,9 +224,18 @@ class Store:
         now = time.time()
         with self.connect() as conn:
             ours = sa.and_(jobs.c.study_id == study_id, jobs.c.model.in_(models))
-            reopened = conn.execute(jobs.update().where(ours, jobs.c.state.in_(("done", "referred", "failed"))).values(
-                state="queued", attempts=0, version=jobs.c.version + 1, next_attempt_at=now + delay_seconds, finished_at=None,
-                reason=None)).rowcount
+            reopened = conn.execute(
+                jobs.update()
+                .where(ours, jobs.c.state.in_(("done", "referred", "failed")))
+                .values(
+                    state="queued",
+                    attempts=0,
+                    version=jobs.c.version + 1,
+                    next_attempt_at=now + delay_seconds,
+                    finished_at=None,
+                    reason=None,
+                )
+            ).rowcount
             conn.execute(jobs.update().where(ours, jobs.c.state == "running").values(version=jobs.c.version + 1))
             return reopened
 
@@ -204,10 +249,18 @@ class Store:
         abandoned = sa.and_(jobs.c.state == "running", sa.or_(jobs.c.owner == self.owner, jobs.c.lease_until < now))
         with self.connect() as conn:
             if max_attempts is not None:
-                conn.execute(jobs.update().where(abandoned, jobs.c.attempts >= max_attempts).values(
-                    state="failed", owner=None, lease_until=None, finished_at=now,
-                    reason=f"gave up after {max_attempts} attempts: the service stopped while running this job each time "
-                           "(a file may crash a decoder); check the study's images"))
+                conn.execute(
+                    jobs.update()
+                    .where(abandoned, jobs.c.attempts >= max_attempts)
+                    .values(
+                        state="failed",
+                        owner=None,
+                        lease_until=None,
+                        finished_at=now,
+                        reason=f"gave up after {max_attempts} attempts: the service stopped while running this job each time "
+                        "(a file may crash a decoder); check the study's images",
+                    )
+                )
             result = conn.execute(jobs.update().where(abandoned).values(state="queued", owner=None, lease_until=None))
             return result.rowcount
 
@@ -216,36 +269,74 @@ class Store:
         now = time.time()
         with self.connect() as conn:
             for _ in range(5):  # another worker may win the race for a row; try the next one
-                query = (sa.select(jobs.c.id).where(jobs.c.state == "queued", jobs.c.next_attempt_at <= now)
-                         .order_by(jobs.c.id).limit(1))
+                query = (
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.state == "queued", jobs.c.next_attempt_at <= now)
+                    .order_by(jobs.c.id)
+                    .limit(1)
+                )
                 if self.engine.dialect.name == "postgresql":
                     query = query.with_for_update(skip_locked=True)
                 row = conn.execute(query).first()
                 if row is None:
                     return None
-                taken = conn.execute(jobs.update().where(jobs.c.id == row.id, jobs.c.state == "queued").values(
-                    state="running", owner=self.owner, lease_until=now + lease_seconds, attempts=jobs.c.attempts + 1))
+                taken = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == row.id, jobs.c.state == "queued")
+                    .values(
+                        state="running", owner=self.owner, lease_until=now + lease_seconds, attempts=jobs.c.attempts + 1
+                    )
+                )
                 if taken.rowcount == 1:
                     return _job(conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).one())
         return None
 
-    def finish(self, job_id: int, state: str, result: dict[str, Any] | None, urgency: float = 0.0, reason: str | None = None,
-               version: int | None = None) -> bool:
+    def finish(
+        self,
+        job_id: int,
+        state: str,
+        result: dict[str, Any] | None,
+        urgency: float = 0.0,
+        reason: str | None = None,
+        version: int | None = None,
+    ) -> bool:
         """Record a job's outcome; False (and the job queued again) when instances arrived after it was claimed."""
         with self.connect() as conn:
             where = [jobs.c.id == job_id] + ([jobs.c.version == version] if version is not None else [])
-            done = conn.execute(jobs.update().where(*where).values(
-                state=state, result=json.dumps(result) if result is not None else None, urgency=urgency,
-                reason=redact(reason) if reason else None, owner=None, lease_until=None, finished_at=time.time())).rowcount
+            done = conn.execute(
+                jobs.update()
+                .where(*where)
+                .values(
+                    state=state,
+                    result=json.dumps(result) if result is not None else None,
+                    urgency=urgency,
+                    reason=redact(reason) if reason else None,
+                    owner=None,
+                    lease_until=None,
+                    finished_at=time.time(),
+                )
+            ).rowcount
             if done == 0:
-                conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                    state="queued", attempts=0, owner=None, lease_until=None, next_attempt_at=time.time()))
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id)
+                    .values(state="queued", attempts=0, owner=None, lease_until=None, next_attempt_at=time.time())
+                )
             return done == 1
 
     def retry_later(self, job_id: int, reason: str, delay_seconds: float) -> None:
         with self.connect() as conn:
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                state="queued", reason=redact(reason), owner=None, lease_until=None, next_attempt_at=time.time() + delay_seconds))
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    state="queued",
+                    reason=redact(reason),
+                    owner=None,
+                    lease_until=None,
+                    next_attempt_at=time.time() + delay_seconds,
+                )
+            )
 
     def job(self, job_id: int) -> Job | None:
         with self.connect() as conn:
@@ -258,11 +349,19 @@ class Store:
 
     def worklist(self, limit: int = 500) -> list[dict[str, Any]]:
         """Every job with its study, most urgent first: referred and finished by urgency, then the queue."""
-        order = sa.case((jobs.c.state == "referred", 0), (jobs.c.state == "done", 1), (jobs.c.state == "failed", 2),
-                        (jobs.c.state.in_(("running", "queued")), 3), else_=4)
-        query = (sa.select(jobs, studies.c.study_uid, studies.c.modality, studies.c.received_at)
-                 .join(studies, studies.c.id == jobs.c.study_id)
-                 .order_by(order, jobs.c.urgency.desc(), jobs.c.id).limit(limit))
+        order = sa.case(
+            (jobs.c.state == "referred", 0),
+            (jobs.c.state == "done", 1),
+            (jobs.c.state == "failed", 2),
+            (jobs.c.state.in_(("running", "queued")), 3),
+            else_=4,
+        )
+        query = (
+            sa.select(jobs, studies.c.study_uid, studies.c.modality, studies.c.received_at)
+            .join(studies, studies.c.id == jobs.c.study_id)
+            .order_by(order, jobs.c.urgency.desc(), jobs.c.id)
+            .limit(limit)
+        )
         with self.connect() as conn:
             return [_row_dict(r) for r in conn.execute(query)]
 
@@ -275,11 +374,17 @@ class Store:
         """What a finished job saw and said, for drift monitoring (a redone job replaces its observation)."""
         with self.connect() as conn:
             conn.execute(observations.delete().where(observations.c.job_id == job_id))
-            conn.execute(observations.insert().values(job_id=job_id, model=model, at=time.time(), data=json.dumps(data)))
+            conn.execute(
+                observations.insert().values(job_id=job_id, model=model, at=time.time(), data=json.dumps(data))
+            )
 
     def observations(self, model: str) -> list[dict[str, Any]]:
         """A model's observations in the order the jobs finished."""
-        query = sa.select(observations).where(observations.c.model == model).order_by(observations.c.at, observations.c.job_id)
+        query = (
+            sa.select(observations)
+            .where(observations.c.model == model)
+            .order_by(observations.c.at, observations.c.job_id)
+        )
         with self.connect() as conn:
             return [{"job_id": r.job_id, "at": r.at, **json.loads(r.data)} for r in conn.execute(query)]
 
@@ -297,8 +402,12 @@ class Store:
     def record_read(self, job_id: int, reader: str, finding: str, present: bool) -> None:
         """A radiologist's read of one finding; a later read by the same reader replaces the earlier one."""
         with self.connect() as conn:
-            conn.execute(reads.delete().where(reads.c.job_id == job_id, reads.c.reader == reader, reads.c.finding == finding))
-            conn.execute(reads.insert().values(job_id=job_id, reader=reader, finding=finding, present=present, at=time.time()))
+            conn.execute(
+                reads.delete().where(reads.c.job_id == job_id, reads.c.reader == reader, reads.c.finding == finding)
+            )
+            conn.execute(
+                reads.insert().values(job_id=job_id, reader=reader, finding=finding, present=present, at=time.time())
+            )
 
     def reads_with_results(self) -> list[dict[str, Any]]:
         query = sa.select(reads, jobs.c.model, jobs.c.result, jobs.c.study_id).join(jobs, jobs.c.id == reads.c.job_id)
@@ -337,8 +446,17 @@ def _redact(url: str) -> str:
 
 
 def _job(row: Any) -> Job:
-    return Job(row.id, row.study_id, row.model, row.state, row.attempts, row.urgency,
-               json.loads(row.result) if row.result else None, row.reason, row.version)
+    return Job(
+        row.id,
+        row.study_id,
+        row.model,
+        row.state,
+        row.attempts,
+        row.urgency,
+        json.loads(row.result) if row.result else None,
+        row.reason,
+        row.version,
+    )
 
 
 def _row_dict(row: Any) -> dict[str, Any]:

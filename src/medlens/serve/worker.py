@@ -45,13 +45,23 @@ class WorkerOptions:
 
 
 class Worker:
-    def __init__(self, store: Store, models: dict[str, ServedModel], storage: Path, options: WorkerOptions = WorkerOptions(),
-                 pacs: Any = None, models_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        models: dict[str, ServedModel],
+        storage: Path,
+        options: WorkerOptions = WorkerOptions(),
+        pacs: Any = None,
+        models_dir: Path | None = None,
+    ) -> None:
         self.store, self.models, self.storage, self.options, self.pacs = store, models, storage, options, pacs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.sandbox = Sandbox(load_models, (str(models_dir),), options.job_timeout_seconds) \
-            if options.isolate and models_dir is not None else None
+        self.sandbox = (
+            Sandbox(load_models, (str(models_dir),), options.job_timeout_seconds)
+            if options.isolate and models_dir is not None
+            else None
+        )
 
     def start(self) -> None:
         requeued = self.store.requeue_abandoned(self.options.max_attempts)
@@ -94,14 +104,23 @@ class Worker:
             return
         study = self.store.study(job.study_id)
         key = f"{study['study_uid']}/{job.model}/{job.id}" + (f"/v{job.version}" if job.version > 1 else "")
-        request = (job.model, str(self.storage), study["folder"], str(self.storage / "results" / str(job.id)), job.id, key)
+        request = (
+            job.model,
+            str(self.storage),
+            study["folder"],
+            str(self.storage / "results" / str(job.id)),
+            job.id,
+            key,
+        )
         try:
             if self.sandbox is not None:
                 state, urgency, result = self.sandbox.call(run_job, *request)
             else:
                 state, urgency, result = run_job(self.models, *request)
             if self.pacs is not None and study["source"] == "orthanc":  # results go back where the study came from
-                self.pacs.store([Path(result["outputs"][k]) for k in ("sr", "heatmap", "seg") if k in result["outputs"]])
+                self.pacs.store(
+                    [Path(result["outputs"][k]) for k in ("sr", "heatmap", "seg") if k in result["outputs"]]
+                )
                 result["stored_in_pacs"] = True
         except (PacsError, JobCrashed) as exc:  # the PACS is down or busy, or the job's process died: worth another try
             self._retry_or_fail(job, f"{type(exc).__name__}: {exc}")
@@ -134,15 +153,21 @@ class Worker:
 
     def _retry_or_fail(self, job: Job, reason: str) -> None:
         if job.attempts >= self.options.max_attempts:
-            self.store.finish(job.id, "failed", None, reason=f"gave up after {job.attempts} attempts; last error {reason}",
-                              version=job.version)
+            self.store.finish(
+                job.id,
+                "failed",
+                None,
+                reason=f"gave up after {job.attempts} attempts; last error {reason}",
+                version=job.version,
+            )
         else:
             self.store.retry_later(job.id, reason, self.options.backoff_seconds * 2 ** (job.attempts - 1))
         log.warning("job %d attempt %d failed (%s)", job.id, job.attempts, reason.split(":")[0])
 
 
-def run_job(models: dict[str, ServedModel], name: str, storage: str, folder: str, out_dir: str, job_id: int,
-            key: str) -> tuple[str, float, dict[str, Any]]:
+def run_job(
+    models: dict[str, ServedModel], name: str, storage: str, folder: str, out_dir: str, job_id: int, key: str
+) -> tuple[str, float, dict[str, Any]]:
     """One job on a study's stored instances: in the sandbox's child process, or in this one."""
     model, files = models[name], instance_files(Path(storage), folder)
     for file in files:  # the child logs too: it must know whom not to name

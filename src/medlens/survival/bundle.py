@@ -31,20 +31,38 @@ class SurvivalBundle(BundleBase):
     model: nn.Module | None
     tabular: Any = None
 
+    @classmethod
+    def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
+        """What ``medlens models`` shows, from the manifest alone."""
+        validation = manifest.get("metrics", {}).get("validation", {})
+        return {
+            "task": f"survival ({manifest['inputs']})",
+            "labels": ", ".join(manifest.get("risk_group_names", [])),
+            "input": manifest["inputs"],
+            "score": f"C-index {validation.get('c_index', float('nan')):.3f} (validation)",
+            "accuracy": "",
+        }
+
     @property
     def inputs(self) -> str:
         return str(self.manifest["inputs"])
 
-    def predict(self, files: list[str | Path] | None = None, clinical: str | Path | None = None) -> list[dict[str, Any]]:
+    def predict(
+        self, files: list[str | Path] | None = None, clinical: str | Path | None = None
+    ) -> list[dict[str, Any]]:
         """One row per image file (or, for a clinical-only model, per row of the ``clinical`` CSV): ``risk``,
         ``risk_group``, ``survival_<days>d`` at each horizon, ``error``. Fused models need ``clinical`` too
         (a CSV with a ``file`` column and the model's clinical columns)."""
         if self.inputs == "clinical":
             if files:
-                raise DataError(f"{self.path} is a clinical-only Cox model: it reads no images; give only --clinical CSV")
+                raise DataError(
+                    f"{self.path} is a clinical-only Cox model: it reads no images; give only --clinical CSV"
+                )
             if clinical is None:
-                raise DataError(f"{self.path} is a clinical-only survival model: give --clinical CSV (in Python: "
-                                f"clinical=CSV), one row per patient with {', '.join(self.tabular.columns)}")
+                raise DataError(
+                    f"{self.path} is a clinical-only survival model: give --clinical CSV (in Python: "
+                    f"clinical=CSV), one row per patient with {', '.join(self.tabular.columns)}"
+                )
             return predict_survival_clinical(self, Path(clinical))
         if not files:
             raise DataError("give the image files or folders to predict (after the bundle)")

@@ -39,7 +39,9 @@ class CoxLoss(nn.Module):
             return output.sum() * 0.0
         with warnings.catch_warnings():  # tied times are expected (days); Efron's method is chosen for them
             warnings.filterwarnings("ignore", message="Ties in `time` detected", category=UserWarning)
-            return neg_partial_log_likelihood(output.reshape(-1).float(), event, time, ties_method="efron", reduction="mean")
+            return neg_partial_log_likelihood(
+                output.reshape(-1).float(), event, time, ties_method="efron", reduction="mean"
+            )
 
 
 class DiscreteHazardLoss(nn.Module):
@@ -101,12 +103,18 @@ class CoxHead(Head):
         frame = pd.DataFrame({"risk": risk, "time": time, "event": event})
         cph = CoxPHFitter().fit(frame, duration_col="time", event_col="event")
         baseline = cph.baseline_survival_
-        return {"beta": float(cph.params_["risk"]), "mean_risk": float(risk.mean()),  # lifelines centres covariates on the mean
-                "times": baseline.index.to_numpy(dtype=float).tolist(), "s0": baseline.iloc[:, 0].to_numpy(dtype=float).tolist()}
+        return {
+            "beta": float(cph.params_["risk"]),
+            "mean_risk": float(risk.mean()),  # lifelines centres covariates on the mean
+            "times": baseline.index.to_numpy(dtype=float).tolist(),
+            "s0": baseline.iloc[:, 0].to_numpy(dtype=float).tolist(),
+        }
 
     def survival(self, output: np.ndarray, settings: dict[str, Any], times: np.ndarray) -> np.ndarray:
         base = settings["baseline"]
-        s0 = np.interp(times, base["times"], base["s0"], left=1.0)  # a step function sampled finely; interp between steps
+        s0 = np.interp(
+            times, base["times"], base["s0"], left=1.0
+        )  # a step function sampled finely; interp between steps
         factor = np.exp(base["beta"] * (self.risk(output, settings) - base["mean_risk"]))
         return s0[None, :] ** factor[:, None]
 

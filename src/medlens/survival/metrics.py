@@ -28,8 +28,14 @@ def time_grid(time: np.ndarray, points: int = 20) -> np.ndarray:
     return np.linspace(low, high, points)
 
 
-def survival_metrics(risk: np.ndarray, time: np.ndarray, event: np.ndarray, survival: np.ndarray | None = None,
-                     grid: np.ndarray | None = None, horizons: tuple[float, ...] = HORIZONS_DAYS) -> dict[str, float]:
+def survival_metrics(
+    risk: np.ndarray,
+    time: np.ndarray,
+    event: np.ndarray,
+    survival: np.ndarray | None = None,
+    grid: np.ndarray | None = None,
+    horizons: tuple[float, ...] = HORIZONS_DAYS,
+) -> dict[str, float]:
     """C-index, AUC at each horizon, and (given survival curves on ``grid``) the integrated Brier score."""
     from torchsurv.metrics.auc import Auc
     from torchsurv.metrics.cindex import ConcordanceIndex
@@ -53,13 +59,20 @@ def integrated_brier(survival: np.ndarray, time: np.ndarray, event: np.ndarray, 
     t, e = torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event).bool()
     g = torch.as_tensor(grid, dtype=torch.float32)
     brier = BrierScore()
-    brier(torch.as_tensor(survival, dtype=torch.float32), e, t, new_time=g, weight=get_ipcw(e, t),
-          weight_new_time=get_ipcw(e, t, g))
+    brier(
+        torch.as_tensor(survival, dtype=torch.float32),
+        e,
+        t,
+        new_time=g,
+        weight=get_ipcw(e, t),
+        weight_new_time=get_ipcw(e, t, g),
+    )
     return float(brier.integral())
 
 
-def c_index_interval(risk: np.ndarray, time: np.ndarray, event: np.ndarray, n_resamples: int = 500,
-                     seed: int = 0) -> dict[str, float]:
+def c_index_interval(
+    risk: np.ndarray, time: np.ndarray, event: np.ndarray, n_resamples: int = 500, seed: int = 0
+) -> dict[str, float]:
     """Percentile bootstrap 95 % interval of the C-index (the project's bootstrap)."""
 
     def metric(y: np.ndarray, r: np.ndarray) -> dict[str, float]:
@@ -75,8 +88,9 @@ def risk_groups(risk: np.ndarray, cutoffs: list[float]) -> np.ndarray:
     return np.searchsorted(np.asarray(cutoffs), risk, side="right")
 
 
-def kaplan_meier_plot(time: np.ndarray, event: np.ndarray, groups: np.ndarray, names: list[str], path: Path,
-                      title: str) -> dict[str, Any]:
+def kaplan_meier_plot(
+    time: np.ndarray, event: np.ndarray, groups: np.ndarray, names: list[str], path: Path, title: str
+) -> dict[str, Any]:
     """Kaplan-Meier curve per risk group with at-risk counts and the log-rank test; writes ``path`` (PNG)."""
     import matplotlib
 
@@ -96,8 +110,11 @@ def kaplan_meier_plot(time: np.ndarray, event: np.ndarray, groups: np.ndarray, n
         km = KaplanMeierFitter(label=f"{name} (n={int(mask.sum())})").fit(time[mask], event[mask])
         km.plot_survival_function(ax=axis, ci_show=True)
         fitters.append(km)
-        summary[name] = {"n": int(mask.sum()), "events": int(event[mask].sum()),
-                         "median_survival_days": float(km.median_survival_time_)}
+        summary[name] = {
+            "n": int(mask.sum()),
+            "events": int(event[mask].sum()),
+            "median_survival_days": float(km.median_survival_time_),
+        }
     axis.set_xlabel("days")
     axis.set_ylabel("survival probability")
     axis.set_title(f"{title}\nlog-rank p = {test.p_value:.3g}", fontsize=10)
@@ -106,5 +123,9 @@ def kaplan_meier_plot(time: np.ndarray, event: np.ndarray, groups: np.ndarray, n
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return {"groups": summary, "logrank_p": float(test.p_value), "logrank_statistic": float(test.test_statistic),
-            "plot": path.name}
+    return {
+        "groups": summary,
+        "logrank_p": float(test.p_value),
+        "logrank_statistic": float(test.test_statistic),
+        "plot": path.name,
+    }

@@ -37,20 +37,26 @@ def _risk_fields(output: np.ndarray, manifest: dict[str, Any]) -> dict[str, Any]
     settings, head = manifest["settings"], HEADS.get(manifest["head"])
     risk = head.risk(output, settings)
     curve = head.survival(output, settings, np.asarray(HORIZONS_DAYS))
-    return {"risk": float(risk[0]),
-            "risk_group": manifest["risk_group_names"][int(risk_groups(risk, manifest["risk_cutoffs"])[0])],
-            **{f"survival_{int(h)}d": float(p) for h, p in zip(HORIZONS_DAYS, curve[0])}}
+    return {
+        "risk": float(risk[0]),
+        "risk_group": manifest["risk_group_names"][int(risk_groups(risk, manifest["risk_cutoffs"])[0])],
+        **{f"survival_{int(h)}d": float(p) for h, p in zip(HORIZONS_DAYS, curve[0])},
+    }
 
 
 def predict_survival_files(bundle: SurvivalBundle, files: list[Path], clinical: Any = None) -> list[dict[str, Any]]:
     """One row per file: ``risk``, ``risk_group``, ``survival_<days>d`` at each horizon, ``error``."""
     path, manifest, model, encoder = bundle.path, bundle.manifest, bundle.model, bundle.tabular
     if model is None:
-        raise ModelError(f"{path}: a clinical-only Cox model holds no network and reads no image; predict with "
-                         "`medlens predict BUNDLE --clinical CSV` (one row per patient, no image files)")
+        raise ModelError(
+            f"{path}: a clinical-only Cox model holds no network and reads no image; predict with "
+            "`medlens predict BUNDLE --clinical CSV` (one row per patient, no image files)"
+        )
     if encoder is not None and clinical is None:
-        raise DataError(f"{path} predicts from the image and clinical values ({', '.join(encoder.columns)}): give them "
-                        "with --clinical CSV (a 'file' column plus those columns)")
+        raise DataError(
+            f"{path} predicts from the image and clinical values ({', '.join(encoder.columns)}): give them "
+            "with --clinical CSV (a 'file' column plus those columns)"
+        )
     settings = manifest["settings"]
     shape = tuple(settings["network"]["image_shape"])
     low, high = settings["intensity"]["low"], settings["intensity"]["high"]
@@ -61,8 +67,10 @@ def predict_survival_files(bundle: SurvivalBundle, files: list[Path], clinical: 
         try:
             image = read_image(file)
             if tuple(image.shape[1:]) != shape or image.shape[0] != settings["network"]["in_channels"]:
-                raise DataError(f"{file.name}: image of shape {tuple(image.shape)}, the model was trained on "
-                                f"({settings['network']['in_channels']}, {', '.join(map(str, shape))}); crop or resize it the same way")
+                raise DataError(
+                    f"{file.name}: image of shape {tuple(image.shape)}, the model was trained on "
+                    f"({settings['network']['in_channels']}, {', '.join(map(str, shape))}); crop or resize it the same way"
+                )
             x = np.clip((image[None] - low) / max(high - low, 1e-6) * 2 - 1, -1, 1).astype(np.float32)
             inputs = (x, clinical.features(encoder, str(file))) if encoder is not None else x
             output = predict_logits(model, inputs)
@@ -80,8 +88,9 @@ def predict_survival_clinical(bundle: SurvivalBundle, csv_path: Path) -> list[di
     if manifest["inputs"] != "clinical":
         raise DataError(f"{path} predicts from images: give image files as well as --clinical {csv_path}")
     if not csv_path.is_file():
-        raise DataError(f"--clinical {csv_path}: no such file; give a CSV with one row per patient and the model's "
-                        f"clinical columns")
+        raise DataError(
+            f"--clinical {csv_path}: no such file; give a CSV with one row per patient and the model's clinical columns"
+        )
     encoder = bundle.tabular
     with csv_path.open(newline="", encoding="utf-8-sig") as f:
         table = list(csv.DictReader(f))
@@ -92,7 +101,9 @@ def predict_survival_clinical(bundle: SurvivalBundle, csv_path: Path) -> list[di
     settings = manifest["settings"]
     lines = range(2, len(table) + 2)
     features, bad = encode_rows(encoder, table, [f"--clinical {csv_path} line {line}" for line in lines])
-    log_hazard = (features - np.asarray(settings["feature_means"])) @ np.asarray(settings["coefficients"])  # as lifelines
+    log_hazard = (features - np.asarray(settings["feature_means"])) @ np.asarray(
+        settings["coefficients"]
+    )  # as lifelines
     rows: list[dict[str, Any]] = []
     for i, (line, values) in enumerate(zip(lines, table)):
         row: dict[str, Any] = {"case": values[key] if key else f"line {line}", "line": line, "error": bad.get(i, "")}

@@ -31,13 +31,7 @@ from medlens.models.networks import NetworkSpec, build_network
 from medlens.models.probs import predict_logits
 from medlens.survival.data import SurvivalData, check_survival, load_survival_folder
 from medlens.survival.heads import HEADS, event_time_cuts
-from medlens.survival.metrics import (
-    c_index_interval,
-    kaplan_meier_plot,
-    risk_groups,
-    survival_metrics,
-    time_grid,
-)
+from medlens.survival.metrics import c_index_interval, kaplan_meier_plot, risk_groups, survival_metrics, time_grid
 from medlens.tabular.encode import fit_tabular, leakage_report
 from medlens.train import LoopOptions, fit
 from medlens.train.device import resolve_device, seed_everything
@@ -76,8 +70,10 @@ class SurvivalConfig:
         if self.inputs not in INPUTS:
             raise ConfigError(f"survival.inputs: choose one of {', '.join(INPUTS)}, got {self.inputs!r}")
         if self.inputs != "image" and not (self.numeric_columns or self.categorical_columns):
-            raise ConfigError(f"survival.inputs={self.inputs} needs clinical columns: --set numeric_columns=age "
-                              "--set categorical_columns=Overall.Stage,Histology (or --set inputs=image)")
+            raise ConfigError(
+                f"survival.inputs={self.inputs} needs clinical columns: --set numeric_columns=age "
+                "--set categorical_columns=Overall.Stage,Histology (or --set inputs=image)"
+            )
         if self.risk_groups not in GROUP_NAMES:
             raise ConfigError(f"survival.risk_groups: 2 or 3, got {self.risk_groups}")
         if self.intervals < 2 or self.batch_size < 8:
@@ -87,8 +83,9 @@ class SurvivalConfig:
 class SurvivalSet(torch.utils.data.Dataset):
     """Normalised images (left-right flipped at random when training), clinical features, (time, event) targets."""
 
-    def __init__(self, images: np.ndarray, features: np.ndarray | None, time: np.ndarray, event: np.ndarray,
-                 seed: int | None) -> None:
+    def __init__(
+        self, images: np.ndarray, features: np.ndarray | None, time: np.ndarray, event: np.ndarray, seed: int | None
+    ) -> None:
         self.images, self.features = images, features
         self.targets = torch.as_tensor(np.stack([time, event], axis=1), dtype=torch.float32)
         self.rng = np.random.default_rng(seed) if seed is not None else None
@@ -127,9 +124,15 @@ def train_survival(data_path: str | Path, cfg: SurvivalConfig, out_dir: str | Pa
     cutoffs = np.quantile(head.risk(scores["train"], settings), np.linspace(0, 1, cfg.risk_groups + 1)[1:-1]).tolist()
     report = _score(head, settings, scores, parts, cutoffs, cfg, out)
     manifest = {
-        "task": "survival", "medlens_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": cfg.inputs, "head": settings["head"], "settings": settings, "risk_cutoffs": cutoffs,
-        "risk_group_names": GROUP_NAMES[cfg.risk_groups], "config": asdict(cfg),
+        "task": "survival",
+        "medlens_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": cfg.inputs,
+        "head": settings["head"],
+        "settings": settings,
+        "risk_cutoffs": cutoffs,
+        "risk_group_names": GROUP_NAMES[cfg.risk_groups],
+        "config": asdict(cfg),
         "data": {"dataset": data.name, **data.source, **{f"n_{k}": len(v.time) for k, v in parts.items()}},
         "split_ids": {k: v.ids for k, v in parts.items()},
         "training": {"seconds": round(seconds, 1), "history": history},
@@ -143,14 +146,18 @@ def train_survival(data_path: str | Path, cfg: SurvivalConfig, out_dir: str | Pa
     return out
 
 
-def _clinical(cfg: SurvivalConfig, parts: dict[str, SurvivalData]) -> tuple[Any, dict[str, np.ndarray | None], list[str]]:
+def _clinical(
+    cfg: SurvivalConfig, parts: dict[str, SurvivalData]
+) -> tuple[Any, dict[str, np.ndarray | None], list[str]]:
     if cfg.inputs == "image":
         return None, {k: None for k in parts}, []
 
     train = parts["train"]
     encoder = fit_tabular(train.metadata, cfg.numeric_columns, cfg.categorical_columns, f"{train.name}: training split")
     features = {k: encoder.transform(v.metadata, f"{train.name}: {k} split") for k, v in parts.items()}
-    leakage = leakage_report(train.metadata, train.event, cfg.numeric_columns, cfg.categorical_columns, ["censored", "event"])
+    leakage = leakage_report(
+        train.metadata, train.event, cfg.numeric_columns, cfg.categorical_columns, ["censored", "event"]
+    )
     return encoder, features, leakage
 
 
@@ -158,8 +165,9 @@ def _normalise(images: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((images - low) / max(high - low, 1e-6) * 2 - 1, -1, 1).astype(np.float32)
 
 
-def _fit_network(cfg: SurvivalConfig, parts: dict[str, SurvivalData], features: dict[str, np.ndarray | None],
-                 show_progress: bool) -> tuple[nn.Module, dict[str, Any], dict[str, np.ndarray], list[dict[str, float]]]:
+def _fit_network(
+    cfg: SurvivalConfig, parts: dict[str, SurvivalData], features: dict[str, np.ndarray | None], show_progress: bool
+) -> tuple[nn.Module, dict[str, Any], dict[str, np.ndarray], list[dict[str, float]]]:
 
     train = parts["train"]
     low, high = (float(v) for v in np.percentile(train.images, [0.5, 99.5]))
@@ -167,29 +175,55 @@ def _fit_network(cfg: SurvivalConfig, parts: dict[str, SurvivalData], features: 
     if cfg.head == "discrete":
         settings["cuts"] = event_time_cuts(train.time, train.event, cfg.intervals).tolist()
     head = HEADS.get(cfg.head)
-    spec = NetworkSpec(name=cfg.model, spatial_dims=2, in_channels=train.images.shape[1], num_classes=head.n_outputs(settings),
-                       image_shape=tuple(train.images.shape[2:]), width=cfg.width, dropout=cfg.dropout)
+    spec = NetworkSpec(
+        name=cfg.model,
+        spatial_dims=2,
+        in_channels=train.images.shape[1],
+        num_classes=head.n_outputs(settings),
+        image_shape=tuple(train.images.shape[2:]),
+        width=cfg.width,
+        dropout=cfg.dropout,
+    )
     settings["network"] = asdict(spec)
     model = build_network(spec)
     if features["train"] is not None:
-
         model = FusionNet(model, features["train"].shape[1], spec.num_classes)
     images = {k: _normalise(v.images, low, high) for k, v in parts.items()}
     inputs = {k: (images[k], features[k]) if features[k] is not None else images[k] for k in parts}
-    loader = torch.utils.data.DataLoader(SurvivalSet(images["train"], features["train"], train.time, train.event, cfg.seed),
-                                         batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(cfg.seed))
+    loader = torch.utils.data.DataLoader(
+        SurvivalSet(images["train"], features["train"], train.time, train.event, cfg.seed),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     val = parts["val"]
 
     def score_val(net: nn.Module) -> dict[str, float]:
-        c_index = survival_metrics(head.risk(predict_logits(net, inputs["val"]), settings), val.time, val.event, horizons=())["c_index"]
+        c_index = survival_metrics(
+            head.risk(predict_logits(net, inputs["val"]), settings), val.time, val.event, horizons=()
+        )["c_index"]
         return {"score": c_index, "c_index": c_index}
 
-    options = LoopOptions(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_epochs=1, patience=cfg.patience,
-                          device=resolve_device(cfg.device), show_progress=show_progress)
+    options = LoopOptions(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_epochs=1,
+        patience=cfg.patience,
+        device=resolve_device(cfg.device),
+        show_progress=show_progress,
+    )
     with tempfile.TemporaryDirectory() as tmp:  # a survival run is minutes long: checkpoints are not kept to resume
-        result = fit(model, head.loss(settings), loader, score_val, options, Path(tmp) / "checkpoints",
-                     json.dumps(asdict(cfg), sort_keys=True))
+        result = fit(
+            model,
+            head.loss(settings),
+            loader,
+            score_val,
+            options,
+            Path(tmp) / "checkpoints",
+            json.dumps(asdict(cfg), sort_keys=True),
+        )
     model.load_state_dict(result.best_state)
     model.cpu().eval()
     scores = {k: predict_logits(model, inputs[k]) for k in parts}
@@ -198,8 +232,9 @@ def _fit_network(cfg: SurvivalConfig, parts: dict[str, SurvivalData], features: 
     return model, settings, scores, result.history
 
 
-def _fit_clinical_cox(cfg: SurvivalConfig, parts: dict[str, SurvivalData],
-                      features: dict[str, np.ndarray | None]) -> tuple[None, dict[str, Any], dict[str, np.ndarray]]:
+def _fit_clinical_cox(
+    cfg: SurvivalConfig, parts: dict[str, SurvivalData], features: dict[str, np.ndarray | None]
+) -> tuple[None, dict[str, Any], dict[str, np.ndarray]]:
     """Lifelines' penalised Cox model on the encoded clinical columns; scores are its log partial hazards."""
     import pandas as pd
     from lifelines import CoxPHFitter
@@ -208,17 +243,29 @@ def _fit_clinical_cox(cfg: SurvivalConfig, parts: dict[str, SurvivalData],
     columns = [f"x{j}" for j in range(features["train"].shape[1])]
     frame = pd.DataFrame(features["train"], columns=columns).assign(time=train.time, event=train.event)
     cph = CoxPHFitter(penalizer=cfg.penalizer).fit(frame, duration_col="time", event_col="event")
-    scores = {k: cph.predict_log_partial_hazard(pd.DataFrame(features[k], columns=columns)).to_numpy()[:, None]
-              for k in parts}
+    scores = {
+        k: cph.predict_log_partial_hazard(pd.DataFrame(features[k], columns=columns)).to_numpy()[:, None] for k in parts
+    }
     head = HEADS.get("cox")
-    settings = {"head": "cox", "model": "lifelines CoxPHFitter", "coefficients": cph.params_.tolist(),
-                "feature_means": cph._norm_mean.tolist(),  # lifelines centres X on its training means: risk = (x - mean) . beta
-                "baseline": head.fit_baseline(scores["train"][:, 0], train.time, train.event)}
+    settings = {
+        "head": "cox",
+        "model": "lifelines CoxPHFitter",
+        "coefficients": cph.params_.tolist(),
+        "feature_means": cph._norm_mean.tolist(),  # lifelines centres X on its training means: risk = (x - mean) . beta
+        "baseline": head.fit_baseline(scores["train"][:, 0], train.time, train.event),
+    }
     return None, settings, scores
 
 
-def _score(head: Any, settings: dict[str, Any], scores: dict[str, np.ndarray], parts: dict[str, SurvivalData],
-           cutoffs: list[float], cfg: SurvivalConfig, out: Path) -> dict[str, Any]:
+def _score(
+    head: Any,
+    settings: dict[str, Any],
+    scores: dict[str, np.ndarray],
+    parts: dict[str, SurvivalData],
+    cutoffs: list[float],
+    cfg: SurvivalConfig,
+    out: Path,
+) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for split in ("validation", "test"):
         part = parts["val" if split == "validation" else split]
@@ -228,14 +275,21 @@ def _score(head: Any, settings: dict[str, Any], scores: dict[str, np.ndarray], p
         risk = head.risk(scores["val" if split == "validation" else split], settings)
         grid = time_grid(part.time)
         curves = head.survival(scores["val" if split == "validation" else split], settings, grid)
-        report[split] = {**survival_metrics(risk, part.time, part.event, curves, grid),
-                         "c_index_ci": c_index_interval(risk, part.time, part.event, cfg.n_bootstrap, seed=cfg.seed)}
+        report[split] = {
+            **survival_metrics(risk, part.time, part.event, curves, grid),
+            "c_index_ci": c_index_interval(risk, part.time, part.event, cfg.n_bootstrap, seed=cfg.seed),
+        }
     test = parts["test"]
     groups = risk_groups(head.risk(scores["test"], settings), cutoffs)
     out.mkdir(parents=True, exist_ok=True)
     report["kaplan_meier_test"] = kaplan_meier_plot(
-        test.time, test.event, groups, GROUP_NAMES[cfg.risk_groups], out / "km_test.png",
-        f"{test.name}, test split: {cfg.inputs} {settings['head']} model\n(risk groups cut at training-risk quantiles)")
+        test.time,
+        test.event,
+        groups,
+        GROUP_NAMES[cfg.risk_groups],
+        out / "km_test.png",
+        f"{test.name}, test split: {cfg.inputs} {settings['head']} model\n(risk groups cut at training-risk quantiles)",
+    )
     return report
 
 

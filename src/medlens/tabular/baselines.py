@@ -25,10 +25,18 @@ def fit_tabular_model(features: np.ndarray, labels: np.ndarray, task: str, seed:
         counts = np.bincount(y.astype(int))
         if (counts > 0).sum() < 2 or counts[counts > 0].min() < 2:
             return float(y.mean())  # a finding (almost) absent from training: its prevalence, a constant
-        stop = bool(counts[counts > 0].min() >= 10)  # early stopping holds out a stratified fifth: needs each class there
-        return HistGradientBoostingClassifier(max_iter=200 if stop else 50, learning_rate=0.05, max_leaf_nodes=15,
-                                              l2_regularization=1.0, early_stopping=stop, validation_fraction=0.2,
-                                              random_state=seed).fit(features, y)
+        stop = bool(
+            counts[counts > 0].min() >= 10
+        )  # early stopping holds out a stratified fifth: needs each class there
+        return HistGradientBoostingClassifier(
+            max_iter=200 if stop else 50,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            l2_regularization=1.0,
+            early_stopping=stop,
+            validation_fraction=0.2,
+            random_state=seed,
+        ).fit(features, y)
 
     if task == "multilabel":
         return [fitted(labels[:, k]) for k in range(labels.shape[1])]  # one model per finding
@@ -40,13 +48,16 @@ def fit_tabular_model(features: np.ndarray, labels: np.ndarray, task: str, seed:
 
 def tabular_proba(model: Any, features: np.ndarray) -> np.ndarray:
     if isinstance(model, list):
-        return np.stack([m.predict_proba(features)[:, 1] if not isinstance(m, float) else np.full(len(features), m)
-                         for m in model], axis=1)
+        return np.stack(
+            [m.predict_proba(features)[:, 1] if not isinstance(m, float) else np.full(len(features), m) for m in model],
+            axis=1,
+        )
     return model.predict_proba(features)
 
 
-def late_fusion_weight(p_image: np.ndarray, p_clinical: np.ndarray, labels: np.ndarray,
-                       score: Callable[[np.ndarray, np.ndarray], float]) -> tuple[float, list[dict[str, float]]]:
+def late_fusion_weight(
+    p_image: np.ndarray, p_clinical: np.ndarray, labels: np.ndarray, score: Callable[[np.ndarray, np.ndarray], float]
+) -> tuple[float, list[dict[str, float]]]:
     """The image weight in [0, 1] that maximises ``score(labels, probs)`` on validation, and the whole curve."""
     curve = []
     for w in np.linspace(0, 1, 11):

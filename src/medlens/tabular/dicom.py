@@ -29,9 +29,18 @@ import numpy as np
 from medlens.errors import ConfigError, DataError
 from medlens.tabular.encode import ClinicalTable
 
-DEFAULT_FIELDS = {"age": "PatientAge", "patientage": "PatientAge", "sex": "PatientSex", "gender": "PatientSex",
-                  "patientsex": "PatientSex", "patientgender": "PatientSex", "view": "ViewPosition",
-                  "viewposition": "ViewPosition", "bodypart": "BodyPartExamined", "bodypartexamined": "BodyPartExamined"}
+DEFAULT_FIELDS = {
+    "age": "PatientAge",
+    "patientage": "PatientAge",
+    "sex": "PatientSex",
+    "gender": "PatientSex",
+    "patientsex": "PatientSex",
+    "patientgender": "PatientSex",
+    "view": "ViewPosition",
+    "viewposition": "ViewPosition",
+    "bodypart": "BodyPartExamined",
+    "bodypartexamined": "BodyPartExamined",
+}
 AGE_UNITS = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}  # divisor to years
 
 
@@ -42,8 +51,10 @@ def dicom_age_years(value: str, where: str) -> str:
         return ""
     match = re.fullmatch(r"(\d{1,3})\s*([DWMY])", raw.upper())
     if match is None:
-        raise DataError(f"{where}: PatientAge {raw!r} is not a DICOM age (nnnD, nnnW, nnnM or nnnY, e.g. 045Y); "
-                        "fix the header or leave it empty")
+        raise DataError(
+            f"{where}: PatientAge {raw!r} is not a DICOM age (nnnD, nnnW, nnnM or nnnY, e.g. 045Y); "
+            "fix the header or leave it empty"
+        )
     return f"{int(match.group(1)) / AGE_UNITS[match.group(2)]:.4g}"
 
 
@@ -58,14 +69,18 @@ def dicom_fields(manifest: dict[str, Any], columns: tuple[str, ...]) -> dict[str
         if keyword is None:
             unknown.append(column)
         elif keyword not in keyword_dict:
-            raise ConfigError(f"bundle.json routing.clinical_from_dicom: {keyword!r} (for {column!r}) is not a DICOM "
-                              "keyword; use one such as PatientAge, PatientSex, ViewPosition")
+            raise ConfigError(
+                f"bundle.json routing.clinical_from_dicom: {keyword!r} (for {column!r}) is not a DICOM "
+                "keyword; use one such as PatientAge, PatientSex, ViewPosition"
+            )
         else:
             fields[column] = keyword
     if unknown:
-        raise ConfigError(f"the bundle's clinical column(s) {', '.join(map(repr, unknown))} have no DICOM header field; "
-                          'add "clinical_from_dicom": {"COLUMN": "DicomKeyword"} to the routing block of its bundle.json, '
-                          "or give the values with --clinical CSV")
+        raise ConfigError(
+            f"the bundle's clinical column(s) {', '.join(map(repr, unknown))} have no DICOM header field; "
+            'add "clinical_from_dicom": {"COLUMN": "DicomKeyword"} to the routing block of its bundle.json, '
+            "or give the values with --clinical CSV"
+        )
     return fields
 
 
@@ -89,8 +104,10 @@ class DicomClinical:
         try:
             header = pydicom.dcmread(image, stop_before_pixels=True)
         except (InvalidDicomError, OSError) as exc:
-            raise DataError(f"{Path(image).name}: not a readable DICOM file ({type(exc).__name__}), so its clinical "
-                            "values cannot come from a header; give them with --clinical CSV") from None
+            raise DataError(
+                f"{Path(image).name}: not a readable DICOM file ({type(exc).__name__}), so its clinical "
+                "values cannot come from a header; give them with --clinical CSV"
+            ) from None
         row = {}
         for column, keyword in self.fields.items():
             value = header.get(keyword, "")

@@ -66,35 +66,56 @@ class TabularEncoder:
                 unknown = [(i, v) for i, v in enumerate(values[:, j]) if v not in known and v != MISSING_CATEGORY]
                 if unknown:
                     i, value = unknown[0]
-                    raise DataError(f"{where}: row {i + 1}, column {column!r}: category {value!r} was not in the "
-                                    f"training data (known: {', '.join(sorted(known))}); map it to one of those or "
-                                    "leave it empty (missing)")
+                    raise DataError(
+                        f"{where}: row {i + 1}, column {column!r}: category {value!r} was not in the "
+                        f"training data (known: {', '.join(sorted(known))}); map it to one of those or "
+                        "leave it empty (missing)"
+                    )
             parts.append(self.onehot.transform(values))
         return np.hstack(parts).astype(np.float32) if parts else np.zeros((len(rows), 0), np.float32)
 
     def describe(self) -> dict[str, Any]:
         """What the bundle manifest shows: columns, training medians/means/scales, categories."""
-        out: dict[str, Any] = {"numeric": list(self.numeric), "categorical": list(self.categorical),
-                               "features": self.feature_names(), "file": FILE}
+        out: dict[str, Any] = {
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+            "features": self.feature_names(),
+            "file": FILE,
+        }
         if self.numeric_pipeline is not None:
             imputer, scaler = self.numeric_pipeline[0], self.numeric_pipeline[1]
-            out["numeric_fit"] = {c: {"median": float(imputer.statistics_[j]), "mean": float(scaler.mean_[j]),
-                                      "scale": float(scaler.scale_[j])} for j, c in enumerate(self.numeric)}
+            out["numeric_fit"] = {
+                c: {
+                    "median": float(imputer.statistics_[j]),
+                    "mean": float(scaler.mean_[j]),
+                    "scale": float(scaler.scale_[j]),
+                }
+                for j, c in enumerate(self.numeric)
+            }
         if self.onehot is not None:
-            out["categories"] = {c: [str(v) for v in self.onehot.categories_[j]] for j, c in enumerate(self.categorical)}
+            out["categories"] = {
+                c: [str(v) for v in self.onehot.categories_[j]] for j, c in enumerate(self.categorical)
+            }
         return out
 
     def save(self, folder: Path) -> Path:
         import skops.io
 
         path = folder / FILE
-        skops.io.dump({"numeric": self.numeric_pipeline, "categorical": self.onehot,
-                       "columns": [list(self.numeric), list(self.categorical)]}, path)
+        skops.io.dump(
+            {
+                "numeric": self.numeric_pipeline,
+                "categorical": self.onehot,
+                "columns": [list(self.numeric), list(self.categorical)],
+            },
+            path,
+        )
         return path
 
 
-def fit_tabular(rows: list[dict[str, str]], numeric: tuple[str, ...], categorical: tuple[str, ...],
-                where: str = "training split") -> TabularEncoder:
+def fit_tabular(
+    rows: list[dict[str, str]], numeric: tuple[str, ...], categorical: tuple[str, ...], where: str = "training split"
+) -> TabularEncoder:
     """Fit the encoders on ``rows`` (the training split: never validation or test)."""
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -106,7 +127,9 @@ def fit_tabular(rows: list[dict[str, str]], numeric: tuple[str, ...], categorica
         values = _numeric(rows, numeric, where)
         empty = [c for j, c in enumerate(numeric) if np.isnan(values[:, j]).all()]
         if empty:
-            raise DataError(f"{where}: numeric column(s) {', '.join(empty)} have no value at all; drop them from numeric_columns")
+            raise DataError(
+                f"{where}: numeric column(s) {', '.join(empty)} have no value at all; drop them from numeric_columns"
+            )
         pipeline = make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler()).fit(values)
     if categorical:
         onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(_categorical(rows, categorical))
@@ -119,11 +142,15 @@ def load_tabular(folder: Path) -> TabularEncoder:
 
     path = folder / FILE
     if not path.is_file():
-        raise ModelError(f"{folder}: the bundle declares clinical inputs but has no {FILE}; re-train or re-copy the bundle")
+        raise ModelError(
+            f"{folder}: the bundle declares clinical inputs but has no {FILE}; re-train or re-copy the bundle"
+        )
     untrusted = skops.io.get_untrusted_types(file=path)
     foreign = [t for t in untrusted if not t.startswith(("sklearn.", "numpy."))]
     if foreign:
-        raise ModelError(f"{path} holds types other than scikit-learn/NumPy ({', '.join(foreign[:3])}); refusing to load it")
+        raise ModelError(
+            f"{path} holds types other than scikit-learn/NumPy ({', '.join(foreign[:3])}); refusing to load it"
+        )
     raw = skops.io.load(path, trusted=untrusted)
     numeric, categorical = raw["columns"]
     return TabularEncoder(tuple(numeric), tuple(categorical), raw["numeric"], raw["categorical"])
@@ -133,8 +160,10 @@ def check_columns(rows: list[dict[str, str]], columns: tuple[str, ...], where: s
     present = set(rows[0]) if rows else set()
     missing = [c for c in columns if c not in present]
     if missing:
-        raise DataError(f"{where}: required clinical column(s) {', '.join(missing)} missing (found: "
-                        f"{', '.join(sorted(present)) or 'none'}); add them, with empty cells where a value is unknown")
+        raise DataError(
+            f"{where}: required clinical column(s) {', '.join(missing)} missing (found: "
+            f"{', '.join(sorted(present)) or 'none'}); add them, with empty cells where a value is unknown"
+        )
 
 
 def _numeric(rows: list[dict[str, str]], columns: tuple[str, ...], where: str) -> np.ndarray:
@@ -147,8 +176,10 @@ def _numeric(rows: list[dict[str, str]], columns: tuple[str, ...], where: str) -
             try:
                 out[i, j] = float(raw)
             except ValueError:
-                raise DataError(f"{where}: row {i + 1}, column {column!r}: {raw!r} is not a number; fix it, leave it "
-                                "empty, or declare the column in categorical_columns") from None
+                raise DataError(
+                    f"{where}: row {i + 1}, column {column!r}: {raw!r} is not a number; fix it, leave it "
+                    "empty, or declare the column in categorical_columns"
+                ) from None
     return out
 
 
@@ -160,8 +191,13 @@ def _categorical(rows: list[dict[str, str]], columns: tuple[str, ...]) -> np.nda
     return np.array([[value(row, c) for c in columns] for row in rows], dtype=object).reshape(len(rows), len(columns))
 
 
-def leakage_report(rows: list[dict[str, str]], labels: np.ndarray, numeric: tuple[str, ...],
-                   categorical: tuple[str, ...], label_names: list[str]) -> list[str]:
+def leakage_report(
+    rows: list[dict[str, str]],
+    labels: np.ndarray,
+    numeric: tuple[str, ...],
+    categorical: tuple[str, ...],
+    label_names: list[str],
+) -> list[str]:
     """Columns that alone predict a label perfectly on the training split: almost always the label leaking in
     (a diagnosis column, an "abnormal" flag), not medicine. Reported, not refused: the user decides."""
     from sklearn.metrics import roc_auc_score
@@ -170,7 +206,7 @@ def leakage_report(rows: list[dict[str, str]], labels: np.ndarray, numeric: tupl
     found: dict[str, list[str]] = {}
     for k in range(targets.shape[1]):
         y = targets[:, k] if labels.ndim > 1 else targets[:, 0]
-        for positive in ([1] if labels.ndim > 1 else sorted(set(y.tolist()))):
+        for positive in [1] if labels.ndim > 1 else sorted(set(y.tolist())):
             hit = (y == positive).astype(int)
             if hit.sum() < 2 or hit.sum() > len(hit) - 2:
                 continue
@@ -187,14 +223,18 @@ def leakage_report(rows: list[dict[str, str]], labels: np.ndarray, numeric: tupl
                     found.setdefault(column, []).append(name)
         if labels.ndim == 1:
             break
-    messages = [f"{column!r} alone predicts {', '.join(dict.fromkeys(names))} perfectly on the training split"
-                for column, names in found.items()]
+    messages = [
+        f"{column!r} alone predicts {', '.join(dict.fromkeys(names))} perfectly on the training split"
+        for column, names in found.items()
+    ]
     for message in messages:
         log.warning("possible label leakage: %s; is it known before the image is read?", message)
     return messages
 
 
-def encode_rows(encoder: TabularEncoder, rows: list[dict[str, str]], wheres: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+def encode_rows(
+    encoder: TabularEncoder, rows: list[dict[str, str]], wheres: list[str]
+) -> tuple[np.ndarray, dict[int, str]]:
     """Encoded features for a batch's clinical rows in one scikit-learn call (measured about 100x faster than row
     by row, which cost as much as the network: benchmarks/results/fused_speed.json). If any row is bad, row by row
     so each error names its own row (``wheres[i]``: where row i came from); returns the features and
@@ -218,27 +258,34 @@ class ClinicalTable:
     def __init__(self, path: Path) -> None:
         import csv
 
-
         if not path.is_file():
-            raise DataError(f"--clinical {path}: no such file; give a CSV with a 'file' column and the model's clinical columns")
+            raise DataError(
+                f"--clinical {path}: no such file; give a CSV with a 'file' column and the model's clinical columns"
+            )
         with path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
         column = next((c for c in FILE_COLUMNS if rows and c in rows[0]), None)
         if column is None:
-            raise DataError(f"--clinical {path}: needs a 'file' column naming each image (found: "
-                            f"{', '.join(rows[0]) if rows else 'no rows'})")
+            raise DataError(
+                f"--clinical {path}: needs a 'file' column naming each image (found: "
+                f"{', '.join(rows[0]) if rows else 'no rows'})"
+            )
         self.path, self.by_path, self.by_name = path, {}, {}
         for line, row in enumerate(rows, start=2):
             key = row[column].strip()
             if Path(key).name in self.by_name:
-                raise DataError(f"--clinical {path}: line {line}: a second row for {Path(key).name!r}; one row per image")
+                raise DataError(
+                    f"--clinical {path}: line {line}: a second row for {Path(key).name!r}; one row per image"
+                )
             self.by_path[key] = self.by_name[Path(key).name] = row
 
     def row(self, image: str) -> dict[str, str]:
         """One image's raw clinical values, found by its path as given or its file name."""
         row = self.by_path.get(image) or self.by_name.get(Path(image).name)
         if row is None:
-            raise DataError(f"--clinical {self.path}: no row for {Path(image).name!r}; add one (file column = that name)")
+            raise DataError(
+                f"--clinical {self.path}: no row for {Path(image).name!r}; add one (file column = that name)"
+            )
         return row
 
     def where(self, image: str) -> str:

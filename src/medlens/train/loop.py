@@ -23,12 +23,7 @@ import torch
 from torch import nn
 
 from medlens.errors import ConfigError
-from medlens.train.distributed import (
-    broadcast_from_main,
-    is_main_process,
-    mean_across_processes,
-    wrap_model,
-)
+from medlens.train.distributed import broadcast_from_main, is_main_process, mean_across_processes, wrap_model
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +79,16 @@ def fit(
     steps_per_epoch = max(1, len(train_batches))
     optimizer = torch.optim.AdamW(_parameter_groups(model, options), lr=options.lr, weight_decay=options.weight_decay)
     total_steps = options.epochs * steps_per_epoch
-    factor = _poly(total_steps) if options.schedule == "poly" else _warmup_cosine(options.warmup_epochs * steps_per_epoch, total_steps)
+    factor = (
+        _poly(total_steps)
+        if options.schedule == "poly"
+        else _warmup_cosine(options.warmup_epochs * steps_per_epoch, total_steps)
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     state = _resume(checkpoint_dir / "last.pt", model, optimizer, scheduler, run_key)
-    result = FitResult(state["best_epoch"], state["best_score"], state["best_state"], state["history"], seconds=state["seconds"])
+    result = FitResult(
+        state["best_epoch"], state["best_score"], state["best_state"], state["history"], seconds=state["seconds"]
+    )
     started = time.perf_counter() - state["seconds"]
     main = is_main_process()
     trained = wrap_model(model, options.device)  # DDP under torchrun (after resuming: it broadcasts rank 0's weights)
@@ -98,7 +99,8 @@ def fit(
             sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch only when told the epoch
         _freeze_encoder(model, options, frozen=epoch < options.freeze_epochs)
         train_loss = mean_across_processes(
-            _train_one_epoch(trained, loss_fn, train_batches, optimizer, scheduler, scaler, options, epoch))
+            _train_one_epoch(trained, loss_fn, train_batches, optimizer, scheduler, scaler, options, epoch)
+        )
         model.eval()
         scores = broadcast_from_main(score_val(model) if main else None)
         result.history.append({"epoch": epoch, "train_loss": train_loss, **scores})
@@ -257,8 +259,9 @@ def _fmt(scores: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
 
 
-def optimise_epoch(batches: Any, loss_of: Any, optimizer: torch.optim.Optimizer, scheduler: Any, title: str,
-                   show_progress: bool) -> tuple[float, float]:
+def optimise_epoch(
+    batches: Any, loss_of: Any, optimizer: torch.optim.Optimizer, scheduler: Any, title: str, show_progress: bool
+) -> tuple[float, float]:
     """One pass of a self-supervised objective: ``loss_of(batch) -> (loss, score)`` per batch, a step after each;
     returns the epoch's mean loss and score (shared by classifier and U-Net pretraining)."""
     from rich.progress import Progress

@@ -48,13 +48,7 @@ from medlens.trust.calibrate import fit_temperature, map_threshold
 from medlens.trust.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from medlens.trust.fairness import check_columns, group_values, subgroup_metrics
 from medlens.trust.model_card import write_model_card
-from medlens.trust.shift import (
-    BatchShiftScorer,
-    batch_indices,
-    bn_adapted,
-    detection_auroc,
-    embeddings,
-)
+from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc, embeddings
 
 if TYPE_CHECKING:
     from medlens.classify.bundle import ClassifierBundle
@@ -106,13 +100,17 @@ class _Ctx:
     def split(self, name: str) -> Any:
         part = self.data.split(name)
         if name == self.cfg.split and self.cfg.max_cases and self.cfg.max_cases < len(part):
-
             part = subsample(part, self.cfg.max_cases, self.cfg.seed)
         return part
 
 
-def audit_bundle(bundle: ClassifierBundle, data: ClassificationData, out_dir: Path, cfg: AuditConfig = AuditConfig(),
-                 members: list[ClassifierBundle] | None = None) -> dict[str, Any]:
+def audit_bundle(
+    bundle: ClassifierBundle,
+    data: ClassificationData,
+    out_dir: Path,
+    cfg: AuditConfig = AuditConfig(),
+    members: list[ClassifierBundle] | None = None,
+) -> dict[str, Any]:
     """Run every audit section and write ``audit.json``, the plots and the model card into ``out_dir``.
 
     ``members``: other bundles of the same model trained with different seeds, for the deep-ensemble rows.
@@ -120,24 +118,38 @@ def audit_bundle(bundle: ClassifierBundle, data: ClassificationData, out_dir: Pa
 
     ctx = _Ctx(bundle, data, cfg, out_dir, list(members or []))
     if cfg.group_columns:  # fail before the long sections, not after them
-
         check_columns(ctx.split(cfg.split).metadata, cfg.group_columns)
     out_dir.mkdir(parents=True, exist_ok=True)
     calibration = audit_calibration(ctx)  # sets the temperature the other sections use
     subset = data
     if cfg.max_cases:
-        subset = ClassificationData(data.name, data.task, data.label_names, {**data.splits, cfg.split: ctx.split(cfg.split)},
-                                    data.modality, data.intensity_range, data.source)
+        subset = ClassificationData(
+            data.name,
+            data.task,
+            data.label_names,
+            {**data.splits, cfg.split: ctx.split(cfg.split)},
+            data.modality,
+            data.intensity_range,
+            data.source,
+        )
     calibrated = _with_temperature(bundle, ctx)
     performance = evaluate_bundle(calibrated, subset, out_dir / "evaluation", cfg.split, cfg.n_bootstrap, cfg.seed)
     result = {
-        "bundle": {"path": str(bundle.path), "name": bundle.manifest.get("name", bundle.path.name), "task": bundle.task,
-                   "label_names": bundle.label_names, "network": bundle.manifest.get("network", {}),
-                   "data": bundle.manifest.get("data", {}), "training": _training_summary(bundle),
-                   "clinical_inputs": list(bundle.tabular.columns) if bundle.tabular is not None else []},
+        "bundle": {
+            "path": str(bundle.path),
+            "name": bundle.manifest.get("name", bundle.path.name),
+            "task": bundle.task,
+            "label_names": bundle.label_names,
+            "network": bundle.manifest.get("network", {}),
+            "data": bundle.manifest.get("data", {}),
+            "training": _training_summary(bundle),
+            "clinical_inputs": list(bundle.tabular.columns) if bundle.tabular is not None else [],
+        },
         "data": {"dataset": data.name, "split": cfg.split, **data.source},
         "config": asdict(cfg),
-        "performance": {k: performance[k] for k in ("n", "metrics", "confidence_intervals", "prevalence", "thresholds")},
+        "performance": {
+            k: performance[k] for k in ("n", "metrics", "confidence_intervals", "prevalence", "thresholds")
+        },
         "calibration": calibration,
         "referral": audit_referral(ctx),
         "robustness": audit_robustness(ctx),
@@ -152,7 +164,9 @@ def audit_bundle(bundle: ClassifierBundle, data: ClassificationData, out_dir: Pa
 def _training_summary(bundle: ClassifierBundle) -> dict[str, Any]:
     training = bundle.manifest.get("training", {})
     return {k: training.get(k) for k in ("best_epoch", "epochs_run", "seconds")} | {
-        "n_train": bundle.manifest.get("data", {}).get("n_train"), "n_val": bundle.manifest.get("data", {}).get("n_val")}
+        "n_train": bundle.manifest.get("data", {}).get("n_train"),
+        "n_val": bundle.manifest.get("data", {}).get("n_val"),
+    }
 
 
 def _with_temperature(bundle: ClassifierBundle, ctx: _Ctx) -> ClassifierBundle:
@@ -175,7 +189,10 @@ def audit_calibration(ctx: _Ctx) -> dict[str, Any]:
     if "temperature" in stored:
         temperature, source = float(stored["temperature"]), "stored in the bundle (medlens calibrate)"
     else:
-        temperature, source = fit_temperature(logits["val"][1], logits["val"][0], task), "fitted on validation by this audit"
+        temperature, source = (
+            fit_temperature(logits["val"][1], logits["val"][0], task),
+            "fitted on validation by this audit",
+        )
     ctx.temperature = temperature
     ctx.thresholds = [map_threshold(t, temperature) for t in raw_thresholds]
     ece: dict[str, float] = {}
@@ -187,8 +204,13 @@ def audit_calibration(ctx: _Ctx) -> dict[str, Any]:
             if name == ctx.cfg.split:
                 curves[when] = (labels, probs)
     plot = plots.reliability(ctx.out / "calibration_before_after.png", curves, task, bundle.label_names)
-    return {"temperature": temperature, "source": source, "ece": ece, "plot": plot.name,
-            "split_prevalence": {n: _prevalence(lab, task) for n, (lab, _z) in logits.items()}}
+    return {
+        "temperature": temperature,
+        "source": source,
+        "ece": ece,
+        "plot": plot.name,
+        "split_prevalence": {n: _prevalence(lab, task) for n, (lab, _z) in logits.items()},
+    }
 
 
 def _prevalence(labels: np.ndarray, task: str) -> list[float]:
@@ -223,11 +245,18 @@ def audit_referral(ctx: _Ctx) -> dict[str, Any]:
         threshold = referral_threshold(u_val, ctx.cfg.referral_fraction)
         kept = u_test < threshold
         probs = s_test.mean(axis=0)
-        point = {"validation_fraction": ctx.cfg.referral_fraction, "threshold": threshold,
-                 "referred_fraction": float(1 - kept.mean()), **_pick(ctx.metrics(test.labels[kept], probs[kept]))}
-        results[method] = {"samples": int(len(s_test)), "all_cases": _pick(ctx.metrics(test.labels, probs)),
-                           "operating_point": point,
-                           "curve": referral_curve(ctx.metrics, test.labels, probs, u_test, REFERRAL_FRACTIONS)}
+        point = {
+            "validation_fraction": ctx.cfg.referral_fraction,
+            "threshold": threshold,
+            "referred_fraction": float(1 - kept.mean()),
+            **_pick(ctx.metrics(test.labels[kept], probs[kept])),
+        }
+        results[method] = {
+            "samples": int(len(s_test)),
+            "all_cases": _pick(ctx.metrics(test.labels, probs)),
+            "operating_point": point,
+            "curve": referral_curve(ctx.metrics, test.labels, probs, u_test, REFERRAL_FRACTIONS),
+        }
     plot = plots.referral(ctx.out / "referral.png", {m: r["curve"] for m, r in results.items() if "curve" in r})
     return {"methods": results, "plot": plot.name}
 
@@ -242,8 +271,10 @@ def audit_robustness(ctx: _Ctx) -> dict[str, Any]:
     model, task = ctx.bundle.model, ctx.bundle.task
     val, test = ctx.split("val"), ctx.split(ctx.cfg.split)
     x_val = ctx.inputs(val)
-    scorer = BatchShiftScorer(scale_logits(predict_logits(model, x_val), task, ctx.temperature),
-                              embeddings(image_network(model), _images(x_val)))
+    scorer = BatchShiftScorer(
+        scale_logits(predict_logits(model, x_val), task, ctx.temperature),
+        embeddings(image_network(model), _images(x_val)),
+    )
     batches = batch_indices(len(test), ctx.cfg.shift_batch_size, ctx.cfg.shift_batches, ctx.cfg.seed)
 
     def score(images: np.ndarray) -> tuple[dict[str, Any], list[float], list[float]]:
@@ -266,14 +297,26 @@ def audit_robustness(ctx: _Ctx) -> dict[str, Any]:
         for severity in ctx.cfg.severities:
             images = corrupt(test.images, name, severity, ctx.bundle.preprocessing.input_range, ctx.cfg.seed)
             row, conf, embs = score(images)
-            row.update({"corruption": name, "severity": severity,
-                        "detection_auroc": {"confidence": detection_auroc(clean_conf, conf),
-                                            "embedding": detection_auroc(clean_emb, embs)}})
+            row.update(
+                {
+                    "corruption": name,
+                    "severity": severity,
+                    "detection_auroc": {
+                        "confidence": detection_auroc(clean_conf, conf),
+                        "embedding": detection_auroc(clean_emb, embs),
+                    },
+                }
+            )
             rows.append(row)
             log.info("corruption %s severity %d: %s", name, severity, row.get("auc"))
     plot = plots.robustness(ctx.out / "robustness.png", clean, rows)
-    return {"clean": clean, "rows": rows, "batch_size": ctx.cfg.shift_batch_size, "batches": ctx.cfg.shift_batches,
-            "plot": plot.name}
+    return {
+        "clean": clean,
+        "rows": rows,
+        "batch_size": ctx.cfg.shift_batch_size,
+        "batches": ctx.cfg.shift_batches,
+        "plot": plot.name,
+    }
 
 
 def _images(inputs: Any) -> np.ndarray:
@@ -304,28 +347,49 @@ def audit_explanations(ctx: _Ctx) -> dict[str, Any]:
     examples = []
     for k in range(min(4, len(index))):
         name = f"explain_{method}_{test.ids[index[k]]}".replace("/", "_").replace(":", "_")
-        label = ctx.bundle.label_names[int(np.asarray(test.labels[index[k]]).argmax())] if test.labels.ndim > 1 \
+        label = (
+            ctx.bundle.label_names[int(np.asarray(test.labels[index[k]]).argmax())]
+            if test.labels.ndim > 1
             else ctx.bundle.label_names[int(test.labels[index[k]])]
-        examples.append(write_overlay_png(x[k], maps[k], ctx.out / "examples" / f"{name}.png",
-                                          f"{test.ids[index[k]]} (truth: {label}), {method}").relative_to(ctx.out).as_posix())
-    return {"method": method, "n": int(len(index)), "randomisation": randomisation, "faithfulness": faithfulness,
-            "examples": examples}
+        )
+        examples.append(
+            write_overlay_png(
+                x[k], maps[k], ctx.out / "examples" / f"{name}.png", f"{test.ids[index[k]]} (truth: {label}), {method}"
+            )
+            .relative_to(ctx.out)
+            .as_posix()
+        )
+    return {
+        "method": method,
+        "n": int(len(index)),
+        "randomisation": randomisation,
+        "faithfulness": faithfulness,
+        "examples": examples,
+    }
 
 
-def _explain_fused(model: Any, x: np.ndarray, clinical: np.ndarray, method: str, opts: Any,
-                   seed: int) -> tuple[np.ndarray, dict[str, float], dict[str, float]]:
+def _explain_fused(
+    model: Any, x: np.ndarray, clinical: np.ndarray, method: str, opts: Any, seed: int
+) -> tuple[np.ndarray, dict[str, float], dict[str, float]]:
     """The explanation checks case by case, each with its own clinical values held fixed (the maps and checks
     perturb the image alone); the same summaries as for an image-only bundle."""
 
     per_case = [WithClinical(model, clinical[i]) for i in range(len(x))]
     maps = np.concatenate([explain(m, x[i : i + 1], method, opts=opts) for i, m in enumerate(per_case)])
     rhos = [randomisation_correlation(m, x[i : i + 1], method, opts)["spearman_mean"] for i, m in enumerate(per_case)]
-    curves = [deletion_insertion(m, x[i : i + 1], maps[i : i + 1], baseline=opts.baseline, seed=seed + i)
-              for i, m in enumerate(per_case)]
-    faithfulness = {k: float(np.mean([c[k] for c in curves]))
-                    for k in ("deletion", "insertion", "deletion_random", "insertion_random")}
-    return (maps, {"spearman_mean": float(np.mean(rhos)), "spearman_sd": float(np.std(rhos)), "n": len(rhos)},
-            faithfulness | {"n": len(curves)})
+    curves = [
+        deletion_insertion(m, x[i : i + 1], maps[i : i + 1], baseline=opts.baseline, seed=seed + i)
+        for i, m in enumerate(per_case)
+    ]
+    faithfulness = {
+        k: float(np.mean([c[k] for c in curves]))
+        for k in ("deletion", "insertion", "deletion_random", "insertion_random")
+    }
+    return (
+        maps,
+        {"spearman_mean": float(np.mean(rhos)), "spearman_sd": float(np.std(rhos)), "n": len(rhos)},
+        faithfulness | {"n": len(curves)},
+    )
 
 
 def audit_subgroups(ctx: _Ctx) -> dict[str, Any]:
@@ -339,8 +403,18 @@ def audit_subgroups(ctx: _Ctx) -> dict[str, Any]:
         candidates = sorted({k for row in test.metadata for k in row})
         columns = tuple(c for c in candidates if 2 <= len(set(group_values(test.metadata, c))) <= 20)
         if not columns:
-            return {"skipped": f"no metadata column of {ctx.data.name} ({', '.join(candidates)}) has 2-20 groups "
-                               "in this split; name columns with --groups"}
+            return {
+                "skipped": f"no metadata column of {ctx.data.name} ({', '.join(candidates)}) has 2-20 groups "
+                "in this split; name columns with --groups"
+            }
     probs = _with_temperature(ctx.bundle, ctx).predict_proba(ctx.inputs(test))
-    return subgroup_metrics(ctx.metrics, test.labels, probs, test.metadata, columns, ctx.bundle.task,
-                            n_bootstrap=min(ctx.cfg.n_bootstrap, 500), seed=ctx.cfg.seed)
+    return subgroup_metrics(
+        ctx.metrics,
+        test.labels,
+        probs,
+        test.metadata,
+        columns,
+        ctx.bundle.task,
+        n_bootstrap=min(ctx.cfg.n_bootstrap, 500),
+        seed=ctx.cfg.seed,
+    )

@@ -22,12 +22,7 @@ from medlens.bundle.manifest import save_bundle
 from medlens.errors import DataError
 from medlens.evaluate.metrics import classification_metrics
 from medlens.models.probs import scale_logits
-from medlens.models.uncertainty import (
-    SampleOptions,
-    probability_samples,
-    referral_threshold,
-    uncertainty_scores,
-)
+from medlens.models.uncertainty import SampleOptions, probability_samples, referral_threshold, uncertainty_scores
 from medlens.preprocess.pipeline import normalized_inputs
 
 if TYPE_CHECKING:
@@ -64,8 +59,13 @@ def map_threshold(threshold: float, temperature: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.log(t / (1 - t)) / temperature)))
 
 
-def calibrate_bundle(bundle: ClassifierBundle, data: ClassificationData, out: Path, referral_fraction: float = 0.1,
-                     method: str = "softmax") -> dict[str, Any]:
+def calibrate_bundle(
+    bundle: ClassifierBundle,
+    data: ClassificationData,
+    out: Path,
+    referral_fraction: float = 0.1,
+    method: str = "softmax",
+) -> dict[str, Any]:
     """Fit the temperature and the referral operating point on the validation split; write the bundle to ``out``.
 
     The written bundle is the same network with ``calibration`` and ``referral``
@@ -79,20 +79,38 @@ def calibrate_bundle(bundle: ClassifierBundle, data: ClassificationData, out: Pa
     if bundle.tabular is not None:  # a fused bundle: each validation image with its own clinical values
         inputs = (inputs, bundle.tabular.transform(val.metadata, f"{data.name}: validation split"))
     logits = bundle.predict_logits(inputs)
-    raw_thresholds = bundle.manifest.get("calibration", {}).get("uncalibrated_thresholds", bundle.manifest.get("thresholds", []))
+    raw_thresholds = bundle.manifest.get("calibration", {}).get(
+        "uncalibrated_thresholds", bundle.manifest.get("thresholds", [])
+    )
     temperature = fit_temperature(logits, val.labels, bundle.task)
     thresholds = [map_threshold(t, temperature) for t in raw_thresholds]
     names = bundle.label_names
-    ece = {f"val_ece_{k}": classification_metrics(bundle.task, val.labels, scale_logits(logits, bundle.task, t), names,
-                                                  th)["ece"]
-           for k, t, th in (("before", 1.0, list(raw_thresholds)), ("after", temperature, thresholds))}
-    samples = probability_samples(method, [bundle.model], inputs, bundle.task,
-                                  SampleOptions(modality=bundle.preprocessing.modality, temperature=temperature))
+    ece = {
+        f"val_ece_{k}": classification_metrics(
+            bundle.task, val.labels, scale_logits(logits, bundle.task, t), names, th
+        )["ece"]
+        for k, t, th in (("before", 1.0, list(raw_thresholds)), ("after", temperature, thresholds))
+    }
+    samples = probability_samples(
+        method,
+        [bundle.model],
+        inputs,
+        bundle.task,
+        SampleOptions(modality=bundle.preprocessing.modality, temperature=temperature),
+    )
     uncertainty = uncertainty_scores(samples, bundle.task, thresholds)
-    calibration = {"temperature": temperature, "method": "temperature scaling on the validation split (NLL)",
-                   "uncalibrated_thresholds": list(raw_thresholds), **ece}
-    referral = {"method": method, "fraction": referral_fraction, "threshold": referral_threshold(uncertainty, referral_fraction),
-                "chosen_on": f"validation split ({len(val)} cases)"}
+    calibration = {
+        "temperature": temperature,
+        "method": "temperature scaling on the validation split (NLL)",
+        "uncalibrated_thresholds": list(raw_thresholds),
+        **ece,
+    }
+    referral = {
+        "method": method,
+        "fraction": referral_fraction,
+        "threshold": referral_threshold(uncertainty, referral_fraction),
+        "chosen_on": f"validation split ({len(val)} cases)",
+    }
     manifest = {k: v for k, v in bundle.manifest.items() if k != "format"}
     manifest.update({"thresholds": thresholds, "calibration": calibration, "referral": referral})
     save_bundle(out, bundle.model, manifest, half=_weights_are_half(bundle.path))

@@ -101,12 +101,21 @@ def bias_field(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.nda
     return out
 
 
-for _name, _fn in (("gaussian-noise", gaussian_noise), ("gaussian-blur", gaussian_blur), ("contrast", contrast),
-                   ("gamma", gamma), ("jpeg", jpeg), ("resolution", resolution), ("bias-field", bias_field)):
+for _name, _fn in (
+    ("gaussian-noise", gaussian_noise),
+    ("gaussian-blur", gaussian_blur),
+    ("contrast", contrast),
+    ("gamma", gamma),
+    ("jpeg", jpeg),
+    ("resolution", resolution),
+    ("bias-field", bias_field),
+):
     CORRUPTIONS.add(_name, _fn)
 
 
-def corrupt(images: np.ndarray, name: str, severity: int, intensity_range: tuple[float, float], seed: int = 0) -> np.ndarray:
+def corrupt(
+    images: np.ndarray, name: str, severity: int, intensity_range: tuple[float, float], seed: int = 0
+) -> np.ndarray:
     """``images`` (raw, in ``intensity_range``) with corruption ``name`` at ``severity`` 1-5."""
     if severity not in SEVERITIES:
         raise ConfigError(f"corruption severity must be one of {SEVERITIES}, got {severity}")

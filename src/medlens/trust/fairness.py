@@ -43,20 +43,30 @@ def group_values(metadata: Sequence[dict[str, str]], column: str) -> list[str]:
 def check_columns(metadata: Sequence[dict[str, str]], columns: Sequence[str]) -> None:
     available = sorted({k for row in metadata for k in row})
     if not metadata:
-        raise DataError("subgroup analysis needs metadata columns (site, sex, age, ...) in the data's CSV, and this "
-                        "data has none")
+        raise DataError(
+            "subgroup analysis needs metadata columns (site, sex, age, ...) in the data's CSV, and this data has none"
+        )
     unknown = [c for c in columns if c not in available]
     if unknown:
         raise DataError(f"unknown metadata column(s) {', '.join(unknown)}; the data has: {', '.join(available)}")
     for column in columns:
         if all(not str(row.get(column, "")).strip() for row in metadata):
-            raise DataError(f"metadata column {column!r} is empty for every case: no group to compare; fill it in "
-                            "the CSV or leave it out of --groups")
+            raise DataError(
+                f"metadata column {column!r} is empty for every case: no group to compare; fill it in "
+                "the CSV or leave it out of --groups"
+            )
 
 
-def subgroup_metrics(metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]], labels: np.ndarray,
-                     probs: np.ndarray, metadata: Sequence[dict[str, str]], columns: Sequence[str],
-                     task: str = "binary", n_bootstrap: int = 500, seed: int = 0) -> dict[str, Any]:
+def subgroup_metrics(
+    metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    metadata: Sequence[dict[str, str]],
+    columns: Sequence[str],
+    task: str = "binary",
+    n_bootstrap: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Per column and group: n, metrics, 95% bootstrap CIs, a warning when too small; and the largest gap."""
     check_columns(metadata, columns)
     result: dict[str, Any] = {}

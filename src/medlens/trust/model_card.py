@@ -32,18 +32,36 @@ def _ci(perf: dict[str, Any], key: str) -> str:
 def card_blocks(a: dict[str, Any]) -> list[Block]:
     b, perf = a["bundle"], a["performance"]
     blocks: list[Block] = [("h1", f"Model card: {b['name']}")]
-    blocks += [("h2", "Intended use"), ("p", (
-        f"Research and triage support: the network predicts {', '.join(b['label_names'])} from "
-        f"{a['data']['dataset']}-like images ({b['task']} task). It is not a medical device and does not replace a "
-        "radiologist's read; cases it is unsure of are flagged for referral. Out of scope: other modalities, "
-        "views, image sizes or populations than the training data, and any use without local validation."))]
+    blocks += [
+        ("h2", "Intended use"),
+        (
+            "p",
+            (
+                f"Research and triage support: the network predicts {', '.join(b['label_names'])} from "
+                f"{a['data']['dataset']}-like images ({b['task']} task). It is not a medical device and does not replace a "
+                "radiologist's read; cases it is unsure of are flagged for referral. Out of scope: other modalities, "
+                "views, image sizes or populations than the training data, and any use without local validation."
+            ),
+        ),
+    ]
     data = b.get("data", {})
-    blocks += [("h2", "Training data"), ("p", (
-        f"{data.get('dataset', '?')} (file {data.get('file', '?')}, licence {data.get('license', '?')}); "
-        f"{data.get('n_train', '?')} training and {data.get('n_val', '?')} validation cases. "
-        f"Network {b['network'].get('name', '?')}; best epoch {b['training'].get('best_epoch')} chosen on validation."
-        + (f" Inputs: the image and the clinical values {', '.join(b['clinical_inputs'])} (intermediate fusion); every "
-           "section below uses each case's own values, and perturbs the image only." if b.get("clinical_inputs") else "")))]
+    blocks += [
+        ("h2", "Training data"),
+        (
+            "p",
+            (
+                f"{data.get('dataset', '?')} (file {data.get('file', '?')}, licence {data.get('license', '?')}); "
+                f"{data.get('n_train', '?')} training and {data.get('n_val', '?')} validation cases. "
+                f"Network {b['network'].get('name', '?')}; best epoch {b['training'].get('best_epoch')} chosen on validation."
+                + (
+                    f" Inputs: the image and the clinical values {', '.join(b['clinical_inputs'])} (intermediate fusion); every "
+                    "section below uses each case's own values, and perturbs the image only."
+                    if b.get("clinical_inputs")
+                    else ""
+                )
+            ),
+        ),
+    ]
     blocks += _performance(a, perf)
     blocks += _calibration(a["calibration"])
     blocks += _referral(a["referral"])
@@ -56,24 +74,41 @@ def card_blocks(a: dict[str, Any]) -> list[Block]:
 
 
 def _performance(a: dict[str, Any], perf: dict[str, Any]) -> list[Block]:
-    keys = [k for k in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece")
-            if k in perf["metrics"]]
+    keys = [
+        k
+        for k in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece")
+        if k in perf["metrics"]
+    ]
     rows = [[k, _f(perf["metrics"][k]), _ci(perf, k)] for k in keys]
-    return [("h2", f"Performance ({a['data']['dataset']} {a['data']['split']} split, n={perf['n']})"),
-            ("p", "95% CIs: percentile bootstrap over cases. Threshold(s) chosen on validation: "
-                  + (", ".join(_f(t) for t in perf["thresholds"]) or "arg-max") + "."),
-            ("table", (["metric", "value", "95% CI"], rows)),
-            ("img", "evaluation/roc.png"), ("img", "evaluation/confusion.png")]
+    return [
+        ("h2", f"Performance ({a['data']['dataset']} {a['data']['split']} split, n={perf['n']})"),
+        (
+            "p",
+            "95% CIs: percentile bootstrap over cases. Threshold(s) chosen on validation: "
+            + (", ".join(_f(t) for t in perf["thresholds"]) or "arg-max")
+            + ".",
+        ),
+        ("table", (["metric", "value", "95% CI"], rows)),
+        ("img", "evaluation/roc.png"),
+        ("img", "evaluation/confusion.png"),
+    ]
 
 
 def _calibration(c: dict[str, Any]) -> list[Block]:
     e = c["ece"]
-    rows = [[split, _f(e.get(f"{split}_before")), _f(e.get(f"{split}_after"))] for split in dict.fromkeys(
-        k.rsplit("_", 1)[0] for k in e)]
-    return [("h2", "Calibration"),
-            ("p", f"Temperature scaling, T = {_f(c['temperature'])} ({c['source']}). Expected calibration error "
-                  "(15 bins):"),
-            ("table", (["split", "ECE before", "ECE after"], rows)), ("img", c["plot"])]
+    rows = [
+        [split, _f(e.get(f"{split}_before")), _f(e.get(f"{split}_after"))]
+        for split in dict.fromkeys(k.rsplit("_", 1)[0] for k in e)
+    ]
+    return [
+        ("h2", "Calibration"),
+        (
+            "p",
+            f"Temperature scaling, T = {_f(c['temperature'])} ({c['source']}). Expected calibration error (15 bins):",
+        ),
+        ("table", (["split", "ECE before", "ECE after"], rows)),
+        ("img", c["plot"]),
+    ]
 
 
 def _referral(r: dict[str, Any]) -> list[Block]:
@@ -84,40 +119,70 @@ def _referral(r: dict[str, Any]) -> list[Block]:
             continue
         by_f = {round(c["referred_fraction"], 2): c for c in res["curve"]}
         op = res["operating_point"]
-        rows.append([method] + [f"{_f(by_f[f].get('accuracy'))} / {_f(by_f[f].get('auc'))}" for f in (0.0, 0.1, 0.2)]
-                    + [f"{_f(op['referred_fraction'], 2)} referred, accuracy {_f(op.get('accuracy'))}, AUC {_f(op.get('auc'))}"])
-    return [("h2", "Uncertainty and referral"),
-            ("p", "Accuracy / AUC on the cases the model keeps when the most uncertain are referred to a radiologist. "
-                  "The operating point is the validation quantile for the stated fraction, applied to the test cases."),
-            ("table", (["method", "0% referred", "10% referred", "20% referred", "operating point"], rows)),
-            ("img", r["plot"])]
+        rows.append(
+            [method]
+            + [f"{_f(by_f[f].get('accuracy'))} / {_f(by_f[f].get('auc'))}" for f in (0.0, 0.1, 0.2)]
+            + [f"{_f(op['referred_fraction'], 2)} referred, accuracy {_f(op.get('accuracy'))}, AUC {_f(op.get('auc'))}"]
+        )
+    return [
+        ("h2", "Uncertainty and referral"),
+        (
+            "p",
+            "Accuracy / AUC on the cases the model keeps when the most uncertain are referred to a radiologist. "
+            "The operating point is the validation quantile for the stated fraction, applied to the test cases.",
+        ),
+        ("table", (["method", "0% referred", "10% referred", "20% referred", "operating point"], rows)),
+        ("img", r["plot"]),
+    ]
 
 
 def _robustness(r: dict[str, Any]) -> list[Block]:
     key = "auc" if "auc" in r["clean"] else "accuracy"
+
     def adapted(row: dict[str, Any]) -> str:
         return "n/a (no batch norm)" if "skipped" in row["bn_adapted"] else _f(row["bn_adapted"].get(key))
 
     rows = [["clean", "", _f(r["clean"][key]), adapted(r["clean"]), "", ""]]
     for row in r["rows"]:
-        rows.append([row["corruption"], str(row["severity"]), _f(row[key]), adapted(row),
-                     _f(row["detection_auroc"]["confidence"]), _f(row["detection_auroc"]["embedding"])])
-    return [("h2", "Robustness to acquisition shift"),
-            ("p", f"Test {key} under each corruption (severity 1-5), with test-time batch-norm adaptation, and the "
-                  f"AUROC at telling a shifted batch of {r['batch_size']} from a clean one ({r['batches']} batches each)."),
-            ("table", (["corruption", "severity", key, f"{key}, BN adapted", "detect: confidence", "detect: embedding"],
-                       rows)), ("img", r["plot"])]
+        rows.append(
+            [
+                row["corruption"],
+                str(row["severity"]),
+                _f(row[key]),
+                adapted(row),
+                _f(row["detection_auroc"]["confidence"]),
+                _f(row["detection_auroc"]["embedding"]),
+            ]
+        )
+    return [
+        ("h2", "Robustness to acquisition shift"),
+        (
+            "p",
+            f"Test {key} under each corruption (severity 1-5), with test-time batch-norm adaptation, and the "
+            f"AUROC at telling a shifted batch of {r['batch_size']} from a clean one ({r['batches']} batches each).",
+        ),
+        (
+            "table",
+            (["corruption", "severity", key, f"{key}, BN adapted", "detect: confidence", "detect: embedding"], rows),
+        ),
+        ("img", r["plot"]),
+    ]
 
 
 def _explanations(e: dict[str, Any]) -> list[Block]:
     f, rnd = e["faithfulness"], e["randomisation"]
-    return [("h2", "Explanations"),
-            ("p", f"{e['method']} on {e['n']} test cases. Randomisation sanity check: mean Spearman correlation between "
-                  f"maps of the trained and a re-initialised network {_f(rnd['spearman_mean'])} (sd {_f(rnd['spearman_sd'])}; "
-                  "near 0 means the maps depend on what the model learned). Deletion AUC (lower is better) "
-                  f"{_f(f['deletion'])} vs {_f(f['deletion_random'])} for a random order; insertion AUC (higher is "
-                  f"better) {_f(f['insertion'])} vs {_f(f['insertion_random'])}."),
-            *[("img", p) for p in e["examples"]]]
+    return [
+        ("h2", "Explanations"),
+        (
+            "p",
+            f"{e['method']} on {e['n']} test cases. Randomisation sanity check: mean Spearman correlation between "
+            f"maps of the trained and a re-initialised network {_f(rnd['spearman_mean'])} (sd {_f(rnd['spearman_sd'])}; "
+            "near 0 means the maps depend on what the model learned). Deletion AUC (lower is better) "
+            f"{_f(f['deletion'])} vs {_f(f['deletion_random'])} for a random order; insertion AUC (higher is "
+            f"better) {_f(f['insertion'])} vs {_f(f['insertion_random'])}.",
+        ),
+        *[("img", p) for p in e["examples"]],
+    ]
 
 
 def _subgroups(s: dict[str, Any]) -> list[Block]:
@@ -125,11 +190,22 @@ def _subgroups(s: dict[str, Any]) -> list[Block]:
         return [("h2", "Subgroups"), ("p", s["skipped"] + ".")]
     blocks: list[Block] = [("h2", "Subgroups")]
     for column, res in s.items():
-        rows = [[g["group"], str(g["n"]), _f(g["metrics"].get("auc")), _f(g["metrics"].get("accuracy")),
-                 g.get("warning", "")] for g in res["groups"]]
+        rows = [
+            [
+                g["group"],
+                str(g["n"]),
+                _f(g["metrics"].get("auc")),
+                _f(g["metrics"].get("accuracy")),
+                g.get("warning", ""),
+            ]
+            for g in res["groups"]
+        ]
         gaps = "; ".join(f"{m}: {_f(v['gap'])} ({v['best']} vs {v['worst']})" for m, v in res["largest_gap"].items())
-        blocks += [("h3", column), ("table", (["group", "n", "AUC", "accuracy", "warning"], rows)),
-                   ("p", f"Largest gaps: {gaps or 'none judged'}.")]
+        blocks += [
+            ("h3", column),
+            ("table", (["group", "n", "AUC", "accuracy", "warning"], rows)),
+            ("p", f"Largest gaps: {gaps or 'none judged'}."),
+        ]
     return blocks
 
 
@@ -140,29 +216,40 @@ def known_limitations(a: dict[str, Any]) -> list[str]:
     test_after = ece.get(f"{a['data']['split']}_after")
     if test_after is not None and test_after > 0.03:
         prev = a["calibration"].get("split_prevalence", {})
-        notes.append(f"Calibration on the {a['data']['split']} split stays imperfect (ECE {_f(test_after)} after "
-                     f"scaling; class prevalence validation {prev.get('val')} vs {a['data']['split']} "
-                     f"{prev.get(a['data']['split'])}): probabilities shift with the population.")
+        notes.append(
+            f"Calibration on the {a['data']['split']} split stays imperfect (ECE {_f(test_after)} after "
+            f"scaling; class prevalence validation {prev.get('val')} vs {a['data']['split']} "
+            f"{prev.get(a['data']['split'])}): probabilities shift with the population."
+        )
     rob = a["robustness"]
     key = "auc" if "auc" in rob["clean"] else "accuracy"
     worst = min(rob["rows"], key=lambda r: r[key], default=None)
     if worst is not None:
-        notes.append(f"Largest drop under shift: {worst['corruption']} at severity {worst['severity']} "
-                     f"({key} {_f(rob['clean'][key])} -> {_f(worst[key])}).")
+        notes.append(
+            f"Largest drop under shift: {worst['corruption']} at severity {worst['severity']} "
+            f"({key} {_f(rob['clean'][key])} -> {_f(worst[key])})."
+        )
     missed = [r for r in rob["rows"] if r["severity"] == 3 and max(r["detection_auroc"].values()) < 0.7]
     if missed:
-        notes.append("Shift detection is weak (AUROC < 0.7 at severity 3) for: "
-                     + ", ".join(r["corruption"] for r in missed) + ".")
+        notes.append(
+            "Shift detection is weak (AUROC < 0.7 at severity 3) for: "
+            + ", ".join(r["corruption"] for r in missed)
+            + "."
+        )
     f = a["explanations"]["faithfulness"]
     if f["deletion"] >= f["deletion_random"]:
-        notes.append(f"{a['explanations']['method']} maps do not beat a random pixel order on the deletion test; read "
-                     "them as a coarse hint of location, not as proof of what the model used.")
+        notes.append(
+            f"{a['explanations']['method']} maps do not beat a random pixel order on the deletion test; read "
+            "them as a coarse hint of location, not as proof of what the model used."
+        )
     if "skipped" not in a["subgroups"]:
         small = [f"{c}={g['group']}" for c, res in a["subgroups"].items() for g in res["groups"] if "warning" in g]
         if small:
             notes.append("Groups too small to judge: " + ", ".join(small) + ".")
     else:
-        notes.append("Performance across sex, age, site or scanner is unknown: the evaluation data has no such metadata.")
+        notes.append(
+            "Performance across sex, age, site or scanner is unknown: the evaluation data has no such metadata."
+        )
     return notes
 
 
@@ -177,8 +264,12 @@ def render_markdown(blocks: list[Block]) -> str:
             out.append("\n".join(f"- {v}" for v in value))
         elif kind == "table":
             header, rows = value
-            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                 + ["| " + " | ".join(r) + " |" for r in rows]))
+            out.append(
+                "\n".join(
+                    ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                    + ["| " + " | ".join(r) + " |" for r in rows]
+                )
+            )
         elif kind == "img":
             out.append(f"![{Path(value).stem}]({value})")
     return "\n\n".join(out) + "\n"
@@ -194,14 +285,23 @@ def render_html(blocks: list[Block], title: str) -> str:
             body.append("<ul>" + "".join(f"<li>{e(v)}</li>" for v in value) + "</ul>")
         elif kind == "table":
             header, rows = value
-            body.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{e(h)}</th>" for h in header)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+                + "</table>"
+            )
         elif kind == "img":
             body.append(f'<img src="{e(value)}" alt="{e(Path(value).stem)}">')
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 8px}img{max-width:48%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head>"
-            f"<body>{''.join(body)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 8px}img{max-width:48%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
 
 
 def write_model_card(audit: dict[str, Any], out_dir: Path) -> list[Path]:

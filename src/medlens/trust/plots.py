@@ -17,7 +17,9 @@ def _plt() -> Any:
     return plt
 
 
-def reliability(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], task: str, label_names: list[str]) -> Path:
+def reliability(
+    path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], task: str, label_names: list[str]
+) -> Path:
     """Reliability diagram of the positive class (binary) or the predicted class (others), before and after."""
     from sklearn.calibration import calibration_curve
 

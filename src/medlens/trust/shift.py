@@ -36,7 +36,9 @@ def final_linear(model: nn.Module) -> nn.Linear:
 def embeddings(model: nn.Module, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Penultimate features ``(N, F)``: the input of the final linear layer."""
     captured: list[torch.Tensor] = []
-    hook = final_linear(model).register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().flatten(1)))
+    hook = final_linear(model).register_forward_hook(
+        lambda _m, args, _out: captured.append(args[0].detach().flatten(1))
+    )
     model.eval()
     try:
         for start in range(0, len(inputs), batch_size):
