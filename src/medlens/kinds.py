@@ -1,34 +1,30 @@
 """The kinds of model bundle and ``open_bundle``: any bundle, by shipped name or folder, as its kind's class.
 
 A new kind of model plugs in here: a bundle class (a :class:`BundleBase` with
-its ``kind``, ``supports`` and ``predict``) and its loader, registered below.
+its ``kind``, ``supports``, ``from_manifest``, ``summary`` and ``predict``), registered below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from medlens.bundle.manifest import BundleBase, license_of, read_manifest
-from medlens.classify.bundle import ClassifierBundle, load_classifier
+from medlens.classify.bundle import ClassifierBundle
 from medlens.errors import ModelError
-from medlens.recon.bundle import EnhancerBundle, load_enhancer
+from medlens.recon.bundle import EnhancerBundle
 from medlens.registry import Registry
-from medlens.segment.bundle import SegmenterBundle, load_segmenter
-from medlens.survival.bundle import SurvivalBundle, load_survival
+from medlens.segment.bundle import SegmenterBundle
+from medlens.survival.bundle import SurvivalBundle
 
 AnyBundle = ClassifierBundle | SegmenterBundle | SurvivalBundle | EnhancerBundle
 
-KINDS: Registry[tuple[type[BundleBase], Callable[..., Any]]] = Registry("kind of bundle")
-KINDS.add("classifier", (ClassifierBundle, load_classifier))
-KINDS.add("segmenter", (SegmenterBundle, load_segmenter))
-KINDS.add("survival", (SurvivalBundle, load_survival))
-KINDS.add("enhancer", (EnhancerBundle, load_enhancer))
+KINDS: Registry[type[BundleBase]] = Registry("kind of bundle")
+for _cls in (ClassifierBundle, SegmenterBundle, SurvivalBundle, EnhancerBundle):
+    KINDS.add(_cls.kind, _cls)
 
 
 def kinds_supporting(operation: str) -> list[str]:
-    return [name for name in KINDS.names() if operation in KINDS.get(name)[0].supports]
+    return [name for name in KINDS.names() if operation in KINDS.get(name).supports]
 
 
 def describe(name_or_path: str | Path) -> dict[str, str]:
@@ -36,7 +32,7 @@ def describe(name_or_path: str | Path) -> dict[str, str]:
     training data with its licence."""
     path, manifest = read_manifest(name_or_path)
     data = manifest.get("data", {})
-    summary = KINDS.get(manifest["kind"])[0].summary(manifest)
+    summary = KINDS.get(manifest["kind"]).summary(manifest)
     return {
         "name": path.name,
         "kind": manifest["kind"],
@@ -57,10 +53,10 @@ def open_bundle(name_or_path: str | Path, needs: str | None = None, device: str 
     ('classifier', ['normal', 'pneumonia'])
     """
     path, manifest = read_manifest(name_or_path)
-    cls, loader = KINDS.get(manifest["kind"])
+    cls = KINDS.get(manifest["kind"])
     if needs is not None and needs not in cls.supports:
         raise ModelError(
             f"{path.name} is a {manifest['kind']} bundle ({manifest.get('task')}); {needs} takes "
             f"{' or '.join(kinds_supporting(needs)) or 'no'} bundles"
         )
-    return loader(path, device=device) if cls is ClassifierBundle else loader(path)
+    return cls.from_manifest(path, manifest, device=device)  # the manifest is read once

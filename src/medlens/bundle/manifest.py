@@ -64,6 +64,11 @@ class BundleBase:
         return license_of(self.manifest)
 
     @classmethod
+    def from_manifest(cls, path: Path, manifest: dict[str, Any], device: str = "cpu") -> BundleBase:
+        """Build the loaded bundle from its folder and checked manifest (each kind rebuilds its own network)."""
+        raise NotImplementedError
+
+    @classmethod
     def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
         """What ``medlens models`` shows about a bundle of this kind: ``task``, ``labels``, ``input``, ``score``,
         ``accuracy`` (from the manifest alone, nothing loaded)."""

@@ -56,6 +56,22 @@ class ClassifierBundle(BundleBase):
         return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
 
     @classmethod
+    def from_manifest(
+        cls, path: Path, manifest: dict[str, Any], device: str | torch.device = "cpu"
+    ) -> ClassifierBundle:
+        """Rebuild the network the manifest describes and load the weights (``path``: the bundle folder)."""
+        raw_spec = dict(manifest["network"])
+        raw_spec["image_shape"] = tuple(raw_spec["image_shape"])
+        model = build_network(NetworkSpec(**raw_spec))
+        tabular = None
+        if manifest.get("fusion") == "intermediate":
+            tabular = load_tabular(path)
+            model = FusionNet(model, len(manifest["tabular"]["features"]), len(manifest["label_names"]))
+        load_weights(model, path, f"the network in {path.name}/bundle.json")
+        model.to(device).eval()
+        return cls(path, manifest, model, Preprocessing.from_dict(manifest["preprocessing"]), tabular)
+
+    @classmethod
     def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
         """What ``medlens models`` shows, from the manifest alone."""
         test, shape = manifest.get("metrics", {}).get("test", {}), manifest["expected_input"]["spatial_shape"]
@@ -138,13 +154,4 @@ def load_classifier(name_or_path: str | Path, device: str | torch.device = "cpu"
     path, manifest = read_manifest(name_or_path)
     if manifest["kind"] != ClassifierBundle.kind:
         raise ModelError(f"{path} is a {manifest['kind']} bundle, not a classifier")
-    raw_spec = dict(manifest["network"])
-    raw_spec["image_shape"] = tuple(raw_spec["image_shape"])
-    model = build_network(NetworkSpec(**raw_spec))
-    tabular = None
-    if manifest.get("fusion") == "intermediate":
-        tabular = load_tabular(path)
-        model = FusionNet(model, len(manifest["tabular"]["features"]), len(manifest["label_names"]))
-    load_weights(model, path, f"the network in {path.name}/bundle.json")
-    model.to(device).eval()
-    return ClassifierBundle(path, manifest, model, Preprocessing.from_dict(manifest["preprocessing"]), tabular)
+    return ClassifierBundle.from_manifest(path, manifest, device)

@@ -32,6 +32,14 @@ class EnhancerBundle(BundleBase):
     model: nn.Module
 
     @classmethod
+    def from_manifest(cls, path: Path, manifest: dict[str, Any], device: str = "cpu") -> EnhancerBundle:
+        """Build the registered network the manifest names and load the weights. Enhancers run on the CPU."""
+        spec = manifest["network"]
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("kwargs", {}).items()}
+        model = build_recon_network(spec["name"], **kwargs)
+        return cls(path, manifest, load_weights(model, path, f"network {spec['name']} {kwargs}"))
+
+    @classmethod
     def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
         """What ``medlens models`` shows, from the manifest alone."""
         spec = manifest.get("input", {})
@@ -90,7 +98,4 @@ def load_enhancer(name_or_path: str | Path, task: str | None = None) -> Enhancer
             f"{path} is a {manifest.get('task')} bundle, not {task or 'an enhancer'}: {hint} "
             f"(shipped bundles: see `medlens models`)"
         )
-    spec = manifest["network"]
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("kwargs", {}).items()}
-    model = build_recon_network(spec["name"], **kwargs)
-    return EnhancerBundle(path, manifest, load_weights(model, path, f"network {spec['name']} {kwargs}"))
+    return EnhancerBundle.from_manifest(path, manifest)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from medlens.bundle.manifest import BundleBase, load_weights, read_manifest
@@ -28,6 +29,13 @@ class SegmenterBundle(BundleBase):
     supports: ClassVar[frozenset[str]] = frozenset({"predict", "evaluate", "export", "select", "serve"})
     model: nn.Module
     plan: SegPlan
+
+    @classmethod
+    def from_manifest(cls, path: Path, manifest: dict[str, Any], device: str | torch.device = "cpu") -> SegmenterBundle:
+        """Build the U-Net of the manifest's plan and load the weights (``path``: the bundle folder)."""
+        plan = SegPlan.from_dict(manifest["plan"])
+        model = load_weights(build_unet(plan), path, "the network of its plan").to(device)
+        return cls(path, manifest, model, plan)
 
     @classmethod
     def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
@@ -112,7 +120,7 @@ class SegmenterBundle(BundleBase):
         return {**record, "checked": f"on the validation case {record['checked_on']}"}
 
 
-def load_segmenter(name_or_path: str | Path) -> SegmenterBundle:
+def load_segmenter(name_or_path: str | Path, device: str | torch.device = "cpu") -> SegmenterBundle:
     """A segmenter bundle by shipped name (``hippocampus``) or folder."""
     path, manifest = read_manifest(name_or_path)
     if manifest["kind"] != SegmenterBundle.kind:
@@ -120,5 +128,4 @@ def load_segmenter(name_or_path: str | Path) -> SegmenterBundle:
             f"{path} is a {manifest['kind']} bundle; segmenting needs a segmentation bundle (e.g. "
             "`hippocampus`, or one from `medlens train DATA --task segment`)"
         )
-    plan = SegPlan.from_dict(manifest["plan"])
-    return SegmenterBundle(path, manifest, load_weights(build_unet(plan), path, "the network of its plan"), plan)
+    return SegmenterBundle.from_manifest(path, manifest, device)

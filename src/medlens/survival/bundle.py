@@ -32,6 +32,20 @@ class SurvivalBundle(BundleBase):
     tabular: Any = None
 
     @classmethod
+    def from_manifest(cls, path: Path, manifest: dict[str, Any], device: str = "cpu") -> SurvivalBundle:
+        """Rebuild the model the manifest describes (``path``: the bundle folder). Survival models run on the CPU."""
+        if manifest["inputs"] == "clinical":
+            return cls(path, manifest, None, load_tabular(path))
+        raw = dict(manifest["settings"]["network"])
+        raw["image_shape"] = tuple(raw["image_shape"])
+        model = build_network(NetworkSpec(**raw))
+        encoder = None
+        if manifest["inputs"] == "fused":
+            encoder = load_tabular(path)
+            model = FusionNet(model, len(manifest["tabular"]["features"]), raw["num_classes"])
+        return cls(path, manifest, load_weights(model, path, "the survival network in its manifest"), encoder)
+
+    @classmethod
     def summary(cls, manifest: dict[str, Any]) -> dict[str, str]:
         """What ``medlens models`` shows, from the manifest alone."""
         validation = manifest.get("metrics", {}).get("validation", {})
@@ -75,13 +89,4 @@ def load_survival(name_or_path: str | Path) -> SurvivalBundle:
     path, manifest = read_manifest(name_or_path)
     if manifest["kind"] != SurvivalBundle.kind:
         raise ModelError(f"{path} is a {manifest['kind']} bundle, not a survival model")
-    if manifest["inputs"] == "clinical":
-        return SurvivalBundle(path, manifest, None, load_tabular(path))
-    raw = dict(manifest["settings"]["network"])
-    raw["image_shape"] = tuple(raw["image_shape"])
-    model = build_network(NetworkSpec(**raw))
-    encoder = None
-    if manifest["inputs"] == "fused":
-        encoder = load_tabular(path)
-        model = FusionNet(model, len(manifest["tabular"]["features"]), raw["num_classes"])
-    return SurvivalBundle(path, manifest, load_weights(model, path, "the survival network in its manifest"), encoder)
+    return SurvivalBundle.from_manifest(path, manifest)
