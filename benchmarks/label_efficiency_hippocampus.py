@@ -33,14 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from label_efficiency import (  # noqa: E402
-    FRACTIONS,
-    grid_arguments,
-    merge,
-    plot,
-    print_table,
-    summarise,
-)
+from label_efficiency import FRACTIONS, grid_arguments, merge, plot, print_table, summarise  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "label_efficiency_hippocampus.json"
 PLOT = RESULTS.with_suffix(".png")

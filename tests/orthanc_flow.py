@@ -18,9 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from serve_helpers import (
-    wait_until_answering,  # this script runs from tests/ as its own program
-)
+from serve_helpers import wait_until_answering  # this script runs from tests/ as its own program
 
 ORTHANC = "http://127.0.0.1:8042"
 

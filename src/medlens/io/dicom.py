@@ -22,9 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
-from pydicom.pixels.utils import (
-    _get_jpg_parameters,  # the JPEG SOF parser pydicom's own decoders use
-)
+from pydicom.pixels.utils import _get_jpg_parameters  # the JPEG SOF parser pydicom's own decoders use
 from pydicom.tag import Tag
 
 from medlens.errors import DicomError, InputMismatchError, MedlensError, UnsupportedTransferSyntaxError

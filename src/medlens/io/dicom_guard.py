@@ -28,10 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import (  # the file-meta parser dcmread itself uses
-    _read_file_meta_info,
-    read_preamble,
-)
+from pydicom.filereader import _read_file_meta_info, read_preamble  # the file-meta parser dcmread itself uses
 
 from medlens.errors import DicomError
 
