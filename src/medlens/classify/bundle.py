@@ -42,6 +42,11 @@ class ClassifierBundle(BundleBase):
     tabular: Any = None  # the clinical-feature encoder of a fused bundle (medlens.tabular.encode.TabularEncoder)
 
     @property
+    def modality(self) -> str:
+        """The modality the network was trained on (``CR``, ``CT``, ...; empty when unknown)."""
+        return str(self.manifest.get("expected_input", {}).get("modality") or "")
+
+    @property
     def label_names(self) -> list[str]:
         return list(self.manifest["label_names"])
 

@@ -89,7 +89,6 @@ class FederateConfig:
 
     @property
     def budget(self) -> Any:
-
         return None if self.dp_epsilon is None else PrivacyBudget(self.dp_epsilon, self.dp_delta, self.dp_max_grad_norm)
 
     @property
@@ -162,7 +161,6 @@ def build_model(cfg: FederateConfig, data: Any) -> Any:
 
 
 def _load(cfg: FederateConfig, data_dir: str | None) -> Any:
-
     return load_medmnist(cfg.dataset, size=cfg.size, data_dir=data_dir)
 
 
@@ -336,7 +334,6 @@ def _reason(text: str) -> str:
 
 
 def _site_auc(metrics: Any) -> dict[str, Any]:
-
     auc, _ = auc_and_threshold(np.array(metrics["hist-neg"]), np.array(metrics["hist-pos"]))
     return {"val_auc": None if np.isnan(auc) else auc, "n_val": int(metrics["num-examples"])}
 
@@ -431,7 +428,6 @@ def _round_row(r: int, result: Any, per_site: dict[int, Any]) -> dict[str, Any]:
 def _save(
     cfg: FederateConfig, split: Any, outcome: dict[str, Any], out_dir: Path, seconds: float, data_dir: str | None
 ) -> Path:
-
     data = _load(cfg, data_dir)
     model = build_model(cfg, data)
     model.load_state_dict(outcome["state"])

@@ -119,7 +119,6 @@ def pretrain(
 def _unlabelled_images(
     cfg: PretrainConfig, data_dir: str | Path | None
 ) -> tuple[torch.Tensor, NetworkSpec, dict[str, Any]]:
-
     data = load_dataset(cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, seed=cfg.seed)
     train = data.splits["train"]
     if cfg.max_images and cfg.max_images < len(train):

@@ -107,7 +107,6 @@ def check_ct_hu(volume: Volume, path: Path) -> None:
 
 
 def denoise_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
-
     def process(path: Path) -> tuple[Volume, str, int, dict]:
         volume = load_volume(path)
         check_ct_hu(volume, path)
@@ -120,7 +119,6 @@ def denoise_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path) -> 
 
 
 def upscale_files(bundle: EnhancerBundle, inputs: list[Path], out_dir: Path, scale: int) -> dict[str, Any]:
-
     scales = bundle.manifest.get("input", {}).get("scales", [2, 4])
     if scale not in scales:
         raise DataError(f"scale {scale}: the bundle was trained for {', '.join(map(str, scales))}x")

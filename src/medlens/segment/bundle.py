@@ -50,6 +50,11 @@ class SegmenterBundle(BundleBase):
         }
 
     @property
+    def modality(self) -> str:
+        """The modality of its plan (``MR`` when the plan does not say)."""
+        return str(self.plan.modality or "MR")
+
+    @property
     def postprocess(self) -> list[int]:
         return [int(v) for v in self.manifest.get("postprocess_largest_component", [])]
 

@@ -213,7 +213,6 @@ def _one_epoch(
     title: str,
     show_progress: bool,
 ) -> tuple[float, float]:
-
     objective.train()
     return optimise_epoch(
         loader, lambda item: objective(item[0].to(device)), optimizer, scheduler, title, show_progress

@@ -225,7 +225,6 @@ def _train_segmenter(
     info: DistInfo,
     device: torch.device,
 ) -> Path:
-
     seed_everything(cfg.seed)
     dataset = load_seg_dataset(data)
     ids = [c.case_id for c in dataset.cases if c.label is not None][: cfg.max_cases]

@@ -94,7 +94,6 @@ class ReadIn(BaseModel):
 
 
 def create_app(config: ServeConfig) -> FastAPI:
-
     install_phi_filter()
     config.storage.mkdir(parents=True, exist_ok=True)
     users = load_tokens(config.tokens)
@@ -262,7 +261,6 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/api/agreement")
     def agreement(user: Annotated[User, Depends(requires("viewer"))]) -> dict[str, Any]:
-
         return agreement_table(store.reads_with_results())
 
     @app.get("/api/audit")
@@ -273,10 +271,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     references: dict[str, Any] = {}
 
     def monitoring_report() -> dict[str, Any]:
-
         out = {}
         for name, model in models.items():
-            if model.task == "segmentation":
+            if model.kind != "classifier":  # drift is watched on a classifier's outputs
                 continue
             if name not in references:  # computed once, on first use (reads the model's validation split)
                 references[name] = build_reference(model, config.drift_window)
@@ -376,5 +373,4 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 
 def _version() -> str:
-
     return __version__

@@ -41,14 +41,18 @@ class ServedModel:
     series_description: str | None = None
     severity: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def kind(self) -> str:
+        return str(self.bundle.kind)
+
     def findings(self) -> list[str]:
         """The labels that are findings: every label but the first (normal) of a binary model; all others otherwise."""
-        names = list(self.bundle.label_names) if self.task != "segmentation" else []
+        names = list(self.bundle.label_names) if self.bundle.kind == "classifier" else []
         return names[1:] if self.task == "binary" else names
 
     def clinical(self) -> Any:
         """Where a fused bundle's clinical values come from here: each instance's DICOM header; None otherwise."""
-        if self.task == "segmentation" or self.bundle.tabular is None:
+        if self.bundle.kind != "classifier" or self.bundle.tabular is None:
             return None
 
         return DicomClinical.for_bundle(self.bundle)
@@ -94,14 +98,10 @@ def _bundle_path(item: str) -> Path:
 
 
 def _load(path: Path) -> ServedModel:
-
     bundle: Any = open_bundle(path, needs="serve")
     manifest = bundle.manifest
     routing = manifest.get("routing", {})
-    if bundle.kind == "segmenter":
-        default = {str(manifest["plan"].get("modality") or "MR").upper()}
-    else:
-        default = {(manifest.get("expected_input", {}).get("modality") or "").upper()}
+    default = {bundle.modality.upper()}  # the modality it was trained on, unless the routing block says more
     try:
         served = ServedModel(
             name=path.name,

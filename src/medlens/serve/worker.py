@@ -175,6 +175,6 @@ def run_job(
             remember_identifiers(pydicom.dcmread(file, stop_before_pixels=True))
         except Exception:  # unreadable headers are the job's to report
             continue
-    if model.task == "segmentation":
+    if model.kind == "segmenter":
         return run_segmentation(model, Path(storage) / folder, Path(out_dir), job_id, key)
     return run_classification(model, files, Path(out_dir), job_id, key)

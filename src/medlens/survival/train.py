@@ -168,7 +168,6 @@ def _normalise(images: np.ndarray, low: float, high: float) -> np.ndarray:
 def _fit_network(
     cfg: SurvivalConfig, parts: dict[str, SurvivalData], features: dict[str, np.ndarray | None], show_progress: bool
 ) -> tuple[nn.Module, dict[str, Any], dict[str, np.ndarray], list[dict[str, float]]]:
-
     train = parts["train"]
     low, high = (float(v) for v in np.percentile(train.images, [0.5, 99.5]))
     settings: dict[str, Any] = {"head": cfg.head, "intensity": {"low": low, "high": high}}

@@ -324,7 +324,6 @@ def _images(inputs: Any) -> np.ndarray:
 
 
 def normalize_raw(images: np.ndarray, prep: Any) -> np.ndarray:
-
     return normalize_intensity(np.asarray(images, dtype=np.float32), prep)
 
 
