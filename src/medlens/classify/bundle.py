@@ -7,7 +7,7 @@ clinical values (``fusion: intermediate``, whose clinical encoder is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +40,7 @@ class ClassifierBundle(BundleBase):
     model: nn.Module
     preprocessing: Preprocessing
     tabular: Any = None  # the clinical-feature encoder of a fused bundle (medlens.tabular.encode.TabularEncoder)
+    _datasets: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def modality(self) -> str:
@@ -151,7 +152,11 @@ class ClassifierBundle(BundleBase):
         return quantize_bundle(self, kind, (val.images, val.labels), (test.images, test.labels), clinical=clinical)
 
     def _dataset(self, data: str | None, data_dir: str | Path | None) -> Any:
-        return dataset_for_bundle(self, data or training_data(self.manifest), None, data_dir)
+        """The data to check an export on, read once for export and quantize alike."""
+        key = (str(data or training_data(self.manifest)), str(data_dir))
+        if key not in self._datasets:
+            self._datasets[key] = dataset_for_bundle(self, key[0], None, data_dir)
+        return self._datasets[key]
 
 
 def load_classifier(name_or_path: str | Path, device: str | torch.device = "cpu") -> ClassifierBundle:
