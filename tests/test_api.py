@@ -20,6 +20,7 @@ from medlens.segment.bundle import SegmenterBundle
 
 SHIPPED_KINDS = {
     "pneumonia": "classifier",
+    "cxr-pneumonia": "classifier",
     "adrenal": "classifier",
     "hippocampus": "segmenter",
     "ct-denoise": "enhancer",

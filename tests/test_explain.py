@@ -99,6 +99,7 @@ def test_explain_cli_on_png_and_dicom_writes_overlays_and_a_secondary_capture(ke
     assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PatientID == source.PatientID
     assert sc.SeriesInstanceUID != source.SeriesInstanceUID
     assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns) and sc.SamplesPerPixel == 3
+    assert "PixelSpacing" not in sc  # the source's spacing is 0\0 (unknown): not copied as if it were a size
     assert "not for diagnosis" in sc.DerivationDescription
 
 

@@ -12,6 +12,7 @@ import pytest
 from medlens.classify.bundle import load_classifier
 from medlens.errors import ConfigError, DataError, ModelError
 from medlens.evaluate.metrics import classification_metrics
+from medlens.models.ood import embeddings
 from medlens.models.probs import scale_logits
 from medlens.models.uncertainty import (
     SampleOptions,
@@ -24,7 +25,7 @@ from medlens.preprocess.pipeline import normalized_inputs
 from medlens.trust.calibrate import calibrate_bundle, fit_temperature, map_threshold
 from medlens.trust.corruptions import CORRUPTIONS, corrupt
 from medlens.trust.fairness import group_values, subgroup_metrics
-from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc, embeddings
+from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medlens.errors import ConfigError
+from medlens.preprocess.pipeline import INTENSITY_OPTIONS
 from medlens.preprocess.window import WINDOWS
 
 C = TypeVar("C")
@@ -40,6 +41,9 @@ class TrainConfig:
     image_size: tuple[int, ...] | None = None  # folder datasets: resize every image to this (part of the bundle)
     multilabel: bool = False
     label_column: str = "label"  # folder datasets: the CSV column holding the label(s)
+    positive_label: str | None = None  # binary: the finding's label (default: the one not naming a negative)
+    modality: str | None = None  # folder datasets: the images' DICOM modality (CR, DX, CT, MR, ...): routing, checks
+    intensity: str = "fixed"  # folder datasets: "per-image" rescales each image by its percentiles (any bit depth)
     negative_label: str | None = None  # multi-label: the value meaning no finding (e.g. "No Finding"), an all-zero row
     group_column: str | None = (
         "auto"  # patient ID column: splits keep a patient's images together ("auto": patient_id, PatientID, Patient ID)
@@ -84,6 +88,8 @@ class TrainConfig:
             "label_column": self.label_column,
             "negative_label": self.negative_label,
             "group_column": self.group_column,
+            "positive_label": self.positive_label,
+            "intensity": self.intensity,
         }
 
     def __post_init__(self) -> None:
@@ -91,6 +97,12 @@ class TrainConfig:
         _check_choice("train.device", self.device, DEVICE_OPTIONS)
         _check_choice("train.semi_supervised", self.semi_supervised, SEMI_SUPERVISED_OPTIONS)
         _check_choice("train.fusion", self.fusion, FUSION_OPTIONS)
+        _check_choice("train.intensity", self.intensity, INTENSITY_OPTIONS)
+        if self.intensity != "fixed" and not self.dataset.lower().endswith(".csv"):
+            raise ConfigError(
+                f"train.intensity={self.intensity} is for a folder dataset (a label CSV); {self.dataset} comes "
+                "with its own fixed intensity range"
+            )
         if self.fusion in ("intermediate", "late", "tabular") and not self.clinical_columns:
             raise ConfigError(
                 f"train.fusion={self.fusion} needs clinical columns: --set numeric_columns=age "

@@ -22,6 +22,7 @@ from medlens.errors import ModelError
 from medlens.evaluate.stage import evaluate_bundle
 from medlens.models.fusion import FusionNet
 from medlens.models.networks import NetworkSpec, build_network
+from medlens.models.ood import OodGate
 from medlens.models.probs import decide_label, predict_logits, predict_proba
 from medlens.preprocess import Preprocessing
 from medlens.runtime.onnx_export import export_onnx
@@ -41,6 +42,7 @@ class ClassifierBundle(BundleBase):
     preprocessing: Preprocessing
     tabular: Any = None  # the clinical-feature encoder of a fused bundle (medlens.tabular.encode.TabularEncoder)
     _datasets: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
+    _gate: OodGate | None = field(default=None, repr=False, compare=False)
 
     @property
     def modality(self) -> str:
@@ -60,6 +62,22 @@ class ClassifierBundle(BundleBase):
     def temperature(self) -> float:
         """Temperature fitted on validation by ``medlens calibrate`` (1.0: not calibrated)."""
         return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def positive_label(self) -> str | None:
+        """A binary task's positive class (the finding): stored since format 2, else the second label."""
+        if self.task != "binary":
+            return None
+        return str(self.manifest.get("positive_label") or self.label_names[1])
+
+    @property
+    def gate(self) -> OodGate | None:
+        """The out-of-distribution gate fitted on the training data (None for bundles made before it existed)."""
+        if "ood_gate" not in self.manifest:
+            return None
+        if self._gate is None:
+            self._gate = OodGate.load(self.path)
+        return self._gate
 
     @classmethod
     def from_manifest(

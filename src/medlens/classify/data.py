@@ -47,6 +47,8 @@ def load_training_data(cfg: TrainConfig, data_dir: str | Path | None) -> tuple[C
     data = load_dataset(
         cfg.dataset, cfg.size, data_dir, cfg.image_dir, cfg.image_size, cfg.multilabel, cfg.seed, cfg.folder_options()
     )
+    if cfg.modality:
+        data.modality = cfg.modality.upper()
     rest = None
     if cfg.max_train_samples and cfg.max_train_samples < len(data.splits["train"]):
         data.splits["train"], rest = subsample_with_rest(data.splits["train"], cfg.max_train_samples, cfg.seed)
@@ -138,8 +140,10 @@ def dataset_for_bundle(
     """Load ``data`` the way ``bundle`` was trained: its MedMNIST size, image folder, resize and split seed."""
     cfg = bundle.manifest.get("config", {})
     image_size = cfg.get("image_size")
-    options = {k: cfg[k] for k in ("label_column", "negative_label", "group_column") if k in cfg}
-    return load_dataset(
+    options = {k: cfg[k] for k in ("label_column", "negative_label", "group_column", "intensity") if k in cfg}
+    if bundle.task == "binary" and data.lower().endswith(".csv"):
+        options["positive_label"] = bundle.positive_label  # the CSV's labels in the bundle's order
+    data_set = load_dataset(
         data,
         size or cfg.get("size", 28),
         data_dir,
@@ -149,6 +153,9 @@ def dataset_for_bundle(
         cfg.get("seed", 0),
         options,
     )
+    if cfg.get("modality"):
+        data_set.modality = str(cfg["modality"]).upper()
+    return data_set
 
 
 def training_data(manifest: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 
 from medlens.errors import ConfigError, DataError, MedlensError
 from medlens.io import IMAGE_SUFFIXES, read_image
+from medlens.models.ood import OUTSIDE_NOTE, embeddings
 from medlens.models.uncertainty import SampleOptions, probability_samples, uncertainty_scores
 from medlens.preprocess.pipeline import fit_image, normalize_intensity
 from medlens.runtime.backends import choose_backend, predict_raw
@@ -31,6 +32,7 @@ class FilePrediction:
     notes: list[str] = field(default_factory=list)
     error: str = ""
     refer: bool | None = None  # None: the bundle has no referral operating point
+    in_distribution: bool | None = None  # None: the bundle has no out-of-distribution gate
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -102,10 +104,17 @@ def predict_files(
         if arrays:
             raw = np.stack(arrays)
             referred = referral_flags(bundle, raw, clinical_features)
+            inside = gate_flags(bundle, raw, clinical_features)
             probabilities = predict_raw(bundle, raw, backend, clinical_features)
             for i, (row, probs) in enumerate(zip(ready, probabilities)):
                 row.probabilities = {name: float(p) for name, p in zip(bundle.label_names, probs)}
                 row.label = bundle.decide(probs)
+                if inside is not None:
+                    row.in_distribution = bool(inside[i])
+                    if not row.in_distribution:  # a probability for an image unlike the training data means nothing
+                        row.label, row.refer = "", None
+                        row.notes.append(OUTSIDE_NOTE)
+                        continue
                 if referred is not None:
                     row.refer = bool(referred[i])
                     if row.refer:
@@ -140,22 +149,37 @@ def referral_flags(bundle: ClassifierBundle, raw: np.ndarray, clinical: np.ndarr
     return uncertainty_scores(samples, bundle.task, bundle.thresholds) >= float(referral["threshold"])
 
 
+def gate_flags(bundle: ClassifierBundle, raw: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray | None:
+    """True where a (raw, checked) image lies within the training distribution (None: the bundle has no gate)."""
+    gate = bundle.gate
+    if gate is None:
+        return None
+    inputs = normalize_intensity(np.asarray(raw, dtype=np.float32), bundle.preprocessing)
+    return gate.inside(embeddings(bundle.model, inputs if clinical is None else (inputs, clinical)))
+
+
+RECORD_COLUMNS = ("label", "refer", "in_distribution", "notes", "error")
+
+
 def prediction_record(row: FilePrediction, label_names: list[str]) -> dict[str, Any]:
-    """One output row: ``file``, a probability per label, ``label``, ``refer``, ``notes``, ``error``."""
+    """One output row: ``file``, a probability per label, ``label``, ``refer``, ``in_distribution``, ``notes``,
+    ``error``; ``label`` is empty for an image the out-of-distribution gate turned away."""
     return {
         "file": row.file,
         **{n: row.probabilities.get(n, "") for n in label_names},
         "label": row.label,
         "refer": "" if row.refer is None else row.refer,
+        "in_distribution": "" if row.in_distribution is None else row.in_distribution,
         "notes": "; ".join(row.notes),
         "error": row.error,
     }
 
 
 def write_predictions(rows: list[FilePrediction], label_names: list[str], path: Path) -> None:
-    """CSV (``file``, one probability column per label, ``label``, ``refer``, ``notes``, ``error``) or JSON/JSONL by suffix.
+    """CSV (``file``, one probability column per label, then :data:`RECORD_COLUMNS`) or JSON/JSONL by suffix.
 
-    ``refer`` is empty for bundles without a referral operating point.
+    ``refer`` is empty for bundles without a referral operating point, ``in_distribution`` for bundles without
+    an out-of-distribution gate.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     records = [prediction_record(r, label_names) for r in rows]
@@ -166,7 +190,7 @@ def write_predictions(rows: list[FilePrediction], label_names: list[str], path: 
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
     else:
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["file", *label_names, "label", "refer", "notes", "error"])
+            writer = csv.DictWriter(f, fieldnames=["file", *label_names, *RECORD_COLUMNS])
             writer.writeheader()
             writer.writerows(records)
 
@@ -182,5 +206,8 @@ def read_prediction_rows(path: Path, label_names: list[str]) -> list[FilePredict
     for r in records:
         probs = {n: float(r[n]) for n in label_names if r.get(n) not in ("", None)}
         notes = [n for n in str(r.get("notes", "")).split("; ") if n]
-        rows.append(FilePrediction(r["file"], probs, r.get("label", ""), notes, r.get("error", "")))
+        inside = str(r.get("in_distribution", "")).lower()
+        row = FilePrediction(r["file"], probs, r.get("label", ""), notes, r.get("error", ""))
+        row.in_distribution = None if inside in ("", "none") else inside == "true"
+        rows.append(row)
     return rows

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medlens.classify.predict import FilePrediction, predict_files, prediction_record
+from medlens.classify.predict import RECORD_COLUMNS, FilePrediction, predict_files, prediction_record
 from medlens.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def stream_predictions(
     todo = [f for f in files if str(f) not in done]
     report = StreamReport(skipped_done=len(files) - len(todo))
     names = bundle.label_names
-    fields = ["file", *names, "label", "refer", "notes", "error"]
+    fields = ["file", *names, *RECORD_COLUMNS]
     new_csv = out.suffix.lower() == ".csv" and not done and not (out.is_file() and out.stat().st_size)
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool, out.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields) if out.suffix.lower() == ".csv" else None

@@ -17,6 +17,7 @@ from torch import nn
 from medlens import __version__
 from medlens.bundle.manifest import save_bundle
 from medlens.classify.data import ArrayDataset, load_training_data, make_loader
+from medlens.classify.gate import fit_classifier_gate
 from medlens.classify.semi import confident_share, make_fixmatch_loss
 from medlens.config import TrainConfig, fusion_mode
 from medlens.datasets import ClassificationData
@@ -157,7 +158,9 @@ def _train_classifier(
             "unlabelled_images": loss_fn.n_unlabelled,
             "confident_share": round(confident_share(loss_fn), 4),
         }
+    gate, manifest["ood_gate"] = fit_classifier_gate(model, data, prep, fused["encoder"] if fused else None)
     bundle = save_bundle(out_dir / "model", model.cpu(), manifest)
+    gate.save(bundle)
     if fused:
         fused["encoder"].save(bundle)
     return bundle
@@ -197,6 +200,7 @@ def make_preprocessing(cfg: TrainConfig, data: ClassificationData) -> Preprocess
         resize=cfg.image_size is not None,
         modality=data.modality,
         window=window_preset(cfg.window) if cfg.window else None,
+        intensity=cfg.intensity,
     )
 
 
@@ -285,6 +289,7 @@ def _manifest(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "task": data.task,
         "label_names": list(data.label_names),
+        **({"positive_label": data.label_names[1]} if data.task == "binary" else {}),
         "thresholds": thresholds,
         "threshold_method": "Youden's J on the validation split" if thresholds else "arg-max",
         "network": asdict(spec),

@@ -86,7 +86,7 @@ def calibrate(
     size: Size = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Fit temperature scaling and a referral operating point on validation; write a bundle that uses them."""
+    """Fit temperature scaling, a referral operating point and the out-of-distribution gate; write a bundle that uses them."""
     from medlens.classify.data import dataset_for_bundle
     from medlens.kinds import open_bundle
     from medlens.trust.calibrate import calibrate_bundle
@@ -100,6 +100,8 @@ def calibrate(
     typer.echo(
         f"referral: {r['method']} uncertainty >= {r['threshold']:.4g} refers {r['fraction']:.0%} of validation cases"
     )
+    g = result["ood_gate"]
+    typer.echo(f"out-of-distribution gate: {g['fitted_on']}; flags {g['val_flag_rate']:.1%} of validation images")
     typer.echo(f"calibrated bundle: {out}")
 
 

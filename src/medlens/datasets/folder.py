@@ -26,12 +26,39 @@ from medlens.datasets.base import ClassificationData, Split
 from medlens.datasets.catalog import file_sha256
 from medlens.errors import DataError, MedlensError
 from medlens.io import read_image
-from medlens.preprocess import resize_image
+from medlens.preprocess import PER_IMAGE, PER_IMAGE_RANGE, rescale_per_image, resize_image
 
 FILE_COLUMNS = ("file", "image", "path", "filename", "image_file")
 SPLITS = ("train", "val", "test")
 GROUP_COLUMNS = ("patient_id", "PatientID", "Patient ID", "patient")
 AUTO = "auto"
+NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no finding", "nofinding", "absent", "0", "none", "no")
+VAL_CARVED = "carved from the train rows (about 15%, by patient when a patient column is known)"
+
+
+def binary_label_order(names: list[str], positive: str | None, where: str) -> list[str]:
+    """The two labels as (negative, positive): ``positive`` when given; otherwise the label other than one naming
+    a negative (normal, negative, healthy, benign, no finding, absent, 0). Neither or both naming a negative is
+    an error asking for ``positive_label``: a silently chosen positive class turns sensitivity into specificity."""
+    if positive is not None:
+        if positive not in names:
+            raise DataError(
+                f"{where}: positive_label={positive!r} is not one of the labels ({', '.join(names)}); "
+                "set it to the label of the finding"
+            )
+        return [n for n in names if n != positive] + [positive]
+    negative = [n for n in names if n.strip().lower().replace("_", " ").replace("-", " ") in NEGATIVE_NAMES]
+    if len(negative) != 1:
+        raise DataError(
+            f"{where}: which of the two labels {names[0]!r} and {names[1]!r} is the finding? Sensitivity, PPV and "
+            f"every report depend on it; say it with --set positive_label={names[1]} (or {names[0]})"
+        )
+    return [negative[0]] + [n for n in names if n != negative[0]]
+
+
+def _carved(rows: list[dict[str, str]]) -> bool:
+    splits = {row.get("split", "").strip().lower() for row in rows}
+    return "train" in splits and "val" not in splits
 
 
 def load_folder_dataset(
@@ -43,14 +70,28 @@ def load_folder_dataset(
     label_column: str = "label",
     negative_label: str | None = None,
     group_column: str | None = AUTO,
+    positive_label: str | None = None,
+    intensity: str = "fixed",
 ) -> ClassificationData:
-    """Load images listed in a CSV; all must share a shape unless ``image_size`` resizes them."""
+    """Load images listed in a CSV; all must share a shape unless ``image_size`` resizes them.
+
+    ``positive_label``: a binary task's positive class (see :func:`binary_label_order`); ``intensity``:
+    ``per-image`` rescales each image by its own percentiles (:func:`medlens.preprocess.rescale_per_image`),
+    as prediction will.
+    """
     csv_path = Path(csv_path)
     rows, file_col = _read_rows(csv_path, label_column)
     if label_column != "label":
         rows = [{**{k: v for k, v in row.items() if k != "label"}, "label": row[label_column]} for row in rows]
     root = Path(image_dir) if image_dir is not None else csv_path.parent
     label_names = _label_names(rows, multilabel, negative_label)
+    if not multilabel and len(label_names) == 2:
+        label_names = binary_label_order(label_names, positive_label, str(csv_path))
+    elif positive_label is not None:
+        raise DataError(
+            f"{csv_path}: positive_label={positive_label!r} is for a task with two labels; "
+            f"this CSV has {len(label_names)} ({', '.join(label_names[:6])}); drop the setting"
+        )
     group = _group_column(rows, csv_path, group_column)
     splits = _assign_splits(rows, csv_path, seed, group)
     images, failures = [], []
@@ -61,7 +102,8 @@ def load_folder_dataset(
             continue
         try:
             image = read_image(path)
-            images.append(resize_image(image, image_size) if image_size else image)
+            image = resize_image(image, image_size) if image_size else image
+            images.append(rescale_per_image(image) if intensity == PER_IMAGE else image)
         except MedlensError as exc:
             failures.append(f"line {line}: {exc}")
     if failures:
@@ -73,12 +115,15 @@ def load_folder_dataset(
         task="multilabel" if multilabel else ("binary" if len(label_names) == 2 else "multiclass"),
         label_names=tuple(label_names),
         splits=_build_splits(np.stack(images), rows, file_col, label_names, splits, multilabel, negative_label),
-        intensity_range=(float(min(i.min() for i in images)), float(max(i.max() for i in images))),
+        intensity_range=PER_IMAGE_RANGE
+        if intensity == PER_IMAGE
+        else (float(min(i.min() for i in images)), float(max(i.max() for i in images))),
         source={
             "file": csv_path.name,
             "sha256": file_sha256(csv_path),
             "license": "user data",
             **({"split_by": group} if group else {}),
+            **({"validation": VAL_CARVED} if "split" in rows[0] and _carved(rows) else {}),
         },
     )
     data.validate()
@@ -130,6 +175,8 @@ def _assign_splits(rows: list[dict[str, str]], csv_path: Path, seed: int, group:
             raise DataError(f"{csv_path}: column 'split' has value(s) {bad}; allowed: train, val, test")
         if group:
             _check_patients_in_one_split(rows, splits, group, csv_path)
+        if _carved(rows):
+            splits = _carve_validation(rows, splits, csv_path, seed, group)
         return splits
     if group:
         return _grouped_splits(rows, csv_path, seed, group)
@@ -147,6 +194,31 @@ def _assign_splits(rows: list[dict[str, str]], csv_path: Path, seed: int, group:
         for i in part:
             splits[i] = name
     return splits
+
+
+def _carve_validation(
+    rows: list[dict[str, str]], splits: list[str], csv_path: Path, seed: int, group: str | None
+) -> list[str]:
+    """A split column with train (and test) rows but no val: about 15% of the train rows become validation,
+    whole patients at a time when the patient column is known, stratified by label; the test rows stay as they are."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    train = [i for i, s in enumerate(splits) if s == "train"]
+    labels = [rows[i]["label"] for i in train]
+    if group:
+        folds = StratifiedGroupKFold(n_splits=7, shuffle=True, random_state=seed)
+        _, val = next(folds.split(np.zeros(len(train)), labels, [rows[i][group].strip() for i in train]))
+    else:
+        try:
+            _, val = train_test_split(np.arange(len(train)), test_size=0.15, stratify=labels, random_state=seed)
+        except ValueError as exc:
+            raise DataError(
+                f"{csv_path}: cannot carve a validation split from the train rows ({exc}); add 'val' rows"
+            ) from exc
+    carved = list(splits)
+    for j in val:
+        carved[train[j]] = "val"
+    return carved
 
 
 def _grouped_splits(rows: list[dict[str, str]], csv_path: Path, seed: int, group: str) -> list[str]:

@@ -24,7 +24,8 @@ ECE_BINS = 15
 
 
 def choose_thresholds(task: str, y_true: np.ndarray, probs: np.ndarray) -> list[float]:
-    """Operating threshold(s) on validation data: Youden's J (sensitivity + specificity - 1) maximum.
+    """Operating threshold(s) on validation data: Youden's J (sensitivity + specificity - 1) maximum, at the
+    middle of the range of thresholds that reach it (:func:`_youden`).
 
     Multi-class prediction is the arg-max and needs none (empty list).
     """
@@ -36,11 +37,25 @@ def choose_thresholds(task: str, y_true: np.ndarray, probs: np.ndarray) -> list[
 
 
 def _youden(y: np.ndarray, p: np.ndarray) -> float:
+    """The middle (in logit space) of the range of thresholds with the highest Youden's J.
+
+    Every threshold between the lowest score called positive and the next score below it gives the same
+    validation result; the edge itself (scikit-learn's threshold) sits on one case's score, and on a validation
+    split the model separates well it is the lowest positive's, which calls nearly everything positive on new
+    data. The middle of the range is the cut with the most room on both sides.
+    """
     if len(np.unique(y)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(y, p)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(1.0, thresholds[best]))
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    j = tpr - fpr
+    first = last = int(np.argmax(j))
+    while last + 1 < len(j) and j[last + 1] >= j[first] - 1e-12:  # the thresholds next to it reaching the same J
+        last += 1
+    high = float(min(1.0, thresholds[first]))
+    low = float(thresholds[last + 1]) if last + 1 < len(thresholds) else high
+    eps = 1e-6
+    logits = [np.log(max(v, eps) / max(1 - v, eps)) for v in (min(high, 1 - eps), min(low, 1 - eps))]
+    return float(1.0 / (1.0 + np.exp(-(logits[0] + logits[1]) / 2)))
 
 
 def classification_metrics(

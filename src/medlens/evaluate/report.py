@@ -28,7 +28,8 @@ def write_plots(
         fig, ax = plt.subplots(figsize=(5, 5))
         for name, y, p in curves:
             display.from_predictions(y, p, name=name, ax=ax, plot_chance_level=name == curves[0][0])
-        ax.set_title({"roc": "ROC curve", "pr": "Precision-recall curve"}[kind])
+        title = {"roc": "ROC curve", "pr": "Precision-recall curve"}[kind]
+        ax.set_title(f"{title}, positive class: {label_names[1]}" if task == "binary" else title)
         fig.savefig(out_dir / PLOTS[kind], dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(PLOTS[kind])
@@ -81,6 +82,19 @@ def write_report(out_dir: Path, result: dict[str, Any], plots: list[str]) -> Pat
         f"Task: {result['task']}; labels: {', '.join(result['label_names'])}; "
         f"threshold(s) chosen on validation: {', '.join(f'{t:.3f}' for t in result['thresholds']) or 'arg-max'}.",
         f"95% confidence intervals: percentile bootstrap, {result['n_bootstrap']} resamples of cases.",
+        *(
+            [f"Positive class: **{result['positive_label']}** (sensitivity, PPV, NPV, F1 and the curves are for it)."]
+            if result.get("positive_label")
+            else []
+        ),
+        *(
+            [
+                f"Out-of-distribution gate: {result['ood_gate']['flagged']} of {result['n']} images "
+                f"({result['ood_gate']['flag_rate']:.1%}) flagged as unlike the training images (not assessed)."
+            ]
+            if "ood_gate" in result
+            else []
+        ),
         "",
         "| metric | value | 95% CI |",
         "|---|---|---|",

@@ -13,6 +13,8 @@ from medlens.errors import InputMismatchError
 from medlens.evaluate.bootstrap import bootstrap_intervals
 from medlens.evaluate.metrics import classification_metrics
 from medlens.evaluate.report import write_plots, write_report
+from medlens.models.ood import logits_and_embeddings
+from medlens.models.probs import scale_logits
 from medlens.preprocess.pipeline import normalized_inputs
 
 if TYPE_CHECKING:
@@ -31,10 +33,11 @@ def evaluate_bundle(
     _check_compatible(bundle, data)
     part = data.split(split)
     images = normalized_inputs(part, bundle.preprocessing)
+    inputs: Any = images
     if bundle.tabular is not None:  # a fused model reads each image's clinical values from the dataset's CSV
-        probs = bundle.predict_proba((images, bundle.tabular.transform(part.metadata, f"{data.name}: {split} split")))
-    else:
-        probs = bundle.predict_proba(images)
+        inputs = (images, bundle.tabular.transform(part.metadata, f"{data.name}: {split} split"))
+    logits, features = logits_and_embeddings(bundle.model, inputs)
+    probs = scale_logits(logits, bundle.task, bundle.temperature)
     labels = bundle.label_names
     metric_fn = partial(classification_metrics, bundle.task, label_names=labels, thresholds=bundle.thresholds)
     metrics = metric_fn(part.labels, probs)
@@ -48,6 +51,7 @@ def evaluate_bundle(
         "n": len(part),
         "task": bundle.task,
         "label_names": labels,
+        **({"positive_label": bundle.positive_label} if bundle.positive_label else {}),
         "thresholds": bundle.thresholds,
         "n_bootstrap": n_bootstrap,
         "metrics": metrics,
@@ -55,6 +59,9 @@ def evaluate_bundle(
         "data": data.source,
         "prevalence": _prevalence(bundle.task, part.labels, len(labels)),
     }
+    if bundle.gate is not None:  # every image of a labelled split is in distribution: what the gate turns away is lost
+        flagged = int((~bundle.gate.inside(features)).sum())
+        result["ood_gate"] = {"flagged": flagged, "flag_rate": flagged / max(len(part), 1)}
     plots = write_plots(out_dir, bundle.task, part.labels, probs, labels, bundle.thresholds)
     result["report"] = str(write_report(out_dir, result, plots))
     np.save(out_dir / "probabilities.npy", probs)

@@ -38,15 +38,21 @@ EXPLAINERS: Registry[ExplainFn] = Registry("explainer")
 
 
 def spatial_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of modules whose output is a spatial feature map bigger than 1 pixel, in execution order."""
+    """Names of modules whose output is a spatial feature map bigger than 1 pixel, in execution order.
+
+    A module run more than once in a pass (EfficientNet's one shared activation, say) is left out: a CAM hook on
+    it would pair one call's activations with another call's gradients.
+    """
     spatial_dims = example.ndim - 2
     seen: list[str] = []
+    calls: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
         if not name:
             continue
 
         def record(_m: nn.Module, _args: object, out: object, name: str = name) -> None:
+            calls[name] = calls.get(name, 0) + 1
             if isinstance(out, torch.Tensor) and out.ndim == 2 + spatial_dims and max(out.shape[2:]) > 1:
                 seen.append(name)
 
@@ -57,7 +63,7 @@ def spatial_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     finally:
         for h in hooks:
             h.remove()
-    return seen
+    return [name for name in seen if calls[name] == 1]
 
 
 def default_layer(model: nn.Module, example: torch.Tensor) -> str:

@@ -28,13 +28,26 @@ def _grey(plane: np.ndarray) -> np.ndarray:
 
 
 def blend(plane: np.ndarray, heat: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 image: the grey plane with the heatmap (jet colours) blended where it is high."""
+    """An ``(H, W, 3)`` uint8 image: the grey plane with the heatmap (jet colours) blended where it is high.
+
+    The colour map is looked up in a 256-entry table, so a full-size radiograph blends in tens of milliseconds.
+    """
     from matplotlib import colormaps
 
-    grey = np.repeat(_grey(plane)[..., None], 3, axis=2)
-    colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
-    weight = alpha * np.clip(heat, 0, 1)[..., None]
-    return np.round((grey * (1 - weight) + colour * weight) * 255).astype(np.uint8)
+    level = np.round(np.clip(heat, 0, 1) * 255).astype(np.uint8)
+    table = colormaps["jet"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)
+    weight = (alpha * np.linspace(0, 1, 256, dtype=np.float32))[level][..., None]
+    grey = _grey(plane).astype(np.float32)[..., None]
+    return np.round((grey * (1 - weight) + table[level] * weight) * 255).astype(np.uint8)
+
+
+DISPLAY_MAX = 768  # pixels: the overview PNG shows a full-size film at this size at most (the SC keeps it all)
+
+
+def _for_display(plane: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both planes shrunk by one whole factor so the longer side is at most DISPLAY_MAX (aspect ratio kept)."""
+    step = int(np.ceil(max(plane.shape) / DISPLAY_MAX))
+    return (plane[::step, ::step], heat[::step, ::step]) if step > 1 else (plane, heat)
 
 
 def resize_map(heat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -56,7 +69,8 @@ def planes(image: np.ndarray, heat: np.ndarray) -> list[tuple[str, np.ndarray, n
 
 
 def write_overlay_png(image: np.ndarray, heat: np.ndarray, path: Path, title: str) -> Path:
-    """Image (C, *spatial) and heat (*spatial) -> a PNG with the plain and the overlaid view(s)."""
+    """Image (C, *spatial) and heat (*spatial, the same grid) -> a PNG with the plain and the overlaid view(s), and a
+    colour bar for the heatmap's scale."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -64,13 +78,21 @@ def write_overlay_png(image: np.ndarray, heat: np.ndarray, path: Path, title: st
 
     views = planes(image, heat)
     fig, axes = plt.subplots(len(views), 2, figsize=(6, 3 * len(views)), squeeze=False, layout="constrained")
-    for row, (name, plane, hplane) in zip(axes, views):
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    for row, (name, full, hfull) in zip(axes, views):
+        plane, hplane = _for_display(full, hfull)
         row[0].imshow(_grey(plane), cmap="gray")
         row[1].imshow(blend(plane, hplane))
-        row[0].set_title(name or "input", fontsize=8)
+        row[0].set_title(name or f"image ({full.shape[1]} x {full.shape[0]} px)", fontsize=8)
         row[1].set_title("heatmap", fontsize=8)
         for ax in row:
             ax.axis("off")
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet"]), ax=row[1], fraction=0.046, pad=0.02)
+        bar.set_label("relevance (0-1)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -90,6 +112,9 @@ def write_secondary_capture(source: Path, heat: np.ndarray, path: Path, descript
     with warnings.catch_warnings():  # highdicom re-checks the source's person names; their format is not ours to fix
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         sc = _secondary_capture(ref, rgb)
+    spacing = ref.get("PixelSpacing") or ref.get("ImagerPixelSpacing")
+    if spacing is not None and all(float(v) > 0 for v in spacing):  # the source's grid, hence its spacing
+        sc.PixelSpacing = [float(v) for v in spacing]
     sc.SeriesDescription = description[:64]
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.DerivationDescription = f"medlens {__version__}: {description}; research use, not for diagnosis"[:1024]

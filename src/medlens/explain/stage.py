@@ -18,7 +18,7 @@ import numpy as np
 from medlens.errors import ConfigError, MedlensError
 from medlens.explain.clinical import WithClinical, clinical_effects, describe_effects
 from medlens.explain.maps import ExplainOptions, explain
-from medlens.explain.overlay import write_overlay_png, write_secondary_capture
+from medlens.explain.overlay import resize_map, write_overlay_png, write_secondary_capture
 from medlens.io import read_image
 from medlens.io.dicom import has_dicom_marker
 from medlens.preprocess import prepare_image
@@ -77,7 +77,13 @@ def explain_files(
                 title += (
                     f"\neffect on p of each clinical value (vs unknown): {describe_effects(row['clinical_effects'])}"
                 )
-            row["outputs"].append(str(write_overlay_png(x, heat, out_dir / f"{_stem(path)}_{method}.png", title)))
+            if heat.ndim == 2:  # computed at the model's input, drawn on the source image at its own size
+                title += f"\n(computed at the model input {heat.shape[1]} x {heat.shape[0]}, drawn on the source)"
+                shown, shown_heat = raw, resize_map(heat, raw.shape[1:])
+            else:
+                shown, shown_heat = x, heat
+            png = write_overlay_png(shown, shown_heat, out_dir / f"{_stem(path)}_{method}.png", title)
+            row["outputs"].append(str(png))
             if _is_dicom(path) and heat.ndim == 2:
                 sc = write_secondary_capture(
                     path,

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from medlens.datasets.base import Split
 
 ArrayT = TypeVar("ArrayT")
+PER_IMAGE = "per-image"
+INTENSITY_OPTIONS = ("fixed", PER_IMAGE)
+PER_IMAGE_RANGE = (0.0, 1.0)
+PER_IMAGE_PERCENTILES = (0.5, 99.5)
 GREY_RGB_TOLERANCE = 8.0  # max channel difference (of 255) still treated as grey stored as RGB (JPEG chroma noise)
 
 
@@ -46,6 +50,7 @@ class Preprocessing:
         None  # (center, width): CT/HU input clipped to this window instead of input_range
     )
     layout: str = field(default="channel-first (C, H, W) or (C, D, H, W)")
+    intensity: str = "fixed"  # "per-image": each image rescaled by its own percentiles (any bit depth, any scanner)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +79,17 @@ def normalize_intensity(x: ArrayT, prep: Preprocessing) -> ArrayT:
         low, high = prep.input_range
         scaled = (x - low) / (high - low)  # type: ignore[operator]
     return (scaled - prep.mean) / prep.std
+
+
+def rescale_per_image(image: np.ndarray) -> np.ndarray:
+    """An image's 0.5th-99.5th intensity percentiles mapped to [0, 1], clipped: 8-bit JPEG, 12-bit CR and 16-bit
+    DX radiographs all become the same kind of input, whatever the detector's range or the window it was stored in."""
+    low, high = np.percentile(image, PER_IMAGE_PERCENTILES)
+    if high - low < 1e-6:
+        raise InputMismatchError(
+            f"the image is uniform (all pixels about {float(low):g}): there is nothing to read; check the file"
+        )
+    return ((image.astype(np.float32) - low) / (high - low)).clip(0.0, 1.0).astype(np.float32)
 
 
 def resize_image(image: np.ndarray, spatial_shape: tuple[int, ...]) -> np.ndarray:
@@ -119,6 +135,8 @@ def fit_image(image: np.ndarray, prep: Preprocessing, adapt: bool = False) -> tu
         if not prep.resize:
             notes.append(f"resized {_fmt(image.shape[1:])}->{_fmt(prep.spatial_shape)}")
         image = resize_image(image, prep.spatial_shape)
+    if prep.intensity == PER_IMAGE:
+        return rescale_per_image(image), notes
     if prep.window is None:  # a window clips by design: HU outside it are expected, not a mismatch
         image = _match_range(image, prep, adapt, notes)
     return image.astype(np.float32), notes

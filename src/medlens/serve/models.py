@@ -46,9 +46,10 @@ class ServedModel:
         return str(self.bundle.kind)
 
     def findings(self) -> list[str]:
-        """The labels that are findings: every label but the first (normal) of a binary model; all others otherwise."""
-        names = list(self.bundle.label_names) if self.bundle.kind == "classifier" else []
-        return names[1:] if self.task == "binary" else names
+        """The labels that are findings: a binary model's positive class; every label otherwise."""
+        if self.bundle.kind != "classifier":
+            return []
+        return [self.bundle.positive_label] if self.task == "binary" else list(self.bundle.label_names)
 
     def clinical(self) -> Any:
         """Where a fused bundle's clinical values come from here: each instance's DICOM header; None otherwise."""

@@ -25,9 +25,10 @@ from medlens.classify.data import dataset_for_bundle, training_data
 from medlens.errors import MedlensError
 from medlens.io import read_image
 from medlens.models.fusion import image_network
+from medlens.models.ood import embeddings
 from medlens.models.probs import predict_proba
 from medlens.preprocess.pipeline import fit_image, normalize_intensity, normalized_inputs
-from medlens.trust.shift import BatchShiftScorer, batch_indices, embeddings
+from medlens.trust.shift import BatchShiftScorer, batch_indices
 
 log = logging.getLogger(__name__)
 FALSE_ALARM_QUANTILE = 0.99

@@ -6,6 +6,10 @@ threshold. Urgency = max over findings of probability x severity (severity
 set per finding in the bundle's routing block, 1.0 by default). A study any of
 whose images the bundle's referral rule calls uncertain is ``referred``: it
 stays in the worklist, marked for a human read, like every other study.
+Images the bundle's out-of-distribution gate turns away are left out of the
+findings; a study with no other image is ``not-assessed``, with no finding,
+SR or FHIR report: a model's probability on an image unlike its training
+images is not a finding.
 A fused (image + clinical) bundle takes its clinical values from each
 instance's DICOM header (:mod:`medlens.tabular.dicom`).
 """
@@ -22,11 +26,13 @@ import numpy as np
 from medlens.classify.predict import predict_files
 from medlens.errors import DataError
 from medlens.explain.stage import explain_files
+from medlens.models.ood import OUTSIDE_NOTE
 from medlens.models.probs import finding_thresholds
 from medlens.segment.stage import segment_files
 from medlens.serve.models import ServedModel
 from medlens.serve.monitor import observe
 from medlens.serve.reports import fhir_report, fhir_volume_report, finding_code, uid_for, write_sr
+from medlens.serve.store import NOT_ASSESSED
 
 
 def run_classification(
@@ -37,8 +43,17 @@ def run_classification(
 
     clinical = model.clinical()  # a fused bundle reads age, sex, view... from each instance's header
     rows = predict_files(model.bundle, files, adapt=True, clinical=clinical)
-    good = [(i, r) for i, r in enumerate(rows) if not r.error]
+    good = [(i, r) for i, r in enumerate(rows) if not r.error and r.in_distribution is not False]
+    outside = [i for i, r in enumerate(rows) if not r.error and r.in_distribution is False]
     skipped = [{"instance": i, "reason": r.error} for i, r in enumerate(rows) if r.error]
+    skipped += [{"instance": i, "reason": OUTSIDE_NOTE} for i in outside]
+    if not good and outside:  # never a finding on images unlike those the model learnt from
+        result = _not_assessed(model, rows, skipped, files[outside[0]])
+        names = model.bundle.label_names  # drift monitoring sees these studies too: they are the drift
+        result["observation"] = observe(
+            model, [files[i] for i in outside], [[rows[i].probabilities[n] for n in names] for i in outside]
+        )
+        return NOT_ASSESSED, 0.0, result
     if not good:
         raise DataError(
             f"no image of the study could be read by model {model.name}: " + "; ".join(s["reason"] for s in skipped[:3])
@@ -87,6 +102,21 @@ def run_classification(
     }
     result["observation"] = observation  # taken out by the worker into the monitoring table
     return ("referred" if refer else "done"), urgency, result
+
+
+def _not_assessed(model: ServedModel, rows: list[Any], skipped: list[dict[str, Any]], key: Path) -> dict[str, Any]:
+    """The result of a study whose every readable image the model's out-of-distribution gate turned away."""
+    return {
+        "findings": [],
+        "refer": False,
+        "assessed": False,
+        "images": len(rows),
+        "images_used": 0,
+        "skipped_instances": skipped,
+        "notes": [f"not assessed: the images are outside what model {model.name} was trained on"],
+        "outputs": {},
+        "key_image": str(key),
+    }
 
 
 def run_segmentation(

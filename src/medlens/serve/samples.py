@@ -18,18 +18,33 @@ CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
 def write_cr_study(
-    image_path: Path, out: Path, patient_id: str, accession: str = "", age: str = "", sex: str = "O", view: str = "PA"
+    image_path: Path,
+    out: Path,
+    patient_id: str,
+    accession: str = "",
+    age: str = "",
+    sex: str = "O",
+    view: str = "PA",
+    size: tuple[int, int] | None = None,
+    bits: int = 8,
+    monochrome1: bool = False,
 ) -> Path:
     """One-image CR study (chest) from a real grey image file; returns the DICOM file written.
 
     ``age`` (a DICOM age string such as ``058Y``), ``sex`` and ``view`` fill the header fields a fused model reads,
-    e.g. from the NIH metadata that comes with the image."""
+    e.g. from the NIH metadata that comes with the image. ``size`` (rows, columns), ``bits`` stored (8-16) and
+    ``monochrome1`` (stored inverted, as many CR readers do) write it as a detector would."""
     import pydicom
     from PIL import Image
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    pixels = np.asarray(Image.open(image_path).convert("L"), dtype=np.uint8)
+    grey = Image.open(image_path).convert("L")
+    if size is not None:
+        grey = grey.resize((size[1], size[0]), Image.BILINEAR)
+    top = 2**bits - 1
+    pixels = np.round(np.asarray(grey, dtype=np.float64) / 255.0 * top)
+    pixels = (top - pixels if monochrome1 else pixels).astype(np.uint8 if bits <= 8 else np.uint16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -49,8 +64,11 @@ def write_cr_study(
     ds.PatientOrientation = ["L", "F"]
     ds.Manufacturer = "medlens sample (Kermany et al. 2018, CC BY 4.0)"
     ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    allocated = 8 if bits <= 8 else 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, bits, bits - 1, 0
+    if size is not None:
+        ds.ImagerPixelSpacing = [0.15, 0.15]  # a typical CR plate's pixel, mm
     ds.PixelData = pixels.tobytes()
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)

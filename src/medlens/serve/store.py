@@ -24,8 +24,9 @@ from sqlalchemy.engine import Connection, Engine
 from medlens.errors import ConfigError
 from medlens.phi import redact
 
-JOB_STATES = ("queued", "running", "done", "referred", "failed", "skipped")
-FINISHED = ("done", "referred", "failed", "skipped")
+NOT_ASSESSED = "not-assessed"  # every image outside what the model was trained on: no finding is given
+JOB_STATES = ("queued", "running", "done", "referred", NOT_ASSESSED, "failed", "skipped")
+FINISHED = ("done", "referred", NOT_ASSESSED, "failed", "skipped")
 
 metadata = sa.MetaData()
 
@@ -226,7 +227,7 @@ class Store:
             ours = sa.and_(jobs.c.study_id == study_id, jobs.c.model.in_(models))
             reopened = conn.execute(
                 jobs.update()
-                .where(ours, jobs.c.state.in_(("done", "referred", "failed")))
+                .where(ours, jobs.c.state.in_(("done", "referred", NOT_ASSESSED, "failed")))
                 .values(
                     state="queued",
                     attempts=0,
@@ -352,6 +353,7 @@ class Store:
         order = sa.case(
             (jobs.c.state == "referred", 0),
             (jobs.c.state == "done", 1),
+            (jobs.c.state == NOT_ASSESSED, 2),
             (jobs.c.state == "failed", 2),
             (jobs.c.state.in_(("running", "queued")), 3),
             else_=4,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,13 @@ class Worker:
             job.id,
             key,
         )
+        started = time.perf_counter()
         try:
             if self.sandbox is not None:
                 state, urgency, result = self.sandbox.call(run_job, *request)
             else:
                 state, urgency, result = run_job(self.models, *request)
+            result["processing_seconds"] = round(time.perf_counter() - started, 3)  # reading to SR, SC and FHIR
             if self.pacs is not None and study["source"] == "orthanc":  # results go back where the study came from
                 self.pacs.store(
                     [Path(result["outputs"][k]) for k in ("sr", "heatmap", "seg") if k in result["outputs"]]

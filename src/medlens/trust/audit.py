@@ -24,6 +24,7 @@ import numpy as np
 from medlens.bundle.manifest import json_default
 from medlens.classify.data import subsample
 from medlens.datasets import ClassificationData
+from medlens.datasets.catalog import resolve_data_dir
 from medlens.errors import MedlensError, ModelError
 from medlens.evaluate.metrics import classification_metrics
 from medlens.evaluate.stage import evaluate_bundle
@@ -33,6 +34,7 @@ from medlens.explain.overlay import write_overlay_png
 from medlens.explain.sanity import deletion_insertion, randomisation_correlation
 from medlens.explain.stage import black_level
 from medlens.models.fusion import image_network
+from medlens.models.ood import embeddings
 from medlens.models.probs import predict_logits, scale_logits
 from medlens.models.uncertainty import (
     REFERRAL_FRACTIONS,
@@ -48,7 +50,8 @@ from medlens.trust.calibrate import fit_temperature, map_threshold
 from medlens.trust.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from medlens.trust.fairness import check_columns, group_values, subgroup_metrics
 from medlens.trust.model_card import write_model_card
-from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc, embeddings
+from medlens.trust.ood_check import gate_rates, reference_ood_sets
+from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, detection_auroc
 
 if TYPE_CHECKING:
     from medlens.classify.bundle import ClassifierBundle
@@ -140,6 +143,7 @@ def audit_bundle(
             "name": bundle.manifest.get("name", bundle.path.name),
             "task": bundle.task,
             "label_names": bundle.label_names,
+            "positive_label": bundle.positive_label,
             "network": bundle.manifest.get("network", {}),
             "data": bundle.manifest.get("data", {}),
             "training": _training_summary(bundle),
@@ -151,6 +155,7 @@ def audit_bundle(
             k: performance[k] for k in ("n", "metrics", "confidence_intervals", "prevalence", "thresholds")
         },
         "calibration": calibration,
+        "ood_gate": audit_gate(bundle, performance),
         "referral": audit_referral(ctx),
         "robustness": audit_robustness(ctx),
         "explanations": audit_explanations(ctx),
@@ -159,6 +164,20 @@ def audit_bundle(
     (out_dir / "audit.json").write_text(json.dumps(result, indent=1, default=json_default))
     result["model_card"] = [str(p) for p in write_model_card(result, out_dir)]
     return result
+
+
+def audit_gate(bundle: ClassifierBundle, performance: dict[str, Any]) -> dict[str, Any]:
+    """The out-of-distribution gate: how it was fitted, the share of the audited split it turns away, and the share
+    of each reference set of other images (:mod:`medlens.trust.ood_check`, when the data folder is known)."""
+    if bundle.gate is None:
+        return {"skipped": "the bundle has no out-of-distribution gate (fit one with `medlens calibrate`)"}
+    data_dir = resolve_data_dir()
+    sets = reference_ood_sets(data_dir) if data_dir is not None and data_dir.is_dir() else {}
+    return {
+        **bundle.manifest["ood_gate"],
+        "audited_split": performance.get("ood_gate", {}),
+        "reference_sets": gate_rates(bundle, sets),
+    }
 
 
 def _training_summary(bundle: ClassifierBundle) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from medlens.bundle.manifest import save_bundle
+from medlens.classify.gate import fit_classifier_gate
 from medlens.errors import DataError
 from medlens.evaluate.metrics import classification_metrics
 from medlens.models.probs import scale_logits
@@ -66,7 +67,8 @@ def calibrate_bundle(
     referral_fraction: float = 0.1,
     method: str = "softmax",
 ) -> dict[str, Any]:
-    """Fit the temperature and the referral operating point on the validation split; write the bundle to ``out``.
+    """Fit the temperature and the referral operating point on the validation split, and the out-of-distribution
+    gate on the training split (its threshold on validation); write the bundle to ``out``.
 
     The written bundle is the same network with ``calibration`` and ``referral``
     added to ``bundle.json`` and its thresholds mapped through the temperature,
@@ -111,12 +113,14 @@ def calibrate_bundle(
         "threshold": referral_threshold(uncertainty, referral_fraction),
         "chosen_on": f"validation split ({len(val)} cases)",
     }
+    gate, gate_info = fit_classifier_gate(bundle.model, data, bundle.preprocessing, bundle.tabular)
     manifest = {k: v for k, v in bundle.manifest.items() if k != "format"}
-    manifest.update({"thresholds": thresholds, "calibration": calibration, "referral": referral})
+    manifest.update({"thresholds": thresholds, "calibration": calibration, "referral": referral, "ood_gate": gate_info})
     save_bundle(out, bundle.model, manifest, half=_weights_are_half(bundle.path))
+    gate.save(out)
     if bundle.tabular is not None:
         bundle.tabular.save(out)
-    return {"calibration": calibration, "referral": referral, "bundle": str(out)}
+    return {"calibration": calibration, "referral": referral, "ood_gate": gate_info, "bundle": str(out)}
 
 
 def _weights_are_half(path: Path) -> bool:

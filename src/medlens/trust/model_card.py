@@ -64,6 +64,7 @@ def card_blocks(a: dict[str, Any]) -> list[Block]:
     ]
     blocks += _performance(a, perf)
     blocks += _calibration(a["calibration"])
+    blocks += _gate(a.get("ood_gate", {}))
     blocks += _referral(a["referral"])
     blocks += _robustness(a["robustness"])
     blocks += _explanations(a["explanations"])
@@ -80,11 +81,13 @@ def _performance(a: dict[str, Any], perf: dict[str, Any]) -> list[Block]:
         if k in perf["metrics"]
     ]
     rows = [[k, _f(perf["metrics"][k]), _ci(perf, k)] for k in keys]
+    positive = a["bundle"].get("positive_label")
     return [
         ("h2", f"Performance ({a['data']['dataset']} {a['data']['split']} split, n={perf['n']})"),
         (
             "p",
-            "95% CIs: percentile bootstrap over cases. Threshold(s) chosen on validation: "
+            (f"Positive class: {positive} (sensitivity, PPV and NPV are for it). " if positive else "")
+            + "95% CIs: percentile bootstrap over cases. Threshold(s) chosen on validation: "
             + (", ".join(_f(t) for t in perf["thresholds"]) or "arg-max")
             + ".",
         ),
@@ -108,6 +111,26 @@ def _calibration(c: dict[str, Any]) -> list[Block]:
         ),
         ("table", (["split", "ECE before", "ECE after"], rows)),
         ("img", c["plot"]),
+    ]
+
+
+def _gate(g: dict[str, Any]) -> list[Block]:
+    if not g:
+        return []
+    if "skipped" in g:
+        return [("h2", "Out-of-distribution gate"), ("p", g["skipped"])]
+    split = g.get("audited_split", {})
+    rows = [["audited split (in distribution)", _f(split.get("flag_rate")), "at most about 2% wanted"]]
+    rows += [[name, _f(r["flag_rate"]), f"{r['flagged']} of {r['n']}"] for name, r in g["reference_sets"].items()]
+    return [
+        ("h2", "Out-of-distribution gate"),
+        (
+            "p",
+            f"{g['method']}; fitted on the {g['fitted_on']}, threshold on the {g['threshold_chosen_on']}. "
+            "An image it flags gets no label: 'not assessed: outside what the model was trained on'. "
+            "Share of images flagged (colour sets given to a grey model as grey):",
+        ),
+        ("table", (["images", "flagged", "note"], rows)),
     ]
 
 

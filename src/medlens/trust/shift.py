@@ -24,30 +24,6 @@ from torch import nn
 from medlens.errors import ModelError
 
 
-def final_linear(model: nn.Module) -> nn.Linear:
-    """The classifier's last fully connected layer (its input is the embedding)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ModelError("shift detection by embedding needs a network ending in a linear layer; this one has none")
-    return linears[-1]
-
-
-@torch.no_grad()
-def embeddings(model: nn.Module, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Penultimate features ``(N, F)``: the input of the final linear layer."""
-    captured: list[torch.Tensor] = []
-    hook = final_linear(model).register_forward_hook(
-        lambda _m, args, _out: captured.append(args[0].detach().flatten(1))
-    )
-    model.eval()
-    try:
-        for start in range(0, len(inputs), batch_size):
-            model(torch.as_tensor(inputs[start : start + batch_size], dtype=torch.float32))
-    finally:
-        hook.remove()
-    return torch.cat(captured).cpu().numpy()
-
-
 class BatchShiftScorer:
     """Scores batches by confidence drop and embedding distance from the clean validation data."""
 

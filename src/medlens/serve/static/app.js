@@ -31,11 +31,12 @@ async function imageUrl(path) {  // images need the token too: fetch, then show 
   return URL.createObjectURL(await (await api(path)).blob());
 }
 
-const STATES = new Set(["queued", "running", "done", "referred", "failed", "skipped"]);
+const STATES = new Set(["queued", "running", "done", "referred", "not-assessed", "failed", "skipped"]);
 
 function findingText(job) {
   const finding = job.result && job.result.findings ? job.result.findings[0] : null;
   if (finding) return [finding.name + (finding.present ? " present" : " absent"), finding.present ? "present" : ""];
+  if (job.result && job.result.assessed === false) return ["not assessed: outside what the model was trained on", ""];
   if (job.result && job.result.volumes_ml) {
     return [Object.entries(job.result.volumes_ml).map(([n, ml]) => `${n} ${Number(ml).toFixed(2)} mL`).join(", "), ""];
   }
@@ -79,6 +80,7 @@ async function showStudy(id) {
   const items = findings.map((f) => el("li", `${f.name}: ${f.present ? "present" : "absent"} (probability ${fmt(f.probability)}, ` +
                                              `threshold ${fmt(f.threshold)})`, f.present ? "present" : ""));
   if (job.result && job.result.refer) items.push(el("li", "uncertain: needs a radiologist's read", "referred"));
+  if (job.result && job.result.assessed === false) items.push(el("li", "not assessed: outside what the model was trained on", "referred"));
   for (const [name, ml] of Object.entries((job.result && job.result.volumes_ml) || {})) {
     items.push(el("li", `${name}: ${fmt(ml)} mL (DICOM SEG stored)`));
   }
