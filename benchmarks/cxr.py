@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -48,6 +49,8 @@ from medlens.models.uncertainty import (
     uncertainty_scores,
 )
 from medlens.preprocess.pipeline import fit_image, normalize_intensity, normalized_inputs
+from medlens.serve.models import load_models
+from medlens.serve.process import run_classification
 from medlens.serve.samples import write_cr_study
 from medlens.trust.audit import AuditConfig, audit_bundle
 from medlens.trust.calibrate import calibrate_bundle
@@ -196,6 +199,28 @@ def dicom_cost(bundle, data_dir: Path, tmp: Path) -> dict:
     return {"seconds_median": float(np.median(times)), "label": row.label, "in_distribution": row.in_distribution}
 
 
+def service_job_cost(bundle_name: str, data_dir: Path, tmp: Path) -> dict:
+    """Seconds of one service job (reading, prediction, gate, Grad-CAM, SR, Secondary Capture, FHIR) for a Kermany
+    film written as a 1800 x 1500 12-bit CR, median of five after a warm-up, and what its SR names."""
+    import pydicom
+
+    model = load_models(bundle_name)[bundle_name]
+    source = sorted((data_dir / "cxr_kermany_224" / "test" / "PNEUMONIA").glob("*.jpeg"))[15]
+    cr = write_cr_study(source, tmp / "job" / "study.dcm", "JOB1", size=(1500, 1800), bits=12)
+    run_classification(model, [cr], tmp / "job" / "warm", 1, "warm")
+    times, result = [], {}
+    for i in range(5):
+        start = time.perf_counter()
+        state, _, result = run_classification(model, [cr], tmp / "job" / str(i), i + 2, f"job{i}")
+        times.append(time.perf_counter() - start)
+    sr = pydicom.dcmread(result["outputs"]["sr"])
+    return {
+        "seconds_median": float(np.median(times)),
+        "state": state,
+        "sr_names_positive_class": "Probability of pneumonia" in str(sr.ContentSequence),
+    }
+
+
 def full_size_round_trip(bundle, data_dir: Path, tmp: Path, per_class: int = 50) -> dict:
     """Test radiographs (the first ``per_class`` of each class) written as 1800 x 1500 12-bit MONOCHROME1 CRs:
     how far their probability moves from the 224 px file's, and the AUC of each version."""
@@ -263,6 +288,7 @@ def main() -> None:
         "nih_external": nih_external(bundle, data_dir),
         "dicom_cr_1800x1500": dicom_cost(bundle, data_dir, args.runs),
         "full_size_round_trip": full_size_round_trip(bundle, data_dir, args.runs),
+        "service_job_cr_1800x1500": service_job_cost("cxr-pneumonia", data_dir, args.runs),
         "anchors": ANCHORS,
         "cpu": f"{os.cpu_count()} cores",
     }
@@ -289,8 +315,8 @@ def ship(source: Path, test: dict) -> None:
     manifest = json.loads((source / "bundle.json").read_text())
     manifest["metrics"]["test"] = {**test["metrics"], "n": test["n"]}
     manifest["metrics"]["test_confidence_intervals"] = test["confidence_intervals"]
-    manifest["config"]["dataset"] = "cxr_kermany_224/kermany_subset_labels.csv"
-    manifest["config"]["image_dir"] = None  # a user's CSV names its files relative to itself
+    manifest["config"]["dataset"] = "labels.csv"  # shipped beside the weights: file, label, split, patient, subtype
+    manifest["config"]["image_dir"] = "cxr_kermany_224"  # inside the data folder ($MEDLENS_DATA_DIR)
     manifest["data"].update(
         root="cxr_kermany_224",
         dataset="Kermany paediatric chest X-rays (cxr_kermany_224)",
@@ -299,6 +325,7 @@ def ship(source: Path, test: dict) -> None:
     manifest["training"].pop("history", None)
     target = PRETRAINED / "cxr-pneumonia"
     target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.parent / "kermany.csv", target / "labels.csv")
     state = torch.load(source / "weights.pt", map_location="cpu", weights_only=True)
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target / "weights.pt")
     OodGate.load(source).save(target, half=True)

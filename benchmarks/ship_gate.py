@@ -23,7 +23,7 @@ def main() -> None:
         raise SystemExit(__doc__)
     for name in sys.argv[1:]:
         bundle = load_classifier(name)
-        data = dataset_for_bundle(bundle, training_data(bundle.manifest))
+        data = dataset_for_bundle(bundle, training_data(bundle.manifest, bundle.path))
         gate, info = fit_classifier_gate(bundle.model, data, bundle.preprocessing, bundle.tabular)
         test = data.split("test")
         info["test_flag_rate"] = float(

@@ -17,7 +17,7 @@ runner = CliRunner()
 
 def _csv(tmp_path: Path, kermany_files: list[tuple[Path, str]], names: dict[str, str]) -> Path:
     lines = ["file,label"]
-    lines += [f"{src},{names[label]}" for src, label in kermany_files]
+    lines += [f"{src.resolve()},{names[label]}" for src, label in kermany_files]
     path = tmp_path / "labels.csv"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -37,7 +37,7 @@ def test_a_study_pushed_into_orthanc_comes_back_with_sr_heatmap_and_fhir(
     studies = [write_cr_study(p, tmp_path / f"study{i}.dcm", f"TEST{i}") for i, p in enumerate(images)]
     models = tmp_path / "models"
     models.mkdir()
-    (models / "pneumonia").symlink_to(PRETRAINED / "pneumonia")
+    (models / "cxr-pneumonia").symlink_to(PRETRAINED / "cxr-pneumonia")
     tokens = tmp_path / "tokens.json"
     (tmp_path / "token.json").write_text(json.dumps({"viewer": add_token(tokens, "viewer", "viewer")}))
     script = f"ip link set lo up && exec {sys.executable} {Path(__file__).parent / 'orthanc_flow.py'} " + " ".join(

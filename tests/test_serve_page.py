@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromiu
 
 @contextmanager
 def serving(tmp_path: Path, studies: list[Path]) -> Iterator[tuple[str, dict[str, str]]]:
-    """A real `medlens serve` with the shipped pneumonia model that has processed ``studies``: (base URL, tokens by role)."""
-    service = make_service(tmp_path, ("pneumonia",))
+    """A real `medlens serve` with the shipped cxr-pneumonia model that has processed ``studies``: (base URL, tokens by role)."""
+    service = make_service(tmp_path, ("cxr-pneumonia",))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(service["config"].models, service["config"].tokens, tmp_path / "storage", port)

@@ -171,7 +171,7 @@ class ClassifierBundle(BundleBase):
 
     def _dataset(self, data: str | None, data_dir: str | Path | None) -> Any:
         """The data to check an export on, read once for export and quantize alike."""
-        key = (str(data or training_data(self.manifest)), str(data_dir))
+        key = (str(data or training_data(self.manifest, self.path)), str(data_dir))
         if key not in self._datasets:
             self._datasets[key] = dataset_for_bundle(self, key[0], None, data_dir)
         return self._datasets[key]

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, W
 
 from medlens.config import TrainConfig
 from medlens.datasets import ClassificationData, Split, load_folder_dataset, load_medmnist
+from medlens.datasets.catalog import resolve_data_dir
 from medlens.errors import ConfigError
 from medlens.preprocess import Preprocessing, normalize_intensity
 from medlens.train.distributed import DistInfo
@@ -140,6 +141,10 @@ def dataset_for_bundle(
     """Load ``data`` the way ``bundle`` was trained: its MedMNIST size, image folder, resize and split seed."""
     cfg = bundle.manifest.get("config", {})
     image_size = cfg.get("image_size")
+    image_dir = cfg.get("image_dir")
+    root = resolve_data_dir(data_dir)
+    if image_dir and not Path(image_dir).is_absolute() and not Path(image_dir).is_dir() and root is not None:
+        image_dir = str(root / image_dir)  # a shipped bundle names its images' folder inside the data folder
     options = {k: cfg[k] for k in ("label_column", "negative_label", "group_column", "intensity") if k in cfg}
     if bundle.task == "binary" and data.lower().endswith(".csv"):
         options["positive_label"] = bundle.positive_label  # the CSV's labels in the bundle's order
@@ -147,7 +152,7 @@ def dataset_for_bundle(
         data,
         size or cfg.get("size", 28),
         data_dir,
-        cfg.get("image_dir"),
+        image_dir,
         tuple(image_size) if image_size else None,
         bundle.task == "multilabel",
         cfg.get("seed", 0),
@@ -158,13 +163,16 @@ def dataset_for_bundle(
     return data_set
 
 
-def training_data(manifest: dict[str, Any]) -> str:
+def training_data(manifest: dict[str, Any], folder: Path | None = None) -> str:
     """What the bundle was trained on, as ``--data`` would name it: the path it was given for a folder or CSV
-    (the manifest's short name would be read as a MedMNIST name), else the MedMNIST name."""
+    (the manifest's short name would be read as a MedMNIST name), else the MedMNIST name. A shipped bundle's
+    label CSV lies in its own ``folder``."""
     given = manifest.get("config", {}).get("dataset")
     name = manifest.get("data", {}).get("dataset")
     if given and Path(given).exists():
         return str(given)
+    if given and folder is not None and not Path(given).is_absolute() and (folder / given).is_file():
+        return str(folder / given)
     if given and (Path(given).suffix or "/" in str(given)):
         raise ConfigError(
             f"the bundle was trained on {given}, which is not there from here; pass --data with that dataset"

@@ -70,7 +70,7 @@ def build_reference(model: Any, window: int, data_dir: str | Path | None = None,
 
     bundle = model.bundle
     try:
-        data = dataset_for_bundle(bundle, training_data(bundle.manifest), data_dir=data_dir)
+        data = dataset_for_bundle(bundle, training_data(bundle.manifest, bundle.path), data_dir=data_dir)
         val = data.splits["val"]
         clinical = bundle.tabular.transform(val.metadata, "validation split") if bundle.tabular is not None else None
     except (MedlensError, KeyError, OSError) as exc:
