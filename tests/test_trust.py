@@ -199,8 +199,13 @@ def test_audit_cli_writes_a_complete_model_card(data_dir: Path, tmp_path: Path) 
         "Explanations",
         "Subgroups",
         "Known limitations",
+        "Out-of-distribution gate",
     ):
         assert f"## {heading}" in card
+    assert "Positive class: pneumonia" in card
+    gate = audit["ood_gate"]
+    assert gate["audited_split"]["flag_rate"] < 0.1 and len(gate["reference_sets"]) == 6
+    assert all(r["n"] > 0 for r in gate["reference_sets"].values())
     for image in ("calibration_before_after.png", "referral.png", "robustness.png", "evaluation/roc.png"):
         assert (out / image).is_file() and image in card
     assert "<table>" in (out / "model_card.html").read_text()
