@@ -43,23 +43,28 @@ def make_none(spatial_dims: int) -> Transform | None:
     return None
 
 
+def _xray_geometry_and_gamma(spatial_dims: int, shift: float) -> list[Transform]:
+    """Small rotations (10 degrees), zoom (10%) and shifts of ``shift`` pixels, then gamma: no flips."""
+    from monai.transforms import RandAdjustContrast, RandAffine
+
+    return [
+        RandAffine(
+            prob=0.8,
+            rotate_range=math.radians(10),
+            scale_range=0.1,
+            translate_range=(shift,) * spatial_dims,
+            padding_mode="border",
+        ),
+        RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
+    ]
+
+
 @AUGMENTATIONS.register("xray")
 def make_xray(spatial_dims: int) -> Transform:
     """Small rotations, zoom and shifts, gamma; no flips."""
-    from monai.transforms import Compose, RandAdjustContrast, RandAffine
+    from monai.transforms import Compose
 
-    return Compose(
-        [
-            RandAffine(
-                prob=0.8,
-                rotate_range=math.radians(10),
-                scale_range=0.1,
-                translate_range=(2.0,) * spatial_dims,
-                padding_mode="border",
-            ),
-            RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
-        ]
-    )
+    return Compose(_xray_geometry_and_gamma(spatial_dims, shift=2.0))
 
 
 @AUGMENTATIONS.register("radiograph")
@@ -70,8 +75,6 @@ def make_radiograph(spatial_dims: int) -> Transform:
     moved a model trained without them from p=0.94 to 0.43)."""
     from monai.transforms import (
         Compose,
-        RandAdjustContrast,
-        RandAffine,
         RandGaussianNoise,
         RandGaussianSharpen,
         RandGaussianSmooth,
@@ -81,14 +84,7 @@ def make_radiograph(spatial_dims: int) -> Transform:
     mode = "bilinear" if spatial_dims == 2 else "trilinear"
     return Compose(
         [
-            RandAffine(
-                prob=0.8,
-                rotate_range=math.radians(10),
-                scale_range=0.1,
-                translate_range=(8.0,) * spatial_dims,
-                padding_mode="border",
-            ),
-            RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
+            *_xray_geometry_and_gamma(spatial_dims, shift=8.0),
             RandGaussianSmooth(prob=0.3, sigma_x=(0.3, 1.5), sigma_y=(0.3, 1.5), sigma_z=(0.3, 1.5)),
             RandGaussianSharpen(prob=0.15, alpha=(0.5, 2.0)),
             RandSimulateLowResolution(prob=0.25, downsample_mode="area", upsample_mode=mode, zoom_range=(0.4, 0.9)),
