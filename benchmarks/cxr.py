@@ -123,7 +123,8 @@ def referral_gain(bundle, data) -> dict:
     """Accuracy on the test cases kept when the bundle's rule (validation-chosen) refers the uncertain ones, and
     at exactly 10% of the test cases referred."""
     test = data.split("test")
-    probs = bundle.predict_proba(normalized_inputs(test, bundle.preprocessing))
+    inputs = normalized_inputs(test, bundle.preprocessing)
+    probs = bundle.predict_proba(inputs)
     flags = referral_flags(bundle, test.images.astype(np.float32))
     metric = lambda y, p: classification_metrics(bundle.task, y, p, bundle.label_names, bundle.thresholds)  # noqa: E731
     all_acc = metric(test.labels, probs)["accuracy"]
@@ -131,7 +132,7 @@ def referral_gain(bundle, data) -> dict:
     samples = probability_samples(
         "softmax",
         [bundle.model],
-        normalized_inputs(test, bundle.preprocessing),
+        inputs,
         bundle.task,
         SampleOptions(modality=bundle.preprocessing.modality, temperature=bundle.temperature),
     )
