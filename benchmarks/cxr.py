@@ -151,7 +151,7 @@ def referral_gain(bundle, data) -> dict:
 
 def pneumoniamnist_on_full_resolution(data) -> dict:
     """The shipped 28-px model on the same 624 radiographs, resized by its pipeline (as a user's file would be)."""
-    small = load_classifier("pneumonia")
+    small = load_classifier("pneumonia-28px")
     test = data.split("test")
     raw = np.stack([fit_image(img * 255.0, small.preprocessing, adapt=True)[0] for img in test.images])
     probs = small.predict_proba(normalized_inputs(type(test)(raw, test.labels, test.ids), small.preprocessing))

@@ -42,7 +42,7 @@ def medlens(args: list[str], processes: int = 1) -> float:
 
 
 def classify_settings() -> list[str]:
-    config = json.loads((PRETRAINED / "pneumonia" / "bundle.json").read_text())["config"]
+    config = json.loads((PRETRAINED / "pneumonia-28px" / "bundle.json").read_text())["config"]
     keep = (
         "model",
         "width",
@@ -141,7 +141,9 @@ def main() -> None:
                 "runs": [run_classify(work, n) for n in (1, 2)],
             }
         if "seeds" in args.parts:  # how far two 1-process runs differ by seed alone: the yardstick for "same quality"
-            shipped_seed = int(json.loads((PRETRAINED / "pneumonia" / "bundle.json").read_text())["config"]["seed"])
+            shipped_seed = int(
+                json.loads((PRETRAINED / "pneumonia-28px" / "bundle.json").read_text())["config"]["seed"]
+            )
             results["classify_seed_spread"] = {
                 "data": "the same recipe, 1 process, other seeds",
                 "runs": [run_classify(work, 1, shipped_seed + k) for k in (1, 2)],

@@ -58,7 +58,7 @@ EXPERIMENTS = {
         dataset="adrenalmnist3d", size=64, model="cnn", width=1.0, epochs=30, batch_size=32, lr=1e-3, patience=10
     ),
 }
-SHIP_AS = {"pneumoniamnist-28": "pneumonia", "adrenalmnist3d-64": "adrenal"}
+SHIP_AS = {"pneumoniamnist-28": "pneumonia-28px", "adrenalmnist3d-64": "adrenal"}
 
 
 def resize_dataset(data: ClassificationData, edge: int) -> ClassificationData:

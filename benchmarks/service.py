@@ -51,7 +51,7 @@ class Service:
     def __init__(self, work: Path) -> None:
         self.work, self.models, self.tokens = work, work / "models", work / "tokens.json"
         self.models.mkdir()
-        for name in ("pneumonia", "hippocampus"):
+        for name in ("pneumonia-28px", "hippocampus"):
             (self.models / name).symlink_to(PRETRAINED / name)
         self.sender = {"Authorization": f"Bearer {add_token(self.tokens, 'bench-pacs', 'sender')}"}
         self.viewer = {"Authorization": f"Bearer {add_token(self.tokens, 'bench-viewer', 'viewer')}"}

@@ -33,7 +33,7 @@ from medlens.runtime.onnx_export import export_onnx
 from medlens.runtime.quantize import quantize_bundle
 
 RESULTS = Path(__file__).parent / "results" / "speed.json"
-CLASSIFIERS = {"pneumonia": ("pneumoniamnist", 28), "adrenal": ("adrenalmnist3d", 64)}
+CLASSIFIERS = {"pneumonia-28px": ("pneumoniamnist", 28), "adrenal": ("adrenalmnist3d", 64)}
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:

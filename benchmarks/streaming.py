@@ -44,7 +44,7 @@ def run(folder: Path, out: Path, kill_after_rows: int | None = None) -> dict:
     """Run predict; optionally SIGKILL once the CSV holds ``kill_after_rows`` rows. Returns time and peak RSS."""
     started = time.perf_counter()
     child = subprocess.Popen(
-        [*MEDLENS, "predict", "pneumonia", str(folder), "--out", str(out)],
+        [*MEDLENS, "predict", "pneumonia-28px", str(folder), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -42,7 +42,7 @@ from medmnist import EXPERIMENTS  # noqa: E402  (the same training settings as t
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {
-    "pneumonia": ("pneumoniamnist-28", "pneumoniamnist", 28),
+    "pneumonia-28px": ("pneumoniamnist-28", "pneumoniamnist", 28),
     "adrenal": ("adrenalmnist3d-64", "adrenalmnist3d", 64),
 }
 SEEDS = (0, 1, 2)

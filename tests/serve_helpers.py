@@ -76,7 +76,7 @@ def wait_idle(base: str, token: str, seconds: float = 180) -> dict[str, int]:
 
 
 def make_service(
-    tmp_path: Path, models: tuple[str, ...] = ("pneumonia", "hippocampus"), **config: Any
+    tmp_path: Path, models: tuple[str, ...] = ("pneumonia-28px", "hippocampus"), **config: Any
 ) -> dict[str, Any]:
     """A ServeConfig over the shipped bundles (symlinked) with one token per role: {"config", "headers", "tokens"}.
 

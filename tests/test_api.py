@@ -19,10 +19,11 @@ from medlens.recon.bundle import EnhancerBundle
 from medlens.segment.bundle import SegmenterBundle
 
 SHIPPED_KINDS = {
-    "pneumonia": "classifier",
+    "pneumonia-28px": "classifier",
     "cxr-pneumonia": "classifier",
     "adrenal": "classifier",
     "hippocampus": "segmenter",
+    "blood-cells": "detector",
     "ct-denoise": "enhancer",
     "mri-recon": "enhancer",
     "upscale": "enhancer",
@@ -46,11 +47,11 @@ def test_every_shipped_bundle_opens_as_its_kind(name: str) -> None:
 
 def test_the_shipped_names_are_the_ones_tested() -> None:
     assert set(pretrained_names()) == set(SHIPPED_KINDS)  # a new shipped bundle needs its line above
-    assert set(KINDS.names()) == {"classifier", "segmenter", "survival", "enhancer"}
+    assert set(KINDS.names()) == {"classifier", "segmenter", "detector", "survival", "enhancer"}
 
 
 def test_a_bundle_written_now_has_the_current_format_and_kind(tmp_path: Path) -> None:
-    old = medlens.open_bundle("pneumonia")
+    old = medlens.open_bundle("pneumonia-28px")
     manifest = {k: v for k, v in old.manifest.items() if k not in ("format", "kind")}
     manifest["data"] = {**manifest["data"], "licence": manifest["data"].pop("license")}  # the older spelling
     save_bundle(tmp_path / "copy", old.model, manifest, half=True)
@@ -63,7 +64,7 @@ def test_a_bundle_written_now_has_the_current_format_and_kind(tmp_path: Path) ->
 
 def test_classifier_predict_on_real_radiographs(kermany_files: list[tuple[Path, str]], tmp_path: Path) -> None:
     files = [kermany_files[0][0], kermany_files[-1][0], tmp_path / "missing.png"]
-    rows = medlens.open_bundle("pneumonia").predict(files, adapt=True)
+    rows = medlens.open_bundle("pneumonia-28px").predict(files, adapt=True)
     assert [r["file"] for r in rows] == [str(f) for f in files]
     assert rows[0]["label"] in ("normal", "pneumonia") and rows[0]["normal"] + rows[0]["pneumonia"] == pytest.approx(
         1, abs=1e-5
@@ -106,3 +107,5 @@ def test_a_kind_that_cannot_do_an_operation_says_which_can() -> None:
 def test_an_unknown_name_suggests_the_shipped_one() -> None:
     with pytest.raises(medlens.UnknownNameError, match="pneumonia"):
         medlens.open_bundle("pneumona")
+    with pytest.raises(medlens.UnknownNameError, match="now 'pneumonia-28px'.*use 'cxr-pneumonia'"):
+        medlens.open_bundle("pneumonia")  # the 28-px model's old name

@@ -21,7 +21,7 @@ def test_models_lists_shipped_bundles():
 
 def test_predict_by_name_writes_one_row_per_file(test_pngs, tmp_path):
     out = tmp_path / "results.csv"
-    result = runner.invoke(app, ["predict", "pneumonia", *[str(p) for p, _ in test_pngs], "--out", str(out)])
+    result = runner.invoke(app, ["predict", "pneumonia-28px", *[str(p) for p, _ in test_pngs], "--out", str(out)])
     assert result.exit_code == 0, result.output
     with out.open() as f:
         rows = list(csv.DictReader(f))
@@ -31,7 +31,9 @@ def test_predict_by_name_writes_one_row_per_file(test_pngs, tmp_path):
         assert abs(float(row["normal"]) + float(row["pneumonia"]) - 1) < 1e-5 and row["error"] == ""
     correct = sum(row["label"] == truth for row, (_, truth) in zip(rows, test_pngs))
     assert correct >= 5  # the shipped model on real test images
-    nothing = runner.invoke(app, ["predict", "pneumonia"])  # files are optional only for clinical-only survival models
+    nothing = runner.invoke(
+        app, ["predict", "pneumonia-28px"]
+    )  # files are optional only for clinical-only survival models
     assert nothing.exit_code != 0 and "give the image files" in nothing.output
 
 
@@ -41,7 +43,7 @@ def test_predict_refuses_mismatched_input_but_goes_on(test_pngs, kermany_files, 
     big = kermany_files[0][0]
     out = tmp_path / "r.json"
     result = runner.invoke(
-        app, ["predict", "pneumonia", str(test_pngs[0][0]), str(big), str(broken), "--out", str(out)]
+        app, ["predict", "pneumonia-28px", str(test_pngs[0][0]), str(big), str(broken), "--out", str(out)]
     )
     assert result.exit_code == 1
     assert "2 of 3 files could not be predicted" in result.output
@@ -49,7 +51,9 @@ def test_predict_refuses_mismatched_input_but_goes_on(test_pngs, kermany_files, 
     assert rows[0]["error"] == "" and rows[0]["label"] in ("normal", "pneumonia")
     assert "expects images of 28x28 pixels, got 224x224" in rows[1]["error"]
     assert "cannot decode image" in rows[2]["error"]
-    fitted = runner.invoke(app, ["predict", "pneumonia", str(big), "--fit-input", "--out", str(tmp_path / "f.csv")])
+    fitted = runner.invoke(
+        app, ["predict", "pneumonia-28px", str(big), "--fit-input", "--out", str(tmp_path / "f.csv")]
+    )
     assert fitted.exit_code == 0, fitted.output
     with (tmp_path / "f.csv").open() as f:
         assert "resized 224x224->28x28" in next(csv.DictReader(f))["notes"]
@@ -58,7 +62,7 @@ def test_predict_refuses_mismatched_input_but_goes_on(test_pngs, kermany_files, 
 def test_unknown_model_is_one_clear_line():
     result = runner.invoke(app, ["predict", "pneumonai", "x.png"])
     assert result.exit_code == 1
-    assert "did you mean 'pneumonia'" in result.output and "Traceback" not in result.output
+    assert "did you mean 'cxr-pneumonia'" in result.output and "Traceback" not in result.output
 
 
 def test_train_bad_setting_is_one_clear_line(tmp_path):
@@ -74,7 +78,7 @@ def test_evaluate_shipped_model(tmp_path, data_dir):
         app,
         [
             "evaluate",
-            "pneumonia",
+            "pneumonia-28px",
             "--data",
             "pneumoniamnist",
             "--out",
@@ -97,7 +101,7 @@ def test_evaluate_refuses_other_data(tmp_path, data_dir):
         app,
         [
             "evaluate",
-            "pneumonia",
+            "pneumonia-28px",
             "--data",
             "adrenalmnist3d",
             "--size",
@@ -200,14 +204,14 @@ def test_predict_refuses_other_modality_even_when_fitting(tmp_path):
     from pydicom.data import get_testdata_file
 
     ct = get_testdata_file("CT_small.dcm")
-    result = runner.invoke(app, ["predict", "pneumonia", ct, "--fit-input", "--out", str(tmp_path / "r.csv")])
+    result = runner.invoke(app, ["predict", "pneumonia-28px", ct, "--fit-input", "--out", str(tmp_path / "r.csv")])
     assert result.exit_code == 1
     with (tmp_path / "r.csv").open() as f:
         assert "DICOM Modality is CT, the model was trained on CR images" in next(csv.DictReader(f))["error"]
 
 
 @pytest.mark.parametrize(
-    ("name", "dataset", "size"), [("pneumonia", "pneumoniamnist", 28), ("adrenal", "adrenalmnist3d", 64)]
+    ("name", "dataset", "size"), [("pneumonia-28px", "pneumoniamnist", 28), ("adrenal", "adrenalmnist3d", 64)]
 )
 def test_shipped_bundles_reproduce_their_stored_test_metrics(name, dataset, size, data_dir, tmp_path):
     """float16 shipped weights must give the test AUC recorded when the bundle was chosen."""
@@ -226,7 +230,7 @@ def test_version_alone_and_an_empty_folder_are_handled(tmp_path):
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and version.output.strip() == __version__
     (tmp_path / "empty").mkdir()
-    empty = runner.invoke(app, ["predict", "pneumonia", str(tmp_path / "empty")])
+    empty = runner.invoke(app, ["predict", "pneumonia-28px", str(tmp_path / "empty")])
     assert empty.exit_code == 1 and "holds no image files" in empty.output and "Traceback" not in empty.output
 
 
@@ -245,15 +249,15 @@ def test_listings_as_json_and_names_that_never_wrap(data_dir):
 def test_export_out_leaves_the_shipped_bundle_as_it_is(test_pngs, tmp_path):
     from medlens.bundle.manifest import resolve_bundle_path
 
-    shipped = sorted(p.name for p in resolve_bundle_path("pneumonia").iterdir())
-    result = runner.invoke(app, ["export", "pneumonia", "--out", str(tmp_path / "pneu")])
+    shipped = sorted(p.name for p in resolve_bundle_path("pneumonia-28px").iterdir())
+    result = runner.invoke(app, ["export", "pneumonia-28px", "--out", str(tmp_path / "pneu")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "pneu" / "model.onnx").is_file() and sorted(
-        p.name for p in resolve_bundle_path("pneumonia").iterdir()
+        p.name for p in resolve_bundle_path("pneumonia-28px").iterdir()
     ) == shipped
     predicted = runner.invoke(
         app, ["predict", str(tmp_path / "pneu"), str(test_pngs[0][0]), "--out", str(tmp_path / "rows.csv")]
     )
     assert predicted.exit_code == 0, predicted.output
-    again = runner.invoke(app, ["export", "pneumonia", "--out", str(tmp_path / "pneu")])
+    again = runner.invoke(app, ["export", "pneumonia-28px", "--out", str(tmp_path / "pneu")])
     assert again.exit_code == 1 and "not empty" in again.output

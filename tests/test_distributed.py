@@ -89,7 +89,7 @@ def test_one_process_helpers_do_nothing_and_bad_settings_are_refused(monkeypatch
 def test_cuda_without_a_gpu_is_refused_and_auto_stays_on_cpu() -> None:
     from medlens.classify.bundle import load_classifier
 
-    bundle = load_classifier("pneumonia")
+    bundle = load_classifier("pneumonia-28px")
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         place_on_device(bundle, "auto", "cuda")
     with pytest.raises(ConfigError, match="--device must be one of"):

@@ -24,7 +24,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 @pytest.fixture(scope="module")
 def chest(pneumonia):
-    bundle = load_classifier("pneumonia")
+    bundle = load_classifier("pneumonia-28px")
     return bundle, normalized_inputs(pneumonia.split("test"), bundle.preprocessing)[:8]
 
 
@@ -79,7 +79,7 @@ def test_explain_cli_on_png_and_dicom_writes_overlays_and_a_secondary_capture(ke
         app,
         [
             "explain",
-            "pneumonia",
+            "pneumonia-28px",
             str(kermany_files[0][0]),
             str(chest_cr),
             str(missing),
@@ -117,7 +117,7 @@ def test_explain_cli_on_a_3d_nifti(data_dir, tmp_path: Path) -> None:
 
 
 def test_explain_cli_unknown_method_is_one_line(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["explain", "pneumonia", "x.png", "--out", str(tmp_path), "--method", "gradcam+"])
+    result = runner.invoke(app, ["explain", "pneumonia-28px", "x.png", "--out", str(tmp_path), "--method", "gradcam+"])
     assert result.exit_code == 1 and "did you mean" in result.output
 
 

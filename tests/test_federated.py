@@ -34,7 +34,7 @@ def test_histograms_give_the_auc_without_sharing_cases(sites: Path, pneumonia) -
     from medlens.models.probs import predict_proba
 
     split = load_site_split(sites)
-    model = load_classifier("pneumonia").model
+    model = load_classifier("pneumonia-28px").model
     parts = [load_site(pneumonia, split, k) for k in range(5)]
     hists = [probability_histograms(model, p.x_val, p.y_val) for p in parts]
     auc, threshold = auc_and_threshold(np.sum([h[0] for h in hists], axis=0), np.sum([h[1] for h in hists], axis=0))
@@ -148,7 +148,7 @@ def test_site_adaptation(sites: Path, pneumonia) -> None:
 
     split = load_site_split(sites)
     site = load_site(pneumonia, split, 2)  # contrast-shifted scanner
-    model = load_classifier("pneumonia").model  # resnet18: BatchNorm
+    model = load_classifier("pneumonia-28px").model  # resnet18: BatchNorm
     tuned, info = finetune(model, site, epochs=2)
     assert info["selected_epoch"] in (0, 1, 2) and len(info["val_auc"]) == 3
     assert site_auc(tuned, site.x_val, site.y_val) == pytest.approx(max(a for a in info["val_auc"] if a is not None))

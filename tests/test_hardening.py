@@ -124,7 +124,7 @@ def test_a_job_whose_process_keeps_dying_fails_for_good_and_the_service_goes_on(
     """The job's child is killed with SIGABRT (what GDCM does) on every attempt: the job fails after max_attempts,
     with the reason on the worklist, and the next study is processed as usual."""
     service = make_service(
-        tmp_path, ("pneumonia",), worker=WorkerOptions(max_attempts=2, backoff_seconds=0.1, poll_seconds=0.1)
+        tmp_path, ("pneumonia-28px",), worker=WorkerOptions(max_attempts=2, backoff_seconds=0.1, poll_seconds=0.1)
     )
     first, second = (write_cr_study(r, tmp_path / f"s{i}.dcm", f"HARD{i}") for i, r in enumerate(radiographs[:2]))
     h = service["headers"]
@@ -164,7 +164,7 @@ def test_a_job_whose_process_keeps_dying_fails_for_good_and_the_service_goes_on(
 def test_a_job_that_took_the_whole_service_down_each_time_is_not_queued_again(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}", owner="node-a")
     study, _ = store.add_study("1.2.3", "studies/x", {"modality": "CR"}, 1, "stow")
-    job = store.add_job(study, "pneumonia")
+    job = store.add_job(study, "pneumonia-28px")
     for _ in range(3):  # the service dies (kill -9, an abort) while the job runs, then restarts
         assert store.claim() is not None
         store.requeue_abandoned(max_attempts=3)
@@ -191,7 +191,7 @@ def test_a_deflate_bomb_is_measured_not_inflated(bomb: bytes, tmp_path: Path) ->
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads peak memory from /proc")
 def test_a_deflate_bomb_costs_the_service_little_memory_and_health_keeps_answering(bomb: bytes, tmp_path: Path) -> None:
-    service = make_service(tmp_path, ("pneumonia",), max_upload_mb=8)
+    service = make_service(tmp_path, ("pneumonia-28px",), max_upload_mb=8)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(service["config"].models, service["config"].tokens, tmp_path / "storage", port)
@@ -265,7 +265,7 @@ def test_parser_errors_fail_their_part_only_and_no_file_is_orphaned(
     for i, part in enumerate([*bad.values(), good]):
         (tmp_path / f"part{i}.dcm").write_bytes(part)
         files.append(tmp_path / f"part{i}.dcm")
-    service = make_service(tmp_path, ("pneumonia",), run_jobs=False)
+    service = make_service(tmp_path, ("pneumonia-28px",), run_jobs=False)
     with TestClient(create_app(service["config"])) as client:
         body, content_type = stow_body(files)
         response = client.post(
@@ -318,7 +318,7 @@ def test_late_instances_reopen_their_study_and_resent_ones_change_nothing(
         first.PatientName,
     )
     second.save_as(tmp_path / "second.dcm")
-    service = make_service(tmp_path, ("pneumonia",))
+    service = make_service(tmp_path, ("pneumonia-28px",))
     h = service["headers"]
 
     def send(path: Path) -> None:
@@ -365,7 +365,7 @@ def test_a_series_number_that_cannot_be_converted_is_a_medlens_error(cr: Path, t
 
 
 def test_job_ids_beyond_64_bits_are_a_clear_422(tmp_path: Path) -> None:
-    service = make_service(tmp_path, ("pneumonia",), run_jobs=False)
+    service = make_service(tmp_path, ("pneumonia-28px",), run_jobs=False)
     with TestClient(create_app(service["config"])) as client:
         for path in (
             f"/api/jobs/{2**70}",
@@ -379,7 +379,7 @@ def test_job_ids_beyond_64_bits_are_a_clear_422(tmp_path: Path) -> None:
 
 # 10. health, audit, CSP, docs ------------------------------------------------------------------------------
 def test_health_says_only_ok_refusals_are_audited_and_pages_carry_a_csp(tmp_path: Path) -> None:
-    service = make_service(tmp_path, ("pneumonia",), run_jobs=False)
+    service = make_service(tmp_path, ("pneumonia-28px",), run_jobs=False)
     with TestClient(create_app(service["config"])) as client:
         assert client.get("/health").json() == {"status": "ok"}
         assert client.get("/api/worklist", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -389,7 +389,7 @@ def test_health_says_only_ok_refusals_are_audited_and_pages_carry_a_csp(tmp_path
         page = client.get("/")
         assert all(client.get(p).status_code == 404 for p in ("/docs", "/redoc", "/openapi.json"))
         script = client.get("/static/app.js")
-    assert status["models"] == ["pneumonia"] and "jobs" in status
+    assert status["models"] == ["pneumonia-28px"] and "jobs" in status
     refused = [(a["user"], a["action"], a["target"]) for a in audit]
     assert ("(no valid token)", "refused", "GET /api/worklist") in refused and (
         "viewer-user",
@@ -404,7 +404,7 @@ def test_health_says_only_ok_refusals_are_audited_and_pages_carry_a_csp(tmp_path
 
 
 def test_api_docs_are_served_locally_only_when_asked(tmp_path: Path) -> None:
-    service = make_service(tmp_path, ("pneumonia",), run_jobs=False, api_docs=True)
+    service = make_service(tmp_path, ("pneumonia-28px",), run_jobs=False, api_docs=True)
     with TestClient(create_app(service["config"])) as client:
         assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 404
 
@@ -433,7 +433,7 @@ def test_phi_markers_appear_nowhere_but_in_the_reports(radiographs: list[Path], 
             )  # refused
         ds.save_as(tmp_path / f"phi{i}.dcm")
         files.append(tmp_path / f"phi{i}.dcm")
-    service = make_service(tmp_path, ("pneumonia",))
+    service = make_service(tmp_path, ("pneumonia-28px",))
     port, log_file = free_port(), tmp_path / "service.log"
     with log_file.open("wb") as log:
         server = start_server(

@@ -240,7 +240,7 @@ def test_select_ranks_a_real_pool_and_reports_bad_files(test_pngs, tmp_path):
     Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(pool / "wrong_size.png")
     (pool / "notes.dcm").write_text("not an image")
     out = tmp_path / "sel" / "selection.csv"
-    result = runner.invoke(app, ["select", "pneumonia", str(pool), "--budget", "3", "--out", str(out)])
+    result = runner.invoke(app, ["select", "pneumonia-28px", str(pool), "--budget", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = out.read_text().splitlines()
     assert rows[0] == "rank,case,uncertainty" and len(rows) == 4
@@ -249,7 +249,7 @@ def test_select_ranks_a_real_pool_and_reports_bad_files(test_pngs, tmp_path):
         "wrong_size.png",
         "notes.dcm",
     }
-    result = runner.invoke(app, ["select", "pneumonia", str(pool), "--budget", "7", "--out", str(out)])
+    result = runner.invoke(app, ["select", "pneumonia-28px", str(pool), "--budget", "7", "--out", str(out)])
     assert result.exit_code == 1 and "larger than the pool (6 usable images)" in result.output
 
 
@@ -257,7 +257,7 @@ def test_selection_strategies(pneumonia):
     from medlens.classify.bundle import load_classifier
     from medlens.classify.select import k_center_greedy, select_cases
 
-    bundle = load_classifier("pneumonia")
+    bundle = load_classifier("pneumonia-28px")
     inputs = (pneumonia.splits["val"].images[:200].astype(np.float32) / 255 - 0.5) / 0.5
     by_uncertainty = select_cases(bundle, inputs, 20, "uncertainty")
     assert set(by_uncertainty.index) == set(np.argsort(-by_uncertainty.uncertainty)[:20])

@@ -19,7 +19,7 @@ runner = CliRunner()
 @pytest.fixture()
 def exported(tmp_path: Path, data_dir: Path) -> Path:
     bundle = tmp_path / "pneumonia"
-    shutil.copytree(resolve_bundle_path("pneumonia"), bundle)
+    shutil.copytree(resolve_bundle_path("pneumonia-28px"), bundle)
     result = runner.invoke(app, ["export", str(bundle), "--format", "onnx", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
     return bundle
@@ -49,14 +49,14 @@ def test_onnx_export_matches_pytorch_on_real_images(exported: Path, kermany_file
 
 def test_onnxruntime_backend_without_export_says_how_to_get_one(kermany_files) -> None:
     result = runner.invoke(
-        app, ["predict", "pneumonia", str(kermany_files[0][0]), "--fit-input", "--backend", "onnxruntime"]
+        app, ["predict", "pneumonia-28px", str(kermany_files[0][0]), "--fit-input", "--backend", "onnxruntime"]
     )
     assert result.exit_code == 1
     assert "has no model.onnx; run `medlens export" in result.output
 
 
 def test_export_refuses_other_formats(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["export", "pneumonia", "--format", "tflite"])
+    result = runner.invoke(app, ["export", "pneumonia-28px", "--format", "tflite"])
     assert result.exit_code == 1 and "--format 'tflite' is not supported" in result.output
 
 
@@ -84,12 +84,12 @@ def test_segmentation_export_and_onnxruntime_backend_give_the_same_labels(data_d
 def test_streamed_prediction_resumes_after_a_crash_without_duplicates(test_pngs, tmp_path: Path) -> None:
     files = [str(p) for p, _ in test_pngs]
     out = tmp_path / "rows.csv"
-    first = runner.invoke(app, ["predict", "pneumonia", *files, "--out", str(out)])
+    first = runner.invoke(app, ["predict", "pneumonia-28px", *files, "--out", str(out)])
     assert first.exit_code == 0, first.output
     complete = out.read_text()
     lines = complete.splitlines(keepends=True)
     out.write_text("".join(lines[:4]) + lines[4][:15])  # killed mid-write: 3 rows done and a torn fourth
-    again = runner.invoke(app, ["predict", "pneumonia", *files, "--out", str(out)])
+    again = runner.invoke(app, ["predict", "pneumonia-28px", *files, "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert "3 already in rows.csv were skipped" in again.output
     with out.open() as f:
@@ -106,7 +106,7 @@ def test_streamed_jsonl_and_a_bad_file_in_the_middle(test_pngs, tmp_path: Path) 
     broken.write_bytes(b"not an image")
     files = [str(test_pngs[0][0]), str(broken), str(test_pngs[1][0])]
     out = tmp_path / "rows.jsonl"
-    result = runner.invoke(app, ["predict", "pneumonia", *files, "--out", str(out)])
+    result = runner.invoke(app, ["predict", "pneumonia-28px", *files, "--out", str(out)])
     assert result.exit_code == 1 and "1 of 3 files could not be predicted" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [bool(r["error"]) for r in rows] == [False, True, False]

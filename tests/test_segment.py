@@ -158,7 +158,7 @@ def test_dicom_input_gives_a_dicom_seg_referencing_the_series(
 
 
 def test_segment_refuses_classification_bundle_and_bad_inputs(tiny_bundle: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["segment", "pneumonia", str(tmp_path), "--out", str(tmp_path / "o")])
+    result = runner.invoke(app, ["segment", "pneumonia-28px", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "segmentation bundle" in result.output
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti")

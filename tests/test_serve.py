@@ -58,7 +58,7 @@ def test_studies_in_findings_sr_heatmap_and_fhir_out(service: dict, studies: lis
         counts = wait_client_idle(client)
         assert counts["done"] + counts["referred"] == 6 and counts["skipped"] == 6 and counts["failed"] == 0
         worklist = client.get("/api/worklist", headers=h["viewer"]).json()
-    pneumonia = [j for j in worklist if j["model"] == "pneumonia"]
+    pneumonia = [j for j in worklist if j["model"] == "pneumonia-28px"]
     skipped = [j for j in worklist if j["model"] == "hippocampus"]
     assert all("modality CR is not one this model reads" in j["reason"] for j in skipped)
     truth = {pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID: label for f, label in studies}
@@ -108,7 +108,7 @@ def test_tokens_roles_audit_and_agreement(service: dict, studies: list[tuple[Pat
         jobs = {
             j["study_uid"]: j
             for j in client.get("/api/worklist", headers=h["viewer"]).json()
-            if j["model"] == "pneumonia"
+            if j["model"] == "pneumonia-28px"
         }
         first = next(iter(jobs.values()))
         assert (
@@ -210,7 +210,7 @@ def test_kill_9_mid_run_loses_nothing_and_processes_each_study_once(
     finally:
         process.kill()
         process.wait(10)
-    pneumonia = [j for j in worklist if j["model"] == "pneumonia"]
+    pneumonia = [j for j in worklist if j["model"] == "pneumonia-28px"]
     assert len(pneumonia) == 18 and len({j["study_uid"] for j in pneumonia}) == 18
     assert all(j["state"] in ("done", "referred") for j in pneumonia), [j["state"] for j in pneumonia]
     srs = [pydicom.dcmread(j["result"]["outputs"]["sr"], stop_before_pixels=True) for j in pneumonia]
@@ -260,13 +260,13 @@ def test_drift_alarm_rises_on_a_shifted_window_and_not_on_a_clean_one(service: d
                 == 200
             )
             wait_client_idle(client)
-        report = client.get("/api/monitoring", headers=h["viewer"]).json()["pneumonia"]
+        report = client.get("/api/monitoring", headers=h["viewer"]).json()["pneumonia-28px"]
         metrics = client.get("/metrics", headers=h["viewer"]).text
     assert report["studies"] == 20 and len(report["windows"]) == 2 and report["reference"]["validation_images"] == 524
     first, second = report["windows"]
     assert not first["alarm"], first
     assert second["alarm"] and second["embedding_score"] > report["reference"]["alarm_embedding"], second
-    assert 'medlens_drift_alarm{model="pneumonia"} 1' in metrics
+    assert 'medlens_drift_alarm{model="pneumonia-28px"} 1' in metrics
 
 
 def test_an_mr_series_gets_a_dicom_seg_and_volumes_like_the_nifti_path(
@@ -292,7 +292,7 @@ def test_an_mr_series_gets_a_dicom_seg_and_volumes_like_the_nifti_path(
         counts = wait_client_idle(client)
         jobs = {j["model"]: j for j in client.get("/api/worklist", headers=h["viewer"]).json()}
         fhir = client.get(f"/fhir/DiagnosticReport/medlens-{jobs['hippocampus']['id']}", headers=h["viewer"]).json()
-    assert counts["done"] == 1 and counts["skipped"] == 1 and "modality MR" in jobs["pneumonia"]["reason"]
+    assert counts["done"] == 1 and counts["skipped"] == 1 and "modality MR" in jobs["pneumonia-28px"]["reason"]
     job = jobs["hippocampus"]
     seg = pydicom.dcmread(job["result"]["outputs"]["seg"])
     source = pydicom.dcmread(series[0], stop_before_pixels=True)
@@ -342,12 +342,12 @@ def test_application_logs_carry_no_patient_identifiers(service: dict, studies: l
 def test_shipped_bundles_are_served_by_name(tmp_path: Path) -> None:
     from medlens.errors import ConfigError
 
-    service = make_service(tmp_path, ("pneumonia",), run_jobs=False)
-    config = replace(service["config"], models=Path("pneumonia,hippocampus"))
+    service = make_service(tmp_path, ("pneumonia-28px",), run_jobs=False)
+    config = replace(service["config"], models=Path("pneumonia-28px,hippocampus"))
     with TestClient(create_app(config)) as client:
         assert client.get("/api/status", headers=service["headers"]["viewer"]).json()["models"] == [
             "hippocampus",
-            "pneumonia",
+            "pneumonia-28px",
         ]
     with pytest.raises(ConfigError, match="'nope' is neither a bundle folder nor a shipped model"):
-        create_app(replace(config, models=Path("pneumonia,nope")))
+        create_app(replace(config, models=Path("pneumonia-28px,nope")))

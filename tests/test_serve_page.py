@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medlens.serve.samples import stow_body, write_cr_study
+from medlens.serve.samples import stow_body, write_cr_study, write_smear_image
 from medlens.serve.store import Store
 from tests.serve_helpers import free_port, make_service, start_server, wait_idle
 
@@ -20,9 +20,11 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromiu
 
 
 @contextmanager
-def serving(tmp_path: Path, studies: list[Path]) -> Iterator[tuple[str, dict[str, str]]]:
-    """A real `medlens serve` with the shipped cxr-pneumonia model that has processed ``studies``: (base URL, tokens by role)."""
-    service = make_service(tmp_path, ("cxr-pneumonia",))
+def serving(
+    tmp_path: Path, studies: list[Path], models: tuple[str, ...] = ("cxr-pneumonia",)
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real `medlens serve` with shipped ``models`` that has processed ``studies``: (base URL, tokens by role)."""
+    service = make_service(tmp_path, models)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(service["config"].models, service["config"].tokens, tmp_path / "storage", port)
@@ -88,7 +90,9 @@ def test_worklist_study_view_a_read_that_moves_agreement_and_header_text_shown_a
             playwright_api.expect(agreement).to_contain_text("pneumonia")
             cells = agreement.locator("td").all_inner_texts()
             assert cells[2] == "1" and cells[3] == "0.000"  # one read, in disagreement
-            playwright_api.expect(page.locator("#monitoring tbody tr").first).to_contain_text("waiting for 20 studies")
+            playwright_api.expect(page.locator("#monitoring tbody tr").first).to_contain_text(
+                "waiting for 20 studies", timeout=90_000
+            )  # the first report reads the model's 143 validation films
 
             store = Store(f"sqlite:///{tmp_path / 'storage' / 'medlens.db'}", "test")
             jobs = sorted(j["id"] for j in store.worklist() if j["state"] != "skipped")
@@ -105,3 +109,33 @@ def test_worklist_study_view_a_read_that_moves_agreement_and_header_text_shown_a
             browser.close()
         policy = httpx.get(base).headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+
+
+def test_a_blood_smear_gets_its_boxes_on_the_page_and_its_counts_in_fhir(data_dir: Path, tmp_path: Path) -> None:
+    """A DICOM smear image through the detector: the page shows the counts and the image with its boxes drawn at the
+    image's own size; the FHIR report holds one count per cell type."""
+    source = data_dir / "microscopy_bccd_detection" / "JPEGImages" / "BloodImage_00007.jpg"
+    study = write_smear_image(source, tmp_path / "smear.dcm", "SMEAR1")
+    with serving(tmp_path, [study], models=("blood-cells",)) as (base, tokens):
+        viewer = {"Authorization": f"Bearer {tokens['viewer']}"}
+        job = next(j for j in httpx.get(f"{base}/api/worklist", headers=viewer).json() if j["state"] != "skipped")
+        assert job["state"] == "done", job
+        fhir = httpx.get(f"{base}/fhir/DiagnosticReport/medlens-{job['id']}", headers=viewer).json()
+        counts = {o["code"]["text"].split(" count")[0]: o["valueQuantity"]["value"] for o in fhir["contained"]}
+        assert set(counts) == {"Platelets", "RBC", "WBC"} and counts["WBC"] >= 1 and counts["RBC"] > 5
+        assert sum(counts.values()) == len(
+            httpx.get(f"{base}/api/jobs/{job['id']}", headers=viewer).json()["result"]["detections"]
+        )
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(base)
+            page.fill("#token", tokens["viewer"])
+            page.click("#signin")
+            row = page.locator("#worklist tbody tr").first
+            playwright_api.expect(row).to_contain_text(f"WBC {counts['WBC']}")
+            row.click()
+            playwright_api.expect(page.locator("#findings")).to_contain_text(f"RBC: {counts['RBC']} found")
+            page.wait_for_function("document.querySelector('#heatmap').naturalWidth > 0")
+            assert page.evaluate("document.querySelector('#heatmap').naturalWidth") == 640  # boxes on the source image
+            browser.close()

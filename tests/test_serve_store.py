@@ -109,8 +109,8 @@ def test_claims_are_exclusive_and_a_dead_owners_jobs_come_back(open_store: Calla
     study, new = store.add_study("1.2.3", "studies/x", {"modality": "CR"}, 1, "stow")
     again, new_again = store.add_study("1.2.3", "studies/x", {"modality": "CR"}, 1, "stow")
     assert new and not new_again and again == study
-    first = store.add_job(study, "pneumonia")
-    assert store.add_job(study, "pneumonia") is None  # a study sent twice is processed once
+    first = store.add_job(study, "pneumonia-28px")
+    assert store.add_job(study, "pneumonia-28px") is None  # a study sent twice is processed once
     store.add_job(study, "other", "skipped", "modality CR is not one this model reads (MR)")
     job = store.claim()
     assert job is not None and job.id == first and job.attempts == 1 and job.state == "running"
@@ -126,7 +126,7 @@ def test_claims_are_exclusive_and_a_dead_owners_jobs_come_back(open_store: Calla
 def test_another_nodes_running_job_is_left_alone_until_its_lease_ends(open_store: Callable[[str], Store]) -> None:
     a, b = open_store("node-a"), open_store("node-b")
     study, _ = a.add_study("1.2.4", "studies/y", {}, 1, "stow")
-    a.add_job(study, "pneumonia")
+    a.add_job(study, "pneumonia-28px")
     assert a.claim(lease_seconds=0.2) is not None
     assert b.requeue_abandoned() == 0
     time.sleep(0.3)

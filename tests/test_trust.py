@@ -30,7 +30,7 @@ from medlens.trust.shift import BatchShiftScorer, batch_indices, bn_adapted, det
 
 @pytest.fixture(scope="module")
 def shipped(pneumonia):
-    bundle = load_classifier("pneumonia")
+    bundle = load_classifier("pneumonia-28px")
     val, test = pneumonia.split("val"), pneumonia.split("test")
     return (
         bundle,
@@ -132,7 +132,9 @@ def test_subgroups_on_real_metadata(data_dir: Path) -> None:
 
     rows = _nih_rows(data_dir)[:400]
     labels = np.array([int(r["label_abnormal"]) for r in rows])
-    bundle = load_classifier("pneumonia")  # a real model's real scores, read here as "abnormal" scores: a weak scorer
+    bundle = load_classifier(
+        "pneumonia-28px"
+    )  # a real model's real scores, read here as "abnormal" scores: a weak scorer
     x = np.stack(
         [
             prepare_image(read_image(data_dir / "cxr_nih14_64" / r["image_file"]), bundle.preprocessing, adapt=True)[0]
@@ -170,7 +172,7 @@ def test_audit_cli_writes_a_complete_model_card(data_dir: Path, tmp_path: Path) 
         app,
         [
             "audit",
-            "pneumonia",
+            "pneumonia-28px",
             "--data",
             "pneumoniamnist",
             "--out",

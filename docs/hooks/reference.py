@@ -12,6 +12,7 @@ from typer.cli import get_docs_for_click
 
 from medlens.cli import app
 from medlens.config import TrainConfig
+from medlens.detect.train import DetectConfig
 from medlens.pretrain.stage import PretrainConfig
 from medlens.segment.pretrain import SegPretrainConfig
 from medlens.segment.train import SegTrainConfig
@@ -20,6 +21,7 @@ from medlens.survival.train import SurvivalConfig
 SECTIONS = [
     ("train", "medlens train DATA (classification)", TrainConfig),
     ("segment", "medlens train DATA --task segment", SegTrainConfig),
+    ("detect", "medlens train DATA --task detect", DetectConfig),
     ("survival", "medlens train DATA --task survival", SurvivalConfig),
     ("pretrain", "medlens pretrain DATA (classification encoders)", PretrainConfig),
     ("pretrain", "medlens pretrain DATA --task segment (U-Net encoders)", SegPretrainConfig),

@@ -4,7 +4,7 @@ The public Python API::
 
     import medlens
 
-    bundle = medlens.open_bundle("pneumonia")        # any bundle: shipped name or folder
+    bundle = medlens.open_bundle("pneumonia-28px")        # any bundle: shipped name or folder
     rows = bundle.predict(["chest.dcm", "xrays/"])   # one row per file, errors in their row
     image = medlens.read_image("chest.dcm")          # (channels, height, width) float32
     volume = medlens.load_volume("brain.nii.gz")     # a Volume: array, affine, spacing

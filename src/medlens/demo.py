@@ -1,4 +1,4 @@
-"""The main job on a fresh machine: the shipped pneumonia model on the real PneumoniaMNIST test set."""
+"""The main job on a fresh machine: the shipped 28-px pneumonia model on the real PneumoniaMNIST test set."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from medlens.datasets import load_medmnist
 from medlens.errors import DatasetNotFoundError
 from medlens.evaluate.stage import evaluate_bundle
 
-DEMO_MODEL = "pneumonia"
+DEMO_MODEL = "pneumonia-28px"
 N_SAMPLES = 6
 
 

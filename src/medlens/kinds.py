@@ -10,16 +10,17 @@ from pathlib import Path
 
 from medlens.bundle.manifest import BundleBase, license_of, read_manifest
 from medlens.classify.bundle import ClassifierBundle
+from medlens.detect.bundle import DetectorBundle
 from medlens.errors import ModelError
 from medlens.recon.bundle import EnhancerBundle
 from medlens.registry import Registry
 from medlens.segment.bundle import SegmenterBundle
 from medlens.survival.bundle import SurvivalBundle
 
-AnyBundle = ClassifierBundle | SegmenterBundle | SurvivalBundle | EnhancerBundle
+AnyBundle = ClassifierBundle | SegmenterBundle | SurvivalBundle | EnhancerBundle | DetectorBundle
 
 KINDS: Registry[type[BundleBase]] = Registry("kind of bundle")
-for _cls in (ClassifierBundle, SegmenterBundle, SurvivalBundle, EnhancerBundle):
+for _cls in (ClassifierBundle, SegmenterBundle, SurvivalBundle, EnhancerBundle, DetectorBundle):
     KINDS.add(_cls.kind, _cls)
 
 
@@ -42,13 +43,13 @@ def describe(name_or_path: str | Path) -> dict[str, str]:
 
 
 def open_bundle(name_or_path: str | Path, needs: str | None = None, device: str = "cpu") -> AnyBundle:
-    """The bundle ``name_or_path`` (a shipped name such as ``pneumonia``, or a folder) loaded as its kind's class.
+    """The bundle ``name_or_path`` (a shipped name such as ``cxr-pneumonia``, or a folder) loaded as its kind's class.
 
     ``needs``: an operation (``explain``, ``calibrate``, ...) the caller will run; a bundle of a kind that
     cannot gets a :class:`ModelError` saying which kinds can, before any network is built.
 
     >>> import medlens
-    >>> bundle = medlens.open_bundle("pneumonia")
+    >>> bundle = medlens.open_bundle("pneumonia-28px")
     >>> bundle.kind, bundle.label_names
     ('classifier', ['normal', 'pneumonia'])
     """

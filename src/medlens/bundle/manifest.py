@@ -38,6 +38,7 @@ KIND_OF_TASK = {
     "mri-reconstruction": "enhancer",
     "ct-denoising": "enhancer",
     "super-resolution": "enhancer",
+    "detection": "detector",
 }
 
 
@@ -148,14 +149,23 @@ def _pretrained() -> Registry[Path]:
     return registry
 
 
+# Shipped models that were renamed: the old name is refused with the new one, never silently swapped.
+RENAMED = {
+    "pneumonia": "'pneumonia' is now 'pneumonia-28px' (the PneumoniaMNIST model, 28 x 28 thumbnails); for chest "
+    "radiographs at full resolution use 'cxr-pneumonia'"
+}
+
+
 def resolve_bundle_path(name_or_path: str | Path) -> Path:
-    """A shipped bundle's name (``pneumonia``) or a folder path."""
+    """A shipped bundle's name (``cxr-pneumonia``) or a folder path."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
     registry = _pretrained()
     if str(name_or_path) in registry:
         return registry.get(str(name_or_path))
+    if str(name_or_path) in RENAMED:
+        raise UnknownNameError(f"{RENAMED[str(name_or_path)]}; `medlens models` lists the shipped models")
     raise UnknownNameError(
         f"{name_or_path!r} is neither a bundle folder nor a shipped model; "
         + registry.unknown_message(str(name_or_path)).removeprefix("unknown ")

@@ -124,7 +124,7 @@ class ClassifierBundle(BundleBase):
         """One row per image file (a folder: its images): ``file``, a probability per label, ``label``,
         ``refer``, ``notes``, ``error``. A file that cannot be read gets its error; the others are still predicted.
 
-        >>> rows = medlens.open_bundle("pneumonia").predict(["chest.dcm"])  # doctest: +SKIP
+        >>> rows = medlens.open_bundle("pneumonia-28px").predict(["chest.dcm"])  # doctest: +SKIP
         """
         rows = predict_files(self, expand_inputs(list(files)), adapt=adapt, backend=backend, clinical=clinical)
         return [prediction_record(row, self.label_names) for row in rows]

@@ -59,7 +59,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the report and predictions.")] = Path("medlens-demo"),
     data_dir: DataDir = None,
 ) -> None:
-    """The main job: the shipped pneumonia model evaluated on the real PneumoniaMNIST test set, plus predictions."""
+    """The main job: the shipped 28-px pneumonia model evaluated on the real PneumoniaMNIST test set, plus predictions."""
     from medlens.demo import run_demo
 
     console = make_console()

@@ -1,4 +1,4 @@
-"""``medlens predict``, ``medlens segment`` and ``medlens evaluate``: a bundle applied to files, or scored on data.
+"""``medlens predict``, ``medlens segment``, ``medlens detect`` and ``medlens evaluate``: a bundle applied to files, or scored on data.
 
 Commands import the library inside their function: it loads PyTorch, MONAI and
 friends, and ``medlens --help`` must stay fast.
@@ -17,6 +17,7 @@ from medlens.errors import ConfigError, DataError
 
 OTHER_COMMAND = {
     "segmenter": "medlens segment BUNDLE INPUTS --out DIR",
+    "detector": "medlens detect BUNDLE INPUTS --out DIR",
     "enhancer": "medlens reconstruct / denoise / upscale INPUTS --bundle BUNDLE --out DIR",
 }
 Backend = Annotated[str, typer.Option("--backend", help="auto (ONNX Runtime when exported), torch or onnxruntime.")]
@@ -174,6 +175,41 @@ def segment(
 
 
 @user_errors
+def detect(
+    bundle: Annotated[str, typer.Argument(help="Detector bundle folder or shipped name (blood-cells).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG/JPEG, DICOM); volumes for 3D.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="detections.csv, counts.csv, overlays/*.png, and sr/*.dcm for DICOM inputs.")
+    ],
+    device: Device = "auto",
+) -> None:
+    """Find and count: boxes in each file's own pixels, counts per class, overlays; DICOM in gives a DICOM SR too."""
+    from medlens.classify.predict import expand_inputs
+    from medlens.detect.bundle import load_detector
+    from medlens.detect.infer import detect_files
+    from medlens.train.device import resolve_device
+
+    loaded = load_detector(bundle, device=str(resolve_device(device)))
+    report = detect_files(loaded, expand_inputs(list(inputs)), out)
+    names = loaded.label_names
+    print_table(
+        ["file", *names, "overlay / SR"],
+        [
+            [
+                f.file.name,
+                *(str(int((f.labels == k).sum())) for k in range(len(names))),
+                f.outputs.get("sr") or f.outputs.get("overlay", ""),
+            ]
+            for f in report["results"]
+        ],
+    )
+    typer.echo(f"boxes: {out / 'detections.csv'}; counts: {out / 'counts.csv'}")
+    exit_on_problems(
+        [{"message": f"{p['file']}: {p['message']}"} for p in report["problems"]], "file(s) could not be read"
+    )
+
+
+@user_errors
 def evaluate(
     bundle: BundleArg,
     data: Annotated[str, typer.Option("--data", help="MedMNIST name, label CSV, or a segmentation dataset folder.")],
@@ -196,5 +232,5 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (predict, segment, evaluate):
+    for command in (predict, segment, detect, evaluate):
         app.command()(command)

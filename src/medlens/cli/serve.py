@@ -26,7 +26,7 @@ def serve(
         Path,
         typer.Option(
             "--models",
-            help="Folder of model bundles (one sub-folder each), or shipped names and bundle folders separated by commas: pneumonia,hippocampus.",
+            help="Folder of model bundles (one sub-folder each), or shipped names and bundle folders separated by commas: cxr-pneumonia,hippocampus.",
         ),
     ],
     tokens: Annotated[Path, typer.Option("--tokens", help="Tokens file from `medlens token add`.")],

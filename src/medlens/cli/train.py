@@ -16,7 +16,7 @@ from medlens.cli.common import ConfigOpt, DataDir, DeviceOpt, SeedOpt, SetOpt, o
 from medlens.cli.display import exit_on_problems, print_metrics
 from medlens.errors import ConfigError
 
-TASKS = ("classify", "segment", "survival")
+TASKS = ("classify", "segment", "detect", "survival")
 
 
 @user_errors
@@ -34,7 +34,7 @@ def train(
         str,
         typer.Option(
             "--task",
-            help="classify; segment (DATASET: an MSD folder or image,label CSV); survival (DATASET: a folder with an .npz of images, times, events and a clinical CSV).",
+            help="classify; segment (DATASET: an MSD folder or image,label CSV); detect (DATASET: a VOC folder, a COCO .json or a file,label,xmin,ymin,xmax,ymax CSV); survival (DATASET: a folder with an .npz of images, times, events and a clinical CSV).",
         ),
     ] = "classify",
     plan: Annotated[
@@ -54,6 +54,8 @@ def train(
         _train_survival(dataset, out, config, overrides(set_, seed=seed, device=device))
     elif task == "segment":
         _train_segment(dataset, out, config, overrides(set_, seed=seed, device=device, init=init), plan)
+    elif task == "detect":
+        _train_detect(dataset, out, config, overrides(set_, seed=seed, device=device, init=init))
     else:
         _train_classifier(dataset, out, config, overrides(set_, seed=seed, device=device, init=init), init, data_dir)
 
@@ -77,6 +79,23 @@ def _train_segment(data: str, out: Path, config: Path | None, given: list[str], 
 
     cfg = load_config(SegTrainConfig, config, given, section="segment" if config else "")
     _report_bundle(train_stage(data, out, cfg, plan), "validation")
+
+
+def _train_detect(data: str, out: Path, config: Path | None, given: list[str]) -> None:
+    from medlens.config import load_config
+    from medlens.detect.train import DetectConfig, train_detector
+
+    cfg = load_config(DetectConfig, config, [f"dataset={data}", *given], section="detect" if config else "")
+    folder = train_detector(cfg, out, show_progress=True)
+    manifest = json.loads((folder / "bundle.json").read_text())
+    validation = manifest["metrics"]["validation"]
+    print_metrics(
+        "validation",
+        {"map_50": validation["map_50"], **{f"ap_50/{k}": v for k, v in validation["map_50_per_class"].items()}},
+    )
+    for problem in manifest["data"]["problems"][:10]:
+        typer.echo(f"left out: {problem}")
+    typer.echo(f"bundle written to {folder}")
 
 
 def _train_survival(data: str, out: Path, config: Path | None, given: list[str]) -> None:

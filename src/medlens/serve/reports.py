@@ -14,63 +14,39 @@ from pathlib import Path
 from typing import Any
 
 from medlens import __version__
-
-SCHEME = "99MEDLENS"  # private coding scheme for findings a bundle does not map to SNOMED CT
-KNOWN_FINDINGS = {
-    "pneumonia": ("233604007", "SCT", "Pneumonia"),
-    "pneumothorax": ("36118008", "SCT", "Pneumothorax"),
-    "intracranial haemorrhage": ("1386000", "SCT", "Intracranial hemorrhage"),
-}
-PRESENT, ABSENT = ("52101004", "SCT", "Present"), ("2667000", "SCT", "Absent")
-IMAGING_STUDY = ("18748-4", "LN", "Diagnostic imaging study")
-FHIR_SYSTEMS = {"SCT": "http://snomed.info/sct", "LN": "http://loinc.org", SCHEME: "urn:medlens:finding"}
-
-
-def finding_code(name: str, codes: dict[str, list[str]] | None = None) -> tuple[str, str, str]:
-    """(value, scheme, meaning) for a finding: the bundle's mapping, a known SNOMED CT code, or a private code."""
-    if codes and name in codes:
-        value, scheme, meaning = codes[name]
-        return str(value), str(scheme), str(meaning)
-    return KNOWN_FINDINGS.get(name.lower(), (name[:16], SCHEME, name))
-
-
-def uid_for(*parts: str) -> str:
-    """A DICOM UID that is the same every time for the same parts (2.25 + a hash)."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=None, entropy_srcs=[*parts]))
+from medlens.io.sr_codes import (
+    ABSENT,
+    FHIR_SYSTEMS,
+    IMAGING_STUDY,
+    PRESENT,
+    SCHEME,
+    algorithm_of,
+    concept,
+    save_measurement_report,
+    uid_for,
+)
 
 
 def write_sr(sources: list[Path], findings: list[dict[str, Any]], model: str, job_key: str, path: Path) -> Path:
     """A Comprehensive 3D SR with one measurement group per finding, referencing the source images."""
     import highdicom as hd
     import pydicom
-    from pydicom.sr.codedict import codes
 
     evidence = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources]
-    device = hd.sr.ObserverContext(
-        observer_type=codes.cid270.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uid_for("medlens-device", model),
-            name=f"medlens {model}"[:64],
-            manufacturer_name="medlens",
-            model_name=model[:64],
-        ),
-    )
-    algorithm = hd.sr.AlgorithmIdentification(name=f"medlens {model}"[:64], version=__version__)
+    algorithm = algorithm_of(model)
     groups = []
     for f in findings:
-        concept = _concept(f["code"])
+        finding = concept(f["code"])
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=uid_for(job_key, f["name"], "tracking"), identifier=f"medlens {f['name']}"[:64]
                 ),
-                finding_type=concept,
+                finding_type=finding,
                 algorithm_id=algorithm,
                 source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(evidence[f["image_index"]])],
                 qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(name=concept, value=_concept(PRESENT if f["present"] else ABSENT))
+                    hd.sr.QualitativeEvaluation(name=finding, value=concept(PRESENT if f["present"] else ABSENT))
                 ],
                 measurements=[
                     hd.sr.Measurement(
@@ -82,27 +58,7 @@ def write_sr(sources: list[Path], findings: list[dict[str, Any]], model: str, jo
                 ],
             )
         )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=_concept(IMAGING_STUDY),
-        imaging_measurements=groups,
-    )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report,
-        series_instance_uid=uid_for(job_key, "sr-series"),
-        series_number=990,
-        sop_instance_uid=uid_for(job_key, "sr"),
-        instance_number=1,
-        manufacturer="medlens",
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-    )
-    sr.SeriesDescription = f"medlens {model} AI findings (preliminary, not verified)"[:64]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sr.save_as(path)
-    return path
+    return save_measurement_report(evidence, groups, model, job_key, 990, "AI findings", path)
 
 
 def fhir_report(study: Any, findings: list[dict[str, Any]], model: str, job_id: int, refer: bool) -> dict[str, Any]:
@@ -174,28 +130,35 @@ def fhir_report(study: Any, findings: list[dict[str, Any]], model: str, job_id: 
 
 def fhir_volume_report(study: Any, volumes_ml: dict[str, float], model: str, job_id: int) -> dict[str, Any]:
     """A FHIR R4 DiagnosticReport for a segmentation: one contained Observation (volume in mL) per structure."""
-    report = fhir_report(study, [], model, job_id, refer=False)
-    report["contained"] = [
-        {
-            "resourceType": "Observation",
-            "id": f"volume-{i + 1}",
-            "status": "preliminary",
-            "code": {"text": f"{name} volume (medlens segmentation)"},
-            "valueQuantity": {
-                "value": round(float(ml), 4),
-                "unit": "mL",
-                "system": "http://unitsofmeasure.org",
-                "code": "mL",
-            },
-        }
-        for i, (name, ml) in enumerate(volumes_ml.items())
-    ]
-    report["result"] = [{"reference": f"#{o['id']}"} for o in report["contained"]]
+    values = {name: round(float(ml), 4) for name, ml in volumes_ml.items()}
+    report = _quantity_report(study, values, model, job_id, ("volume", "medlens segmentation", "mL", "mL"))
     report["conclusion"] = "; ".join(f"{name}: {ml:.2f} mL" for name, ml in volumes_ml.items())
     return report
 
 
-def _concept(code: tuple[str, str, str]) -> Any:
-    import highdicom as hd
+def fhir_count_report(study: Any, counts: dict[str, int], model: str, job_id: int) -> dict[str, Any]:
+    """A FHIR R4 DiagnosticReport for a detector: one contained Observation (the count, unit {#}) per class."""
+    values = {name: int(n) for name, n in counts.items()}
+    report = _quantity_report(study, values, model, job_id, ("count", "medlens detection", "count", "{#}"))
+    report["conclusion"] = "; ".join(f"{name}: {n}" for name, n in counts.items())
+    return report
 
-    return hd.sr.CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
+
+def _quantity_report(
+    study: Any, values: dict[str, float], model: str, job_id: int, kind: tuple[str, ...]
+) -> dict[str, Any]:
+    """A report with one contained Observation per named quantity; ``kind``: (what, by, unit, UCUM code)."""
+    what, by, unit, code = kind
+    report = fhir_report(study, [], model, job_id, refer=False)
+    report["contained"] = [
+        {
+            "resourceType": "Observation",
+            "id": f"{what}-{i + 1}",
+            "status": "preliminary",
+            "code": {"text": f"{name} {what} ({by})"},
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": code},
+        }
+        for i, (name, value) in enumerate(values.items())
+    ]
+    report["result"] = [{"reference": f"#{o['id']}"} for o in report["contained"]]
+    return report

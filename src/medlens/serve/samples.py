@@ -75,6 +75,39 @@ def write_cr_study(
     return out
 
 
+def write_smear_image(image_path: Path, out: Path, patient_id: str, spacing_mm: float = 7.0e-5) -> Path:
+    """A real colour microscopy image (a blood smear) as a one-image RGB Secondary Capture study, modality SM, with
+    a pixel spacing (default about 0.07 um per pixel: a red cell of 7.5 um spans about 105 pixels, as in BCCD)."""
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(Image.open(image_path).convert("RGB"))
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    now = datetime.now()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"Test^{patient_id}", patient_id, "", "O"
+    ds.StudyDate = ds.SeriesDate = now.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = now.strftime("%H%M%S")
+    ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "", "1", ""
+    ds.Modality, ds.SeriesDescription, ds.ConversionType = "SM", "Blood smear", "DI"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.Manufacturer = "medlens sample (BCCD, MIT)"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelSpacing = [spacing_mm, spacing_mm]
+    ds.PixelData = pixels.tobytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    return out
+
+
 def stow_body(files: list[Path], boundary: str = "medlens-boundary") -> tuple[bytes, str]:
     """A STOW-RS request body and its Content-Type for DICOM files (PS3.18 multipart/related)."""
     parts = [

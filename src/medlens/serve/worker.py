@@ -28,7 +28,7 @@ from medlens.phi import remember_identifiers
 from medlens.serve.ingest import instance_files
 from medlens.serve.models import ServedModel, load_models
 from medlens.serve.pacs import PacsError
-from medlens.serve.process import run_classification, run_segmentation
+from medlens.serve.process import run_classification, run_detection, run_segmentation
 from medlens.serve.sandbox import JobCrashed, JobError, Sandbox
 from medlens.serve.store import Job, Store
 
@@ -180,4 +180,6 @@ def run_job(
             continue
     if model.kind == "segmenter":
         return run_segmentation(model, Path(storage) / folder, Path(out_dir), job_id, key)
+    if model.kind == "detector":
+        return run_detection(model, files, Path(out_dir), job_id, key)
     return run_classification(model, files, Path(out_dir), job_id, key)

@@ -43,6 +43,7 @@ class LoopOptions:
     head_names: frozenset[str] = frozenset()  # the head's parameters; the rest is the encoder
     freeze_epochs: int = 0  # epochs that train the head only (needs head_names)
     encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to the head's
+    loss_takes_model: bool = False  # loss_fn(model, inputs, targets): models that compute their own loss (detectors)
 
 
 @dataclass
@@ -167,6 +168,13 @@ def _to_device(inputs: Any, options: LoopOptions) -> Any:
     return inputs.to(options.device, memory_format=options.memory_format, non_blocking=True)
 
 
+def _targets_to_device(targets: Any, device: torch.device) -> Any:
+    """A label tensor, or a detector's list of per-image ``{"boxes", "labels"}`` dicts, on ``device``."""
+    if isinstance(targets, list):
+        return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+    return targets.to(device, non_blocking=True)
+
+
 def _train_one_epoch(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -188,10 +196,13 @@ def _train_one_epoch(
         task = progress.add_task(f"epoch {epoch + 1}/{options.epochs}", total=len(batches))
         for inputs, targets in batches:
             inputs = _to_device(inputs, options)
-            targets = targets.to(options.device, non_blocking=True)
+            targets = _targets_to_device(targets, options.device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(options.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = loss_fn(model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs), targets)
+                if options.loss_takes_model:
+                    loss = loss_fn(model, inputs, targets)  # type: ignore[call-arg]
+                else:
+                    loss = loss_fn(model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs), targets)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

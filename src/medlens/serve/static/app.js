@@ -37,6 +37,9 @@ function findingText(job) {
   const finding = job.result && job.result.findings ? job.result.findings[0] : null;
   if (finding) return [finding.name + (finding.present ? " present" : " absent"), finding.present ? "present" : ""];
   if (job.result && job.result.assessed === false) return ["not assessed: outside what the model was trained on", ""];
+  if (job.result && job.result.counts) {
+    return [Object.entries(job.result.counts).map(([n, c]) => `${n} ${c}`).join(", "), ""];
+  }
   if (job.result && job.result.volumes_ml) {
     return [Object.entries(job.result.volumes_ml).map(([n, ml]) => `${n} ${Number(ml).toFixed(2)} mL`).join(", "), ""];
   }
@@ -59,6 +62,10 @@ async function showWorklist() {
   const agreement = await (await api("/api/agreement")).json();
   $("#agreement tbody").replaceChildren(...agreement.rows.map((r) =>
     row([r.model, r.finding, r.n, fmt(r.agreement), fmt(r.kappa), fmt(r.sensitivity), fmt(r.specificity)])));
+  showMonitoring().catch(() => {});  // not awaited: the first report reads each model's validation images (seconds)
+}
+
+async function showMonitoring() {
   const monitoring = await (await api("/api/monitoring")).json();
   $("#monitoring tbody").replaceChildren(...Object.entries(monitoring).map(([name, m]) => {
     const w = m.windows.length ? m.windows[m.windows.length - 1] : null;
@@ -75,7 +82,9 @@ async function showStudy(id) {
   $("#study").hidden = false;
   $("#study-title").textContent = `Job ${job.id}: ${job.model} (${job.state})`;
   $("#image").src = job.result && job.result.key_image ? await imageUrl(`/api/jobs/${job.id}/image.png`) : "";
-  $("#heatmap").src = job.result && job.result.outputs && job.result.outputs.heatmap ? await imageUrl(`/api/jobs/${job.id}/heatmap.png`) : "";
+  const outputs = (job.result && job.result.outputs) || {};
+  $("#heatmap").src = outputs.heatmap ? await imageUrl(`/api/jobs/${job.id}/heatmap.png`)
+    : (outputs.overlay ? await imageUrl(`/api/jobs/${job.id}/overlay.png`) : "");
   const findings = job.result && job.result.findings ? job.result.findings : [];
   const items = findings.map((f) => el("li", `${f.name}: ${f.present ? "present" : "absent"} (probability ${fmt(f.probability)}, ` +
                                              `threshold ${fmt(f.threshold)})`, f.present ? "present" : ""));
@@ -83,6 +92,9 @@ async function showStudy(id) {
   if (job.result && job.result.assessed === false) items.push(el("li", "not assessed: outside what the model was trained on", "referred"));
   for (const [name, ml] of Object.entries((job.result && job.result.volumes_ml) || {})) {
     items.push(el("li", `${name}: ${fmt(ml)} mL (DICOM SEG stored)`));
+  }
+  for (const [name, count] of Object.entries((job.result && job.result.counts) || {})) {
+    items.push(el("li", `${name}: ${count} found (boxes drawn on the image, DICOM SR stored)`));
   }
   if (job.reason) items.push(el("li", job.reason, "note"));
   $("#findings").replaceChildren(...items);
