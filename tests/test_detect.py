@@ -28,7 +28,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def bccd(data_dir: Path) -> Path:
-    return data_dir / "microscopy_bccd_detection"
+    return (data_dir / "microscopy_bccd_detection").resolve()  # CSVs written here name files from another folder
 
 
 def _boxes_csv(path: Path, bccd: Path, split: str, n: int, order=("xmin", "xmax", "ymin", "ymax"), more=()) -> Path:
@@ -194,7 +194,7 @@ def test_the_3d_path_trains_on_hippocampus_boxes_and_answers_in_voxels(tmp_path:
     """Boxes around the MSD hippocampus labels (anterior, posterior) of 16 volumes: one quick epoch through the
     3D ResNet RetinaNet, then ``predict`` gives boxes with z in voxel indices and sizes in mm."""
 
-    root = data_dir / "msd_hippocampus"
+    root = (data_dir / "msd_hippocampus").resolve()
     rows = ["file,label,xmin,ymin,zmin,xmax,ymax,zmax,split"]
     for i, image in enumerate(sorted((root / "imagesTr").glob("*.nii.gz"))[:16]):
         labels = load_volume(root / "labelsTr" / image.name).array.astype(int)
